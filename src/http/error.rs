@@ -1,0 +1,130 @@
+//! The error envelope `{"code", "message"}` and the single place where every domain error becomes a status
+//! and a contract code.
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use thiserror::Error;
+
+use crate::store::StoreError;
+use crate::{product, user};
+
+/// What handlers return.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The JSON body of every error response.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// Stable, machine-readable code such as `SOLD_OUT`.
+    pub code: &'static str,
+    /// Human-readable explanation.
+    pub message: String,
+}
+
+/// Every way a request can fail, from HTTP framing to the domains.
+#[derive(Debug, Error)]
+pub enum Error {
+    /// 400 INVALID_REQUEST: malformed path, query or body.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// 401 UNAUTHORIZED: missing or wrong admin bearer token.
+    #[error("missing or invalid bearer token")]
+    Unauthorized,
+    /// 404 NOT_FOUND: no such route.
+    #[error("no route for this path")]
+    RouteNotFound,
+    /// 405 METHOD_NOT_ALLOWED: the route exists with other methods.
+    #[error("method not allowed on this path")]
+    MethodNotAllowed,
+    /// 413 PAYLOAD_TOO_LARGE: body over 64 KiB.
+    #[error("request body is larger than 64 KiB")]
+    PayloadTooLarge,
+    /// 415 UNSUPPORTED_MEDIA_TYPE: a body sent without `Content-Type: application/json`.
+    #[error("expected Content-Type: application/json")]
+    UnsupportedMediaType,
+    /// 500 INTERNAL_ERROR: a handler panicked.
+    #[error("internal error")]
+    Panic,
+    #[error(transparent)]
+    User(#[from] user::Error),
+    #[error(transparent)]
+    Product(#[from] product::Error),
+    /// 503 SERVICE_UNAVAILABLE or 500, depending on the failure.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Error {
+    /// Status, code and client message: the one mapping of errors to the contract.
+    fn parts(&self) -> (StatusCode, &'static str, String) {
+        use StatusCode as S;
+        let message = self.to_string();
+        match self {
+            Error::InvalidRequest(_) => (S::BAD_REQUEST, "INVALID_REQUEST", message),
+            Error::Unauthorized => (S::UNAUTHORIZED, "UNAUTHORIZED", message),
+            Error::RouteNotFound => (S::NOT_FOUND, "NOT_FOUND", message),
+            Error::MethodNotAllowed => (S::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED", message),
+            Error::PayloadTooLarge => (S::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE", message),
+            Error::UnsupportedMediaType => (S::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE", message),
+            Error::Panic => (S::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", message),
+            Error::User(e) => match e {
+                user::Error::NotFound(_) => (S::NOT_FOUND, "USER_NOT_FOUND", message),
+                user::Error::Invalid(_) => (S::BAD_REQUEST, "INVALID_REQUEST", message),
+                user::Error::Store(e) => store_parts(e),
+            },
+            Error::Product(e) => match e {
+                product::Error::NotFound(_) => (S::NOT_FOUND, "PRODUCT_NOT_FOUND", message),
+                product::Error::Invalid(_) => (S::BAD_REQUEST, "INVALID_REQUEST", message),
+                product::Error::Store(e) => store_parts(e),
+            },
+            Error::Store(e) => store_parts(e),
+        }
+    }
+}
+
+/// A store failure never leaks details to the client; it is logged once here, inside the request span.
+fn store_parts(error: &StoreError) -> (StatusCode, &'static str, String) {
+    metrics::counter!("store_errors_total", "store" => error.store()).increment(1);
+    if error.is_unavailable() {
+        tracing::warn!(store = error.store(), error = %error, "store unavailable");
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "SERVICE_UNAVAILABLE",
+            format!("{} is unavailable, retry later", error.store()),
+        )
+    } else {
+        tracing::error!(store = error.store(), error = ?error, "store failure");
+        (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", "internal error".to_owned())
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let (status, code, message) = self.parts();
+        (status, Json(ErrorBody { code, message })).into_response()
+    }
+}
+
+impl From<JsonRejection> for Error {
+    fn from(rejection: JsonRejection) -> Self {
+        match rejection {
+            JsonRejection::MissingJsonContentType(_) => Error::UnsupportedMediaType,
+            JsonRejection::BytesRejection(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => Error::PayloadTooLarge,
+            other => Error::InvalidRequest(other.body_text()),
+        }
+    }
+}
+
+impl From<PathRejection> for Error {
+    fn from(rejection: PathRejection) -> Self {
+        Error::InvalidRequest(rejection.body_text())
+    }
+}
+
+impl From<QueryRejection> for Error {
+    fn from(rejection: QueryRejection) -> Self {
+        Error::InvalidRequest(rejection.body_text())
+    }
+}

@@ -1,0 +1,25 @@
+//! stampede: a Redis-first coupon and ranking engine for e-commerce flash sales.
+//!
+//! # Layout
+//!
+//! - [`config`]: the command line and environment, one clap struct per concern.
+//! - [`app`]: builds the state and listener, runs the server and background jobs until shutdown.
+//! - [`http`]: routing, middleware, the error envelope; handlers translate HTTP to domain calls.
+//! - [`store`]: MySQL pool and migrations, Redis pool, script handles, error classification.
+//! - [`lua`]: the registry of Lua scripts under `lua/`, loaded once by SHA.
+//! - Domains, each with its rules (`mod.rs`), SQL (`db.rs`) and Redis calls (`cache.rs`):
+//!   [`user`], [`product`], [`coupon`], [`ranking`].
+//! - [`seed`]: bulk test data for load tests.
+
+pub mod app;
+pub mod config;
+pub mod coupon;
+pub mod http;
+pub mod id;
+pub mod lua;
+pub mod product;
+pub mod ranking;
+pub mod seed;
+pub mod store;
+pub mod telemetry;
+pub mod user;

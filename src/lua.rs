@@ -1,0 +1,31 @@
+//! The one registry of Lua scripts: each `lua/<domain>_<action>.lua` is compiled in here and loaded once
+//! at boot by SHA. Domain modules wrap these handles in typed functions.
+
+#[expect(unused_imports, reason = "used by script statics once scripts are registered")]
+use std::sync::LazyLock;
+
+use crate::store::{Redis, Script, StoreError};
+
+macro_rules! scripts {
+    ($($name:ident => $file:literal),* $(,)?) => {
+        $(
+            #[doc = concat!("`lua/", $file, ".lua`")]
+            pub static $name: LazyLock<Script> =
+                LazyLock::new(|| Script::new($file, include_str!(concat!("../lua/", $file, ".lua"))));
+        )*
+        /// Every script, for loading at boot.
+        fn all() -> Vec<&'static Script> {
+            vec![$(&*$name),*]
+        }
+    };
+}
+
+scripts! {}
+
+/// Loads every script into Redis (every primary of a cluster).
+pub async fn load_all(redis: &Redis) -> Result<(), StoreError> {
+    for script in all() {
+        script.load(redis).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,73 @@
+//! The `stampede` binary: parse the command line, start telemetry, dispatch.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use stampede::app::App;
+use stampede::config::{Cli, Command};
+use stampede::store::{StoreError, mysql};
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    stampede::telemetry::init_logs(cli.log_format);
+    let result: Result<(), Box<dyn std::error::Error>> = match cli.command {
+        Command::Serve(config) => serve(*config).await,
+        Command::Migrate { store } => migrate(&store.database_url).await.map_err(Into::into),
+        Command::Seed(config) => seed(&config).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = %error_chain(error.as_ref()), "stampede failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: stampede::config::ServeConfig) -> Result<(), Box<dyn std::error::Error>> {
+    let app = App::build(config).await?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    app.run_until_stopped(shutdown).await?;
+    Ok(())
+}
+
+async fn migrate(database_url: &str) -> Result<(), StoreError> {
+    let db = mysql::connect(database_url, 1).await?;
+    mysql::migrate(&db).await?;
+    println!("migrations applied");
+    Ok(())
+}
+
+async fn seed(config: &stampede::config::SeedConfig) -> Result<(), Box<dyn std::error::Error>> {
+    let seeded = stampede::seed::run(config).await?;
+    if let (Some(first), Some(last)) = (seeded.first_user, seeded.last_user) {
+        println!("users: {first}..={last}");
+    }
+    println!("products: {}", seeded.products);
+    Ok(())
+}
+
+/// Cancels the shared token on the first SIGINT or SIGTERM.
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+    }
+    shutdown.cancel();
+}
+
+/// `outer: cause: root cause`, so a log line shows why, not just what.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,16 @@
+//! Top products: daily sales in Redis sorted sets, unioned over a window of days.
+
+use chrono::{DateTime, FixedOffset, NaiveDate, Utc};
+
+use crate::store::Keys;
+
+/// The business day (in the configured fixed offset) that `at` falls on.
+pub fn business_day(at: DateTime<Utc>, tz: FixedOffset) -> NaiveDate {
+    at.with_timezone(&tz).date_naive()
+}
+
+/// `<prefix>sales:{rank}:YYYYMMDD`: the contract's name of one day's sales set (member = product id,
+/// score = units). The `{rank}` hash tag keeps every day in one cluster slot so they can be unioned.
+pub fn day_key(keys: &Keys, day: NaiveDate) -> String {
+    keys.key(format_args!("sales:{{rank}}:{}", day.format("%Y%m%d")))
+}

@@ -1,0 +1,96 @@
+//! `stampede seed`: bulk test data for load tests, in large multi-row INSERTs on a few connections at once.
+
+use std::time::Instant;
+
+use futures::{StreamExt, TryStreamExt, stream};
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::Rng;
+
+use crate::config::SeedConfig;
+use crate::id::UserId;
+use crate::store::{StoreError, Stores, mysql};
+use crate::{product, user};
+
+/// INSERT statements in flight at once; more only queues on InnoDB's auto-increment lock.
+const PARALLEL_BATCHES: usize = 4;
+
+/// What a seed run made.
+#[derive(Debug, Default)]
+pub struct Seeded {
+    pub first_user: Option<UserId>,
+    pub last_user: Option<UserId>,
+    pub products: u64,
+}
+
+/// Migrates, then inserts the requested users and products, showing progress on stderr.
+pub async fn run(config: &SeedConfig) -> Result<Seeded, StoreError> {
+    let stores = Stores::connect(&config.store).await?;
+    mysql::migrate(&stores.db).await?;
+    let batch = config.batch_size.max(1) as u64;
+    let mut seeded = Seeded::default();
+
+    let started = Instant::now();
+    let bar = progress(config.users, "users");
+    let ids: Vec<Vec<UserId>> = stream::iter(batches(config.users, batch))
+        .map(|(from, count)| {
+            let (stores, bar) = (&stores, &bar);
+            async move {
+                let names: Vec<String> = (from..from + count).map(|n| format!("user-{n}")).collect();
+                let ids = user::db::insert_batch(&stores.db, &names).await?;
+                user::cache::remember(&stores.redis, &ids).await?;
+                bar.inc(count);
+                Ok::<_, StoreError>(ids)
+            }
+        })
+        .buffer_unordered(PARALLEL_BATCHES)
+        .try_collect()
+        .await?;
+    bar.finish_and_clear();
+    seeded.first_user = ids.iter().flatten().min().copied();
+    seeded.last_user = ids.iter().flatten().max().copied();
+    report("users", config.users, started);
+
+    let started = Instant::now();
+    let bar = progress(config.products, "products");
+    let counts: Vec<u64> = stream::iter(batches(config.products, batch))
+        .map(|(from, count)| {
+            let (stores, bar) = (&stores, &bar);
+            async move {
+                let rows: Vec<(String, i64, i64)> = {
+                    let mut rng = rand::rng();
+                    (from..from + count)
+                        .map(|n| (format!("product-{n}"), rng.random_range(10..=1000) * 100, 1_000))
+                        .collect()
+                };
+                let inserted = product::db::insert_batch(&stores.db, &rows).await?;
+                bar.inc(count);
+                Ok::<_, StoreError>(inserted)
+            }
+        })
+        .buffer_unordered(PARALLEL_BATCHES)
+        .try_collect()
+        .await?;
+    bar.finish_and_clear();
+    seeded.products = counts.iter().sum();
+    report("products", config.products, started);
+    Ok(seeded)
+}
+
+/// `(first index, count)` of each batch covering `0..total`.
+fn batches(total: u64, size: u64) -> impl Iterator<Item = (u64, u64)> {
+    (0..total).step_by(size as usize).map(move |from| (from, size.min(total - from)))
+}
+
+fn progress(total: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(total);
+    let template = format!("{what:>8} [{{bar:40}}] {{pos}}/{{len}} {{per_sec}} eta {{eta}}");
+    bar.set_style(ProgressStyle::with_template(&template).expect("valid template").progress_chars("=> "));
+    bar
+}
+
+fn report(what: &str, count: u64, started: Instant) {
+    if count > 0 {
+        let secs = started.elapsed().as_secs_f64();
+        eprintln!("{count} {what} in {secs:.1} s ({:.0}/s)", count as f64 / secs);
+    }
+}

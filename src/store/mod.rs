@@ -1,0 +1,71 @@
+//! Store setup in one place: the MySQL pool and migrator, the Redis client and its script registry, and the
+//! classification of their errors. Nothing here knows a coupon or an order.
+
+pub mod mysql;
+pub mod redis;
+
+use thiserror::Error;
+
+pub use self::redis::{Keys, Redis, Script};
+
+use crate::config::StoreConfig;
+
+/// Both stores, cheap to clone (each holds pools).
+#[derive(Clone)]
+pub struct Stores {
+    pub db: sqlx::MySqlPool,
+    pub redis: Redis,
+}
+
+impl Stores {
+    /// Connects to both stores and loads every Lua script; migrations are the caller's choice.
+    pub async fn connect(config: &StoreConfig) -> Result<Self, StoreError> {
+        let db = mysql::connect(&config.database_url, config.database_pool_size).await?;
+        let redis = Redis::connect(&config.redis_url, &config.redis_prefix, config.redis_pool_size).await?;
+        crate::lua::load_all(&redis).await?;
+        Ok(Self { db, redis })
+    }
+}
+
+/// A failure of MySQL or Redis, never of the client's request.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("MySQL: {0}")]
+    Mysql(#[from] sqlx::Error),
+    #[error("MySQL migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("Redis: {0}")]
+    Redis(#[from] fred::error::Error),
+    #[error("Redis script {script} replied unexpectedly: {reply}")]
+    ScriptReply { script: &'static str, reply: String },
+}
+
+impl StoreError {
+    /// True when the store could not be reached (an operator problem, answered with 503), as opposed to a
+    /// bug such as a malformed query (500).
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Mysql(e) => matches!(
+                e,
+                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_)
+            ),
+            StoreError::Redis(e) => matches!(
+                e.kind(),
+                fred::error::ErrorKind::IO
+                    | fred::error::ErrorKind::Timeout
+                    | fred::error::ErrorKind::Canceled
+                    | fred::error::ErrorKind::Cluster
+                    | fred::error::ErrorKind::Backpressure
+            ),
+            StoreError::Migrate(_) | StoreError::ScriptReply { .. } => false,
+        }
+    }
+
+    /// Which store failed, for logs, metrics and the readiness report.
+    pub fn store(&self) -> &'static str {
+        match self {
+            StoreError::Mysql(_) | StoreError::Migrate(_) => "mysql",
+            StoreError::Redis(_) | StoreError::ScriptReply { .. } => "redis",
+        }
+    }
+}

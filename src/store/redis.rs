@@ -1,0 +1,110 @@
+//! The Redis connection pool, key naming, and the typed script handle used by every Lua script.
+
+use std::time::Duration;
+
+use fred::prelude::*;
+use fred::types::scripts::Script as FredScript;
+use fred::types::{MultipleKeys, MultipleValues};
+
+use super::StoreError;
+
+/// A command that has not answered within this is failed, so a stuck Redis turns into 503s, not hung requests.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+/// Time allowed to open a connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Reconnect forever with capped exponential backoff: Redis coming back must heal the service by itself.
+const RECONNECT_MIN_MS: u32 = 50;
+const RECONNECT_MAX_MS: u32 = 2_000;
+
+/// A pool of auto-pipelining connections plus the deployment's key prefix.
+#[derive(Clone)]
+pub struct Redis {
+    pub pool: Pool,
+    pub keys: Keys,
+}
+
+impl Redis {
+    /// Connects to a node (`redis://`) or a cluster (`redis-cluster://`) and waits until connected.
+    pub async fn connect(url: &str, prefix: &str, size: usize) -> Result<Self, StoreError> {
+        let config = Config::from_url(url)?;
+        let pool = Builder::from_config(config)
+            .with_connection_config(|c| {
+                c.connection_timeout = CONNECT_TIMEOUT;
+                c.internal_command_timeout = COMMAND_TIMEOUT;
+            })
+            .with_performance_config(|p| {
+                p.default_command_timeout = COMMAND_TIMEOUT;
+            })
+            .set_policy(ReconnectPolicy::new_exponential(0, RECONNECT_MIN_MS, RECONNECT_MAX_MS, 2))
+            .build_pool(size.max(1))?;
+        pool.init().await?;
+        Ok(Self { pool, keys: Keys::new(prefix) })
+    }
+
+    /// The next connection of the pool, round robin.
+    pub fn client(&self) -> &Client {
+        self.pool.next()
+    }
+}
+
+/// Builds every Redis key from the deployment prefix, so tests and deployments can share a server.
+#[derive(Clone, Debug)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Self {
+        Self { prefix: prefix.to_owned() }
+    }
+
+    /// The prefix itself (`stampede:` by default).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// `<prefix><suffix>`.
+    pub fn key(&self, suffix: impl std::fmt::Display) -> String {
+        format!("{}{suffix}", self.prefix)
+    }
+}
+
+/// A Lua script from `lua/`, loaded once by SHA and called with EVALSHA, reloaded on NOSCRIPT.
+pub struct Script {
+    /// File stem, for logs and metrics.
+    pub name: &'static str,
+    script: FredScript,
+}
+
+impl Script {
+    pub fn new(name: &'static str, source: &'static str) -> Self {
+        Self { name, script: FredScript::from_lua(source) }
+    }
+
+    /// SCRIPT LOAD on every primary, so the first EVALSHA does not pay for it.
+    pub async fn load(&self, redis: &Redis) -> Result<(), StoreError> {
+        self.script.load(redis.client()).await?;
+        Ok(())
+    }
+
+    /// Runs the script; if Redis lost it (restart, SCRIPT FLUSH) it is loaded again and retried once.
+    pub async fn call<R, K, V>(&self, redis: &Redis, keys: K, args: V) -> Result<R, StoreError>
+    where
+        R: FromValue,
+        K: Into<MultipleKeys> + Send,
+        V: TryInto<MultipleValues> + Send,
+        V::Error: Into<fred::error::Error> + Send,
+    {
+        let result = self.script.evalsha_with_reload(redis.client(), keys, args).await;
+        if let Err(error) = &result {
+            metrics::counter!("redis_script_errors_total", "script" => self.name).increment(1);
+            tracing::debug!(script = self.name, %error, "script failed");
+        }
+        Ok(result?)
+    }
+
+    /// Wraps an undecodable reply into an error naming this script.
+    pub fn unexpected(&self, reply: impl std::fmt::Debug) -> StoreError {
+        StoreError::ScriptReply { script: self.name, reply: format!("{reply:?}") }
+    }
+}

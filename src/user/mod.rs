@@ -1,0 +1,80 @@
+//! Users: creation (admin, seed) and the existence check that hot paths make without touching MySQL.
+
+pub mod cache;
+pub mod db;
+
+use serde::Serialize;
+use thiserror::Error;
+
+use crate::id::UserId;
+use crate::store::{StoreError, Stores};
+
+/// Why a user operation failed.
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error("user {0} not found")]
+    NotFound(UserId),
+    #[error("{0}")]
+    Invalid(&'static str),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Self {
+        Error::Store(e.into())
+    }
+}
+
+impl From<fred::error::Error> for Error {
+    fn from(e: fred::error::Error) -> Self {
+        Error::Store(e.into())
+    }
+}
+
+/// A display name: 1..=100 characters after trimming.
+#[derive(Debug, Clone)]
+pub struct UserName(String);
+
+impl UserName {
+    pub fn parse(raw: &str) -> Result<Self, Error> {
+        let name = raw.trim();
+        match name.chars().count() {
+            0 => Err(Error::Invalid("name must not be empty")),
+            1..=100 => Ok(Self(name.to_owned())),
+            _ => Err(Error::Invalid("name must be at most 100 characters")),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A stored user.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct User {
+    pub id: UserId,
+    pub name: String,
+}
+
+/// Stores a user and remembers it in the Redis existence index.
+pub async fn create(stores: &Stores, name: UserName) -> Result<User, Error> {
+    let id = db::insert(&stores.db, &name).await?;
+    cache::remember(&stores.redis, &[id]).await?;
+    Ok(User { id, name: name.0 })
+}
+
+/// `Ok` when the user exists. Answered by Redis once the user is known there, so the coupon path does not
+/// query MySQL in steady state; an unknown id falls back to MySQL, so a lost Redis never loses a user.
+pub async fn ensure_exists(stores: &Stores, id: UserId) -> Result<(), Error> {
+    if cache::is_known(&stores.redis, id).await? {
+        return Ok(());
+    }
+    if db::exists(&stores.db, id).await? {
+        cache::remember(&stores.redis, &[id]).await?;
+        Ok(())
+    } else {
+        Err(Error::NotFound(id))
+    }
+}

@@ -1,0 +1,191 @@
+#![allow(dead_code, reason = "each test module uses a subset of the support")]
+//! Test support: shared throw-away servers, one database and key prefix per test, and a running app
+//! reached over real HTTP. `TEST_DATABASE_URL` (a server URL without database) and `TEST_REDIS_URL` use
+//! existing servers instead.
+
+pub mod servers;
+
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use stampede::app::{App, AppState};
+use stampede::config::{BalanceLimits, ServeConfig, StoreConfig};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use servers::{MariaDb, RedisServer};
+
+/// The admin token every test app uses.
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
+/// Servers shared by every test of this binary, started on first use.
+struct Shared {
+    mysql_server_url: String,
+    redis_url: String,
+    _mariadb: Option<MariaDb>,
+    _redis: Option<RedisServer>,
+}
+
+fn shared() -> &'static Shared {
+    static SHARED: OnceLock<Shared> = OnceLock::new();
+    SHARED.get_or_init(|| {
+        let (mysql_server_url, mariadb) = match std::env::var("TEST_DATABASE_URL") {
+            Ok(url) => (url.trim_end_matches('/').to_owned(), None),
+            Err(_) => {
+                let server = MariaDb::start();
+                (server.url("").trim_end_matches('/').to_owned(), Some(server))
+            }
+        };
+        let (redis_url, redis) = match std::env::var("TEST_REDIS_URL") {
+            Ok(url) => (url, None),
+            Err(_) => {
+                let server = RedisServer::start();
+                (server.url(), Some(server))
+            }
+        };
+        Shared { mysql_server_url, redis_url, _mariadb: mariadb, _redis: redis }
+    })
+}
+
+/// A fresh, empty database on `server_url` (no trailing slash); returns its URL.
+pub async fn create_database(server_url: &str) -> String {
+    let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+    let admin = stampede::store::mysql::connect(server_url, 1).await.expect("connect to the test MySQL server");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name} CHARACTER SET utf8mb4")))
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    format!("{server_url}/{name}")
+}
+
+/// Store settings for a new test: its own database and Redis key prefix.
+pub async fn isolated_store() -> StoreConfig {
+    let shared = shared();
+    store_config(create_database(&shared.mysql_server_url).await, shared.redis_url.clone())
+}
+
+pub fn store_config(database_url: String, redis_url: String) -> StoreConfig {
+    StoreConfig {
+        database_url,
+        redis_url,
+        redis_prefix: format!("t{}:", uuid::Uuid::new_v4().simple()),
+        database_pool_size: 16,
+        redis_pool_size: 2,
+    }
+}
+
+/// The service configuration tests start from.
+pub fn serve_config(store: StoreConfig) -> ServeConfig {
+    ServeConfig {
+        bind_addr: "127.0.0.1:0".parse().unwrap(),
+        store,
+        admin_token: Some(ADMIN_TOKEN.to_owned()),
+        data_platform_url: None,
+        business_tz: stampede::config::parse_offset("+09:00").unwrap(),
+        ranking_refresh: "0 * * * * *".to_owned(),
+        limits: BalanceLimits::default(),
+    }
+}
+
+/// A running app on a free port, with its own database and key prefix.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub state: AppState,
+    pub config: ServeConfig,
+    pub http: reqwest::Client,
+    shutdown: CancellationToken,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TestApp {
+    /// A new app on an isolated database and prefix.
+    pub async fn spawn() -> Self {
+        Self::spawn_with(serve_config(isolated_store().await)).await
+    }
+
+    /// A new app with this configuration (for example the stores of a previous app, to test a restart).
+    pub async fn spawn_with(config: ServeConfig) -> Self {
+        let app = App::build(config.clone()).await.expect("build app");
+        let addr = app.local_addr();
+        let state = app.state().clone();
+        let shutdown = CancellationToken::new();
+        let token = shutdown.clone();
+        let task = tokio::spawn(async move { app.run_until_stopped(token).await.expect("app runs") });
+        let http = reqwest::Client::builder().pool_max_idle_per_host(512).build().unwrap();
+        Self { addr, state, config, http, shutdown, task: Some(task) }
+    }
+
+    /// Graceful shutdown, as on SIGTERM; waits until the app has stopped.
+    pub async fn stop(mut self) -> ServeConfig {
+        self.shutdown.cancel();
+        if let Some(task) = self.task.take() {
+            task.await.expect("app task");
+        }
+        self.config.clone()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Sends a request and returns status and JSON body (`Value::Null` for an empty body).
+    pub async fn call(&self, method: Method, path: &str, body: Option<Value>, admin: bool) -> (StatusCode, Value) {
+        let mut request = self.http.request(method, self.url(path));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        if admin {
+            request = request.bearer_auth(ADMIN_TOKEN);
+        }
+        let response = request.send().await.expect("request reaches the app");
+        let status = response.status();
+        let bytes = response.bytes().await.expect("response body");
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&bytes)))
+        };
+        (status, body)
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.call(Method::GET, path, None, false).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.call(Method::POST, path, Some(body), false).await
+    }
+
+    pub async fn admin_post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.call(Method::POST, path, Some(body), true).await
+    }
+
+    /// Creates a user through the admin API; returns its id.
+    pub async fn create_user(&self, name: &str) -> i64 {
+        let (status, body) = self.admin_post("/api/v1/admin/users", json!({ "name": name })).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body["id"].as_i64().unwrap()
+    }
+
+    /// Creates a product through the admin API; returns its id.
+    pub async fn create_product(&self, name: &str, price: i64, stock: i64) -> i64 {
+        let (status, body) =
+            self.admin_post("/api/v1/admin/products", json!({ "name": name, "price": price, "stock": stock })).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body["id"].as_i64().unwrap()
+    }
+
+    /// The app's MySQL pool, for asserting on stored rows.
+    pub fn db(&self) -> &sqlx::MySqlPool {
+        &self.state.stores.db
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}

@@ -1,0 +1,174 @@
+//! Throw-away `redis-server` and `mariadbd` processes on free loopback ports with temporary data folders.
+//! A watchdog shell kills each one when the test process exits, since statics are never dropped.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a server may take to accept connections after start.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port").local_addr().unwrap().port()
+}
+
+/// Finds a server binary on PATH or in /usr/sbin (where Debian puts mariadbd).
+fn binary(name: &str) -> PathBuf {
+    let path = std::env::var("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/sbin")])
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| panic!("{name} not found: run `scripts/services.sh install` (or `make test`)"))
+}
+
+/// Kills `pid` (a number or a shell expression) and removes `dir` once this test process is gone.
+fn watch(pid: &str, dir: &Path) {
+    let script = format!(
+        "while kill -0 {parent} 2>/dev/null; do sleep 1; done; kill -9 {pid} 2>/dev/null; rm -rf '{dir}'",
+        parent = std::process::id(),
+        dir = dir.display()
+    );
+    // Deliberately not waited for: it outlives every test and ends on its own.
+    #[expect(clippy::zombie_processes, reason = "the watchdog must outlive the test that starts it")]
+    Command::new("sh")
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn watchdog");
+}
+
+fn wait_for_port(port: u16, what: &str, child: &mut Child) {
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited during start-up: {status}");
+        }
+        assert!(started.elapsed() < START_TIMEOUT, "{what} did not listen on {port} within {START_TIMEOUT:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A Redis server owned by the tests.
+pub struct RedisServer {
+    pub port: u16,
+    _child: Child,
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        let dir = tempfile::Builder::new().prefix("stampede-redis-").tempdir().unwrap().keep();
+        let port = free_port();
+        let mut child = Command::new(binary("redis-server"))
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        watch(&child.id().to_string(), &dir);
+        wait_for_port(port, "redis-server", &mut child);
+        Self { port, _child: child }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+/// A MariaDB server owned by the tests; it can be stopped and started again on the same data and port,
+/// to test what the service does while MySQL is down.
+pub struct MariaDb {
+    pub port: u16,
+    datadir: PathBuf,
+    child: Option<Child>,
+}
+
+impl MariaDb {
+    pub fn start() -> Self {
+        let root = tempfile::Builder::new().prefix("stampede-mariadb-").tempdir_in(fast_tmp()).unwrap().keep();
+        let datadir = root.join("data");
+        let installed = Command::new(binary("mariadb-install-db"))
+            .arg(format!("--datadir={}", datadir.display()))
+            .args(["--auth-root-authentication-method=normal", "--skip-test-db", "--rpm"])
+            .arg(format!("--user={}", current_user()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .expect("run mariadb-install-db");
+        assert!(installed.status.success(), "mariadb-install-db: {}", String::from_utf8_lossy(&installed.stderr));
+        let mut server = Self { port: free_port(), datadir, child: None };
+        server.resume();
+        // The pid changes when a test restarts the server, so the watchdog reads the pid file.
+        watch(&format!("$(cat '{}/mysqld.pid')", server.datadir.display()), &root);
+        server
+    }
+
+    /// Starts mariadbd on this server's data and port.
+    pub fn resume(&mut self) {
+        let datadir = self.datadir.display().to_string();
+        let mut command = Command::new(binary("mariadbd"));
+        command
+            .arg("--no-defaults")
+            .arg(format!("--datadir={datadir}"))
+            .arg(format!("--socket={datadir}/mysqld.sock"))
+            .arg(format!("--pid-file={datadir}/mysqld.pid"))
+            .arg(format!("--port={}", self.port))
+            .args([
+                "--bind-address=127.0.0.1",
+                "--skip-grant-tables",
+                "--skip-name-resolve",
+                "--skip-log-bin",
+                "--innodb-flush-log-at-trx-commit=0",
+                "--innodb-doublewrite=0",
+                "--innodb-buffer-pool-size=256M",
+                "--max-connections=2000",
+                "--character-set-server=utf8mb4",
+                "--collation-server=utf8mb4_unicode_ci",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if current_user() == "root" {
+            command.arg("--user=root");
+        }
+        let mut child = command.spawn().expect("start mariadbd");
+        wait_for_port(self.port, "mariadbd", &mut child);
+        if let Some(old) = self.child.replace(child) {
+            drop(old);
+        }
+    }
+
+    /// Kills mariadbd at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// A URL for database `name` (`--skip-grant-tables`: any user is let in).
+    pub fn url(&self, name: &str) -> String {
+        format!("mysql://root@127.0.0.1:{}/{name}", self.port)
+    }
+}
+
+impl Drop for MariaDb {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// tmpfs when there is one: MariaDB start-up and DDL are much faster off disk.
+fn fast_tmp() -> PathBuf {
+    let shm = PathBuf::from("/dev/shm");
+    if shm.is_dir() { shm } else { std::env::temp_dir() }
+}
+
+fn current_user() -> String {
+    let out = Command::new("id").arg("-un").output().expect("run id -un");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
