@@ -14,3 +14,10 @@ pub fn business_day(at: DateTime<Utc>, tz: FixedOffset) -> NaiveDate {
 pub fn day_key(keys: &Keys, day: NaiveDate) -> String {
     keys.key(format_args!("sales:{{rank}}:{}", day.format("%Y%m%d")))
 }
+
+/// `<prefix>sales:{rank}:applied:YYYYMMDD`: the set of order ids already counted in that day's sales set.
+/// Whoever writes a day set (the outbox relay adding one order, a rebuild replacing the day) writes this
+/// set with it, atomically, which is what makes "exactly once per order" hold across replays and rebuilds.
+pub fn applied_key(keys: &Keys, day: NaiveDate) -> String {
+    keys.key(format_args!("sales:{{rank}}:applied:{}", day.format("%Y%m%d")))
+}
