@@ -15,6 +15,8 @@ use crate::store::{StoreError, Stores, mysql};
 pub struct AppState {
     pub stores: Stores,
     pub config: Arc<ServeConfig>,
+    /// Coupon campaigns cached in-process, so the issue path needs no MySQL.
+    pub coupons: crate::coupon::Catalog,
 }
 
 /// A built application: connected, migrated and bound, not yet serving.
@@ -32,6 +34,8 @@ pub enum StartError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("server failed: {0}")]
     Serve(std::io::Error),
+    #[error("cannot load coupon state: {0}")]
+    Coupon(#[from] crate::coupon::Error),
 }
 
 impl App {
@@ -39,11 +43,13 @@ impl App {
     pub async fn build(config: ServeConfig) -> Result<Self, StartError> {
         let stores = Stores::connect(&config.store).await?;
         mysql::migrate(&stores.db).await?;
+        let coupons = crate::coupon::Catalog::default();
+        crate::coupon::restore_all(&stores, &coupons).await?;
         let listener = TcpListener::bind(config.bind_addr)
             .await
             .map_err(|source| StartError::Bind { addr: config.bind_addr, source })?;
         crate::telemetry::metrics();
-        Ok(Self { listener, state: AppState { stores, config: Arc::new(config) } })
+        Ok(Self { listener, state: AppState { stores, config: Arc::new(config), coupons } })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -76,4 +82,6 @@ impl App {
 }
 
 /// Starts the writer, relays and schedulers; each stops when `shutdown` is cancelled.
-fn spawn_background_jobs(_state: &AppState, _jobs: &TaskTracker, _shutdown: &CancellationToken) {}
+fn spawn_background_jobs(state: &AppState, jobs: &TaskTracker, shutdown: &CancellationToken) {
+    jobs.spawn(crate::coupon::writer::run(state.stores.clone(), shutdown.clone()));
+}

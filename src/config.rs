@@ -132,6 +132,14 @@ pub struct SeedConfig {
     /// Rows per INSERT statement.
     #[arg(long, default_value_t = 5_000)]
     pub batch_size: usize,
+
+    /// Coupon campaigns to create (FIXED 1,000 won off, active now, no end), loaded into Redis.
+    #[arg(long, default_value_t = 0)]
+    pub coupons: u64,
+
+    /// Quantity of each seeded coupon.
+    #[arg(long, default_value_t = 1_000)]
+    pub coupon_quantity: i64,
 }
 
 /// Parses `+09:00` / `-05:30` / `Z` into a fixed offset.

@@ -47,6 +47,10 @@ async fn seed(config: &stampede::config::SeedConfig) -> Result<(), Box<dyn std::
         println!("users: {first}..={last}");
     }
     println!("products: {}", seeded.products);
+    if !seeded.coupons.is_empty() {
+        let ids: Vec<String> = seeded.coupons.iter().map(ToString::to_string).collect();
+        println!("coupons: {}", ids.join(" "));
+    }
     Ok(())
 }
 

@@ -7,9 +7,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rand::Rng;
 
 use crate::config::SeedConfig;
-use crate::id::UserId;
+use crate::id::{CouponId, UserId};
 use crate::store::{StoreError, Stores, mysql};
-use crate::{product, user};
+use crate::{coupon, product, user};
 
 /// INSERT statements in flight at once; more only queues on InnoDB's auto-increment lock.
 const PARALLEL_BATCHES: usize = 4;
@@ -20,10 +20,11 @@ pub struct Seeded {
     pub first_user: Option<UserId>,
     pub last_user: Option<UserId>,
     pub products: u64,
+    pub coupons: Vec<CouponId>,
 }
 
-/// Migrates, then inserts the requested users and products, showing progress on stderr.
-pub async fn run(config: &SeedConfig) -> Result<Seeded, StoreError> {
+/// Migrates, then inserts the requested users, products and coupons, showing progress on stderr.
+pub async fn run(config: &SeedConfig) -> Result<Seeded, coupon::Error> {
     let stores = Stores::connect(&config.store).await?;
     mysql::migrate(&stores.db).await?;
     let batch = config.batch_size.max(1) as u64;
@@ -73,6 +74,22 @@ pub async fn run(config: &SeedConfig) -> Result<Seeded, StoreError> {
     bar.finish_and_clear();
     seeded.products = counts.iter().sum();
     report("products", config.products, started);
+
+    // Through the domain, so each coupon's Redis state is loaded as on the admin endpoint.
+    let catalog = coupon::Catalog::default();
+    let discount = coupon::Discount::new(coupon::DiscountType::Fixed, 1_000)?;
+    for n in 0..config.coupons {
+        let new = coupon::NewCoupon::parse(
+            &format!("coupon-{n}"),
+            discount.kind(),
+            discount.value(),
+            config.coupon_quantity,
+            None,
+            None,
+            chrono::Utc::now(),
+        )?;
+        seeded.coupons.push(coupon::create(&stores, &catalog, new).await?.id);
+    }
     Ok(seeded)
 }
 

@@ -1,9 +1,9 @@
 //! SQL of the `coupons` and `user_coupons` tables.
 
 use chrono::{DateTime, Utc};
-use sqlx::{MySqlConnection, MySqlPool};
+use sqlx::{MySqlConnection, MySqlPool, QueryBuilder};
 
-use super::{Coupon, Discount, DiscountType, HeldCoupon, HeldStatus};
+use super::{Coupon, Discount, DiscountType, HeldCoupon, HeldStatus, NewCoupon};
 use crate::id::{CouponId, OrderId, UserId};
 
 #[derive(sqlx::FromRow)]
@@ -101,4 +101,121 @@ pub async fn mark_used(
     .execute(&mut *tx)
     .await?;
     Ok(done.rows_affected() == 1)
+}
+
+#[derive(sqlx::FromRow)]
+struct CouponRow {
+    id: CouponId,
+    name: String,
+    discount_type: String,
+    discount_value: i64,
+    total_quantity: i64,
+    starts_at: DateTime<Utc>,
+    ends_at: Option<DateTime<Utc>>,
+}
+
+impl CouponRow {
+    fn into_coupon(self) -> Result<Coupon, sqlx::Error> {
+        let corrupt = |what: &str| sqlx::Error::Decode(format!("coupon {}: bad {what}", self.id).into());
+        let kind = DiscountType::parse(&self.discount_type).ok_or_else(|| corrupt("discount_type"))?;
+        let discount = Discount::new(kind, self.discount_value).map_err(|_| corrupt("discount_value"))?;
+        Ok(Coupon {
+            id: self.id,
+            name: self.name,
+            discount,
+            total_quantity: self.total_quantity,
+            starts_at: self.starts_at,
+            ends_at: self.ends_at,
+        })
+    }
+}
+
+const COUPON_COLUMNS: &str =
+    "id, name, discount_type, discount_value, CAST(total_quantity AS SIGNED) AS total_quantity,
+    starts_at, ends_at";
+
+/// Stores a campaign; returns its id.
+pub async fn insert_coupon(db: &MySqlPool, new: &NewCoupon) -> Result<CouponId, sqlx::Error> {
+    let done = sqlx::query(
+        "INSERT INTO coupons (name, discount_type, discount_value, total_quantity, starts_at, ends_at)
+         VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&new.name)
+    .bind(new.discount.kind().as_str())
+    .bind(new.discount.value())
+    .bind(new.total_quantity)
+    .bind(new.starts_at)
+    .bind(new.ends_at)
+    .execute(db)
+    .await?;
+    Ok(CouponId::new(done.last_insert_id() as i64).expect("AUTO_INCREMENT ids are positive"))
+}
+
+pub async fn find_coupon(db: &MySqlPool, id: CouponId) -> Result<Option<Coupon>, sqlx::Error> {
+    let row: Option<CouponRow> =
+        sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {COUPON_COLUMNS} FROM coupons WHERE id = ?")))
+            .bind(id)
+            .fetch_optional(db)
+            .await?;
+    row.map(CouponRow::into_coupon).transpose()
+}
+
+/// Every campaign, for the start-up check of Redis state.
+pub async fn all_coupons(db: &MySqlPool) -> Result<Vec<Coupon>, sqlx::Error> {
+    let rows: Vec<CouponRow> =
+        sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {COUPON_COLUMNS} FROM coupons ORDER BY id")))
+            .fetch_all(db)
+            .await?;
+    rows.into_iter().map(CouponRow::into_coupon).collect()
+}
+
+/// Who holds `coupon_id` according to MySQL, with the issue time: what a Redis rebuild starts from.
+pub async fn issued_rows(db: &MySqlPool, coupon_id: CouponId) -> Result<Vec<(UserId, DateTime<Utc>)>, sqlx::Error> {
+    sqlx::query_as("SELECT user_id, issued_at FROM user_coupons WHERE coupon_id = ?")
+        .bind(coupon_id)
+        .fetch_all(db)
+        .await
+}
+
+/// Issuances of `coupon_id` durable in MySQL.
+pub async fn count_persisted(db: &MySqlPool, coupon_id: CouponId) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT COUNT(*) FROM user_coupons WHERE coupon_id = ?").bind(coupon_id).fetch_one(db).await
+}
+
+/// One issuance for [`insert_issued`].
+pub struct NewIssuance {
+    pub coupon_id: CouponId,
+    pub user_id: UserId,
+    pub issued_at: DateTime<Utc>,
+}
+
+/// Persists issuances in one multi-row `INSERT IGNORE`: a row already there (a replayed stream entry, or
+/// one the pay transaction inserted first) is skipped by the primary key. Returns the rows inserted.
+pub async fn insert_issued(db: &MySqlPool, issuances: &[NewIssuance]) -> Result<u64, sqlx::Error> {
+    if issuances.is_empty() {
+        return Ok(0);
+    }
+    let mut query = QueryBuilder::new("INSERT IGNORE INTO user_coupons (coupon_id, user_id, status, issued_at) ");
+    query.push_values(issuances, |mut row, issuance| {
+        row.push_bind(issuance.coupon_id)
+            .push_bind(issuance.user_id)
+            .push_bind("AVAILABLE")
+            .push_bind(issuance.issued_at);
+    });
+    Ok(query.build().execute(db).await?.rows_affected())
+}
+
+/// Every persisted coupon of `user_id`, newest issuance first.
+pub async fn list_held(db: &MySqlPool, user_id: UserId) -> Result<Vec<HeldCoupon>, sqlx::Error> {
+    let rows: Vec<HeldRow> = sqlx::query_as(
+        "SELECT c.id, c.name, c.discount_type, c.discount_value, CAST(c.total_quantity AS SIGNED) AS total_quantity,
+                c.starts_at, c.ends_at, uc.user_id, uc.status, uc.issued_at, uc.used_at
+         FROM user_coupons uc JOIN coupons c ON c.id = uc.coupon_id
+         WHERE uc.user_id = ?
+         ORDER BY uc.issued_at DESC, uc.coupon_id DESC",
+    )
+    .bind(user_id)
+    .fetch_all(db)
+    .await?;
+    rows.into_iter().map(HeldRow::into_held).collect()
 }

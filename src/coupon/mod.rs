@@ -1,13 +1,24 @@
 //! Coupons: campaigns, first-come-first-served issuance, and the rules orders use to apply a discount.
+//!
+//! Issuance is decided in Redis by `lua/coupon_issue.lua` (see [`cache`]) and persisted to MySQL by the
+//! background [`writer`]. MySQL is the durable record; Redis state that goes missing is rebuilt from it
+//! ([`restore`]), so a coupon is never issued beyond its quantity or twice to one user.
 
+pub mod cache;
 pub mod db;
+pub mod writer;
 
-use chrono::{DateTime, Utc};
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use self::cache::IssueReply;
 use crate::id::{CouponId, UserId};
 use crate::store::{StoreError, Stores};
+use crate::user;
 
 /// Why a coupon operation failed.
 #[derive(Debug, Error)]
@@ -16,8 +27,26 @@ pub enum Error {
     NotFound(CouponId),
     #[error("{0}")]
     Invalid(&'static str),
+    #[error("coupon {coupon} was already issued to user {user}")]
+    AlreadyIssued { coupon: CouponId, user: UserId },
+    #[error("coupon {0} is sold out")]
+    SoldOut(CouponId),
+    #[error("coupon {0} is not active now")]
+    NotActive(CouponId),
+    #[error("user {0} not found")]
+    UserNotFound(UserId),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl From<user::Error> for Error {
+    fn from(e: user::Error) -> Self {
+        match e {
+            user::Error::NotFound(id) => Error::UserNotFound(id),
+            user::Error::Invalid(why) => Error::Invalid(why),
+            user::Error::Store(e) => Error::Store(e),
+        }
+    }
 }
 
 impl From<sqlx::Error> for Error {
@@ -127,6 +156,247 @@ pub struct HeldCoupon {
 }
 
 /// The coupon `coupon_id` as held by `user_id`, or `None` when it was never issued to them.
+///
+/// Read-your-writes: an issuance the writer has not persisted yet is found in Redis and reported
+/// AVAILABLE with its real `issued_at`, which `db::mark_used` then inserts exactly as the writer would.
+/// Redis is read before MySQL: a row only ever appears and moves from AVAILABLE to USED, so reading MySQL
+/// second can only give the newer answer. If Redis does not answer, MySQL alone decides (issuance is down
+/// then anyway, and orders should not be).
 pub async fn held_by(stores: &Stores, user_id: UserId, coupon_id: CouponId) -> Result<Option<HeldCoupon>, Error> {
-    Ok(db::find_held(&stores.db, user_id, coupon_id).await?)
+    let in_redis = match cache::issued_at(&stores.redis, coupon_id, user_id).await {
+        Ok(at) => at,
+        Err(error) => {
+            tracing::warn!(coupon.id = %coupon_id, user.id = %user_id, %error, "held_by without Redis");
+            None
+        }
+    };
+    if let Some(held) = db::find_held(&stores.db, user_id, coupon_id).await? {
+        return Ok(Some(held));
+    }
+    let Some(at) = in_redis else { return Ok(None) };
+    let Some(coupon) = db::find_coupon(&stores.db, coupon_id).await? else { return Ok(None) };
+    Ok(Some(HeldCoupon { coupon, user_id, status: HeldStatus::Available, issued_at: from_micros(at)?, used_at: None }))
+}
+
+/// Largest `totalQuantity` (the column is a signed INT).
+const MAX_QUANTITY: i64 = i32::MAX as i64;
+
+/// A valid new campaign.
+#[derive(Debug, Clone)]
+pub struct NewCoupon {
+    pub name: String,
+    pub discount: Discount,
+    pub total_quantity: i64,
+    pub starts_at: DateTime<Utc>,
+    pub ends_at: Option<DateTime<Utc>>,
+}
+
+impl NewCoupon {
+    /// Validates a campaign: a 1..=200 character name, a valid discount, a quantity of 1..=2^31-1, and an
+    /// end after the start. `starts_at` defaults to `now`; no `ends_at` means no end. Times are truncated
+    /// to the microsecond MySQL keeps, so what the 201 says is what later reads say.
+    pub fn parse(
+        name: &str,
+        kind: DiscountType,
+        value: i64,
+        total_quantity: i64,
+        starts_at: Option<DateTime<Utc>>,
+        ends_at: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<Self, Error> {
+        let name = name.trim();
+        if name.is_empty() || name.chars().count() > 200 {
+            return Err(Error::Invalid("name must be 1..=200 characters"));
+        }
+        let discount = Discount::new(kind, value)?;
+        if !(1..=MAX_QUANTITY).contains(&total_quantity) {
+            return Err(Error::Invalid("totalQuantity must be 1..=2147483647"));
+        }
+        let starts_at = to_micros_precision(starts_at.unwrap_or(now));
+        let ends_at = ends_at.map(to_micros_precision);
+        if ends_at.is_some_and(|end| end <= starts_at) {
+            return Err(Error::Invalid("endsAt must be after startsAt"));
+        }
+        Ok(Self { name: name.to_owned(), discount, total_quantity, starts_at, ends_at })
+    }
+}
+
+fn to_micros_precision(at: DateTime<Utc>) -> DateTime<Utc> {
+    at.duration_trunc(TimeDelta::microseconds(1)).unwrap_or(at)
+}
+
+fn from_micros(micros: i64) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::from_timestamp_micros(micros)
+        .ok_or_else(|| crate::lua::COUPON_ISSUE.unexpected(format_args!("issued_at {micros} out of range")))
+}
+
+/// Coupon campaigns cached in-process. Campaigns never change once created, so an entry never goes stale;
+/// the stock and who holds a coupon live in Redis, which stays the authority for them.
+#[derive(Clone, Default)]
+pub struct Catalog {
+    inner: Arc<CatalogInner>,
+}
+
+#[derive(Default)]
+struct CatalogInner {
+    coupons: RwLock<HashMap<CouponId, Arc<Coupon>>>,
+    /// Serializes rebuilds of lost Redis state in this process, so a burst of requests that all find the
+    /// state missing makes one MySQL read, not one each.
+    restoring: tokio::sync::Mutex<()>,
+}
+
+impl Catalog {
+    fn cached(&self, id: CouponId) -> Option<Arc<Coupon>> {
+        self.inner.coupons.read().expect("catalog lock is never poisoned").get(&id).cloned()
+    }
+
+    fn remember(&self, coupon: Coupon) -> Arc<Coupon> {
+        let coupon = Arc::new(coupon);
+        self.inner.coupons.write().expect("catalog lock is never poisoned").insert(coupon.id, coupon.clone());
+        coupon
+    }
+
+    /// The campaign, from memory, or from MySQL on first use.
+    pub async fn coupon(&self, stores: &Stores, id: CouponId) -> Result<Arc<Coupon>, Error> {
+        if let Some(coupon) = self.cached(id) {
+            return Ok(coupon);
+        }
+        let coupon = db::find_coupon(&stores.db, id).await?.ok_or(Error::NotFound(id))?;
+        Ok(self.remember(coupon))
+    }
+
+    /// Rebuilds the coupon's Redis state from MySQL unless another request did it first.
+    async fn restore(&self, stores: &Stores, coupon: &Coupon) -> Result<(), Error> {
+        let _one_at_a_time = self.inner.restoring.lock().await;
+        if !cache::is_loaded(&stores.redis, coupon.id).await? {
+            restore(stores, coupon).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Stores a campaign in MySQL, then loads its state into Redis, so it is issuable when this returns.
+pub async fn create(stores: &Stores, catalog: &Catalog, new: NewCoupon) -> Result<Arc<Coupon>, Error> {
+    let id = db::insert_coupon(&stores.db, &new).await?;
+    let coupon = Coupon {
+        id,
+        name: new.name,
+        discount: new.discount,
+        total_quantity: new.total_quantity,
+        starts_at: new.starts_at,
+        ends_at: new.ends_at,
+    };
+    cache::load(&stores.redis, &coupon, &[]).await?;
+    Ok(catalog.remember(coupon))
+}
+
+/// Rebuilds a coupon's Redis state from MySQL: stock = total - rows, issued = the users with a row.
+/// Issuances Redis accepted but the writer had not persisted when Redis lost them are not in MySQL and
+/// so not restored; an append-only file (`appendfsync everysec`) bounds that window to about a second.
+pub async fn restore(stores: &Stores, coupon: &Coupon) -> Result<(), Error> {
+    let rows = db::issued_rows(&stores.db, coupon.id).await?;
+    let issued: Vec<(UserId, i64)> = rows.iter().map(|(user, at)| (*user, at.timestamp_micros())).collect();
+    if cache::load(&stores.redis, coupon, &issued).await? {
+        metrics::counter!("coupon_state_rebuilds_total").increment(1);
+        tracing::info!(coupon.id = %coupon.id, coupon.persisted = issued.len(), "coupon state rebuilt from MySQL");
+    }
+    Ok(())
+}
+
+/// At start-up: loads every campaign into the catalog and rebuilds the Redis state of those Redis lost.
+pub async fn restore_all(stores: &Stores, catalog: &Catalog) -> Result<(), Error> {
+    for coupon in db::all_coupons(&stores.db).await? {
+        if !cache::is_loaded(&stores.redis, coupon.id).await? {
+            restore(stores, &coupon).await?;
+        }
+        catalog.remember(coupon);
+    }
+    Ok(())
+}
+
+/// A successful issuance.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    pub coupon_id: CouponId,
+    pub user_id: UserId,
+    pub issued_at: DateTime<Utc>,
+}
+
+/// Issues `coupon_id` to `user_id`, first come first served. In steady state this is two Redis round
+/// trips (the user bit, the script) and no MySQL query: the campaign comes from the catalog.
+pub async fn issue(stores: &Stores, catalog: &Catalog, coupon_id: CouponId, user_id: UserId) -> Result<Issued, Error> {
+    let coupon = catalog.coupon(stores, coupon_id).await?;
+    user::ensure_exists(stores, user_id).await?;
+    let now = Utc::now().timestamp_micros();
+    let mut reply = cache::issue(&stores.redis, coupon_id, user_id, now).await?;
+    if reply == IssueReply::NotLoaded {
+        catalog.restore(stores, &coupon).await?;
+        reply = cache::issue(&stores.redis, coupon_id, user_id, now).await?;
+    }
+    let (result, outcome) = match reply {
+        IssueReply::Issued(at) => ("issued", Ok(Issued { coupon_id, user_id, issued_at: from_micros(at)? })),
+        IssueReply::AlreadyIssued(_) => {
+            ("already_issued", Err(Error::AlreadyIssued { coupon: coupon_id, user: user_id }))
+        }
+        IssueReply::SoldOut => ("sold_out", Err(Error::SoldOut(coupon_id))),
+        IssueReply::NotActive => ("not_active", Err(Error::NotActive(coupon_id))),
+        IssueReply::NotLoaded => {
+            ("not_loaded", Err(crate::lua::COUPON_ISSUE.unexpected("state missing after rebuild").into()))
+        }
+    };
+    metrics::counter!("coupon_issue_total", "result" => result).increment(1);
+    outcome
+}
+
+/// A campaign with its live counts, for operators.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    pub coupon: Arc<Coupon>,
+    /// Issuances Redis accepted.
+    pub issued: i64,
+    /// Stock left in Redis.
+    pub remaining: i64,
+    /// Issuances durable in MySQL; equals `issued` once the writer has caught up.
+    pub persisted: i64,
+}
+
+/// The campaign and how far its sale and persistence have come.
+pub async fn progress(stores: &Stores, catalog: &Catalog, id: CouponId) -> Result<Progress, Error> {
+    let coupon = catalog.coupon(stores, id).await?;
+    if !cache::is_loaded(&stores.redis, id).await? {
+        catalog.restore(stores, &coupon).await?;
+    }
+    let (issued, remaining) = cache::counts(&stores.redis, id).await?;
+    let persisted = db::count_persisted(&stores.db, id).await?;
+    Ok(Progress { coupon, issued, remaining, persisted })
+}
+
+/// The coupons `user_id` holds, optionally only those with `status`, newest issuance first; includes
+/// issuances not yet persisted (read-your-writes). Redis is read first for the reason given at
+/// [`held_by`].
+pub async fn held(
+    stores: &Stores,
+    catalog: &Catalog,
+    user_id: UserId,
+    status: Option<HeldStatus>,
+) -> Result<Vec<HeldCoupon>, Error> {
+    user::ensure_exists(stores, user_id).await?;
+    let coupons = cache::registered(&stores.redis).await?;
+    let in_redis = cache::issued_to(&stores.redis, user_id, &coupons).await?;
+    let mut held = db::list_held(&stores.db, user_id).await?;
+    for (coupon_id, at) in in_redis {
+        if held.iter().all(|h| h.coupon.id != coupon_id) {
+            let coupon = catalog.coupon(stores, coupon_id).await?;
+            held.push(HeldCoupon {
+                coupon: Coupon::clone(&coupon),
+                user_id,
+                status: HeldStatus::Available,
+                issued_at: from_micros(at)?,
+                used_at: None,
+            });
+        }
+    }
+    held.retain(|h| status.is_none_or(|s| h.status == s));
+    held.sort_by_key(|h| std::cmp::Reverse((h.issued_at, h.coupon.id)));
+    Ok(held)
 }

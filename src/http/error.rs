@@ -9,7 +9,7 @@ use serde::Serialize;
 use thiserror::Error;
 
 use crate::store::StoreError;
-use crate::{product, user};
+use crate::{coupon, product, user};
 
 /// What handlers return.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -51,6 +51,8 @@ pub enum Error {
     User(#[from] user::Error),
     #[error(transparent)]
     Product(#[from] product::Error),
+    #[error(transparent)]
+    Coupon(#[from] coupon::Error),
     /// 503 SERVICE_UNAVAILABLE or 500, depending on the failure.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -78,6 +80,15 @@ impl Error {
                 product::Error::NotFound(_) => (S::NOT_FOUND, "PRODUCT_NOT_FOUND", message),
                 product::Error::Invalid(_) => (S::BAD_REQUEST, "INVALID_REQUEST", message),
                 product::Error::Store(e) => store_parts(e),
+            },
+            Error::Coupon(e) => match e {
+                coupon::Error::NotFound(_) => (S::NOT_FOUND, "COUPON_NOT_FOUND", message),
+                coupon::Error::UserNotFound(_) => (S::NOT_FOUND, "USER_NOT_FOUND", message),
+                coupon::Error::Invalid(_) => (S::BAD_REQUEST, "INVALID_REQUEST", message),
+                coupon::Error::AlreadyIssued { .. } => (S::CONFLICT, "ALREADY_ISSUED", message),
+                coupon::Error::SoldOut(_) => (S::GONE, "SOLD_OUT", message),
+                coupon::Error::NotActive(_) => (S::UNPROCESSABLE_ENTITY, "COUPON_NOT_ACTIVE", message),
+                coupon::Error::Store(e) => store_parts(e),
             },
             Error::Store(e) => store_parts(e),
         }

@@ -2,6 +2,7 @@
 //! translate HTTP to domain calls; they know no SQL and no Redis command.
 
 pub mod admin;
+pub mod coupons;
 pub mod error;
 pub mod extract;
 pub mod health;
@@ -32,7 +33,7 @@ static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub fn api() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(openapi::base())
         .merge(health::router())
-        .nest("/api/v1", OpenApiRouter::new().merge(admin::router()))
+        .nest("/api/v1", OpenApiRouter::new().merge(admin::router()).merge(coupons::router()))
 }
 
 /// The complete application: routes, `/openapi.json`, JSON fallbacks and middleware.

@@ -1,0 +1,274 @@
+//! Redis side of coupons: the per-coupon keys, the typed wrappers of `lua/coupon_issue.lua` and
+//! `lua/coupon_load.lua`, the registry of loaded coupons and the stream commands of the writer.
+//!
+//! Keys of coupon 42 (one hash tag, so each script call stays in one cluster slot):
+//! `<prefix>coupon:{42}:meta` (window), `:stock` (counter), `:issued` (user -> issued_at in µs),
+//! `:queue` (stream of issuances not yet persisted). `<prefix>coupons` is the set of loaded coupon ids.
+
+use std::collections::HashMap;
+
+use fred::prelude::*;
+use fred::types::streams::{XID, XReadResponse, XReadValue};
+
+use super::Coupon;
+use crate::id::{CouponId, UserId};
+use crate::store::{Redis, StoreError};
+
+/// Consumer group of the MySQL writer on every coupon stream.
+pub const WRITER_GROUP: &str = "writers";
+
+/// Issued-hash fields per HSET when a rebuild copies MySQL rows back into Redis.
+const LOAD_CHUNK: usize = 1_000;
+
+/// The four keys of one coupon, in the order both scripts take them.
+struct CouponKeys {
+    meta: String,
+    stock: String,
+    issued: String,
+    queue: String,
+}
+
+impl CouponKeys {
+    fn new(redis: &Redis, id: CouponId) -> Self {
+        let key = |what: &str| redis.keys.key(format_args!("coupon:{{{id}}}:{what}"));
+        Self { meta: key("meta"), stock: key("stock"), issued: key("issued"), queue: key("queue") }
+    }
+
+    fn all(self) -> Vec<String> {
+        vec![self.meta, self.stock, self.issued, self.queue]
+    }
+}
+
+/// `<prefix>coupons`: ids of the coupons loaded in Redis, which the writer walks to find the streams.
+fn registry_key(redis: &Redis) -> String {
+    redis.keys.key("coupons")
+}
+
+/// What `coupon_issue.lua` decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IssueReply {
+    /// Issued now, at this time (µs since the epoch).
+    Issued(i64),
+    /// The user already holds it since this time (µs).
+    AlreadyIssued(i64),
+    SoldOut,
+    NotActive,
+    /// Redis has no state for the coupon: rebuild it from MySQL, then retry.
+    NotLoaded,
+}
+
+/// Runs the issue script: one round trip (EVALSHA).
+pub async fn issue(redis: &Redis, id: CouponId, user: UserId, now_micros: i64) -> Result<IssueReply, StoreError> {
+    let script = &*crate::lua::COUPON_ISSUE;
+    let args = vec![user.get().to_string(), now_micros.to_string()];
+    let reply: Vec<i64> = script.call(redis, CouponKeys::new(redis, id).all(), args).await?;
+    match reply.as_slice() {
+        [0, at] => Ok(IssueReply::Issued(*at)),
+        [1, at] => Ok(IssueReply::AlreadyIssued(*at)),
+        [2, _] => Ok(IssueReply::SoldOut),
+        [3, _] => Ok(IssueReply::NotActive),
+        [4, _] => Ok(IssueReply::NotLoaded),
+        other => Err(script.unexpected(other)),
+    }
+}
+
+/// Loads a coupon's state unless it is there: registers it for the writer, copies `issued` (user,
+/// issued_at µs) into the issued hash, then runs `coupon_load.lua`. `true` when this call loaded it.
+pub async fn load(redis: &Redis, coupon: &Coupon, issued: &[(UserId, i64)]) -> Result<bool, StoreError> {
+    let keys = CouponKeys::new(redis, coupon.id);
+    // Registered first: a coupon that can issue must be one the writer reads.
+    let _: i64 = redis.client().sadd(registry_key(redis), coupon.id.get()).await?;
+    if !issued.is_empty() {
+        let pipeline = redis.client().pipeline();
+        for chunk in issued.chunks(LOAD_CHUNK) {
+            let fields: Vec<(String, i64)> = chunk.iter().map(|(user, at)| (user.get().to_string(), *at)).collect();
+            let _: () = pipeline.hset(&keys.issued, fields).await?;
+        }
+        let _: Vec<Value> = pipeline.all().await?;
+    }
+    let args = vec![
+        coupon.total_quantity.to_string(),
+        coupon.starts_at.timestamp_micros().to_string(),
+        coupon.ends_at.map_or_else(String::new, |end| end.timestamp_micros().to_string()),
+        WRITER_GROUP.to_owned(),
+    ];
+    let script = &*crate::lua::COUPON_LOAD;
+    let loaded: i64 = script.call(redis, keys.all(), args).await?;
+    Ok(loaded == 1)
+}
+
+/// Whether the coupon's state is in Redis.
+pub async fn is_loaded(redis: &Redis, id: CouponId) -> Result<bool, StoreError> {
+    let found: i64 = redis.client().exists(CouponKeys::new(redis, id).meta).await?;
+    Ok(found == 1)
+}
+
+/// `(issued, remaining)` as Redis counts them, in one pipeline.
+pub async fn counts(redis: &Redis, id: CouponId) -> Result<(i64, i64), StoreError> {
+    let keys = CouponKeys::new(redis, id);
+    let pipeline = redis.client().pipeline();
+    let _: () = pipeline.hlen(&keys.issued).await?;
+    let _: () = pipeline.get(&keys.stock).await?;
+    let (issued, stock): (i64, Option<i64>) = pipeline.all().await?;
+    Ok((issued, stock.unwrap_or(0)))
+}
+
+/// When `user` was issued coupon `id` (µs), if Redis recorded it.
+pub async fn issued_at(redis: &Redis, id: CouponId, user: UserId) -> Result<Option<i64>, StoreError> {
+    Ok(redis.client().hget(CouponKeys::new(redis, id).issued, user.get()).await?)
+}
+
+/// Every coupon id in the registry.
+pub async fn registered(redis: &Redis) -> Result<Vec<CouponId>, StoreError> {
+    let ids: Vec<i64> = redis.client().smembers(registry_key(redis)).await?;
+    Ok(ids.into_iter().filter_map(CouponId::new).collect())
+}
+
+/// Which of `coupons` Redis says `user` holds, with the issue time (µs): one pipelined HGET per coupon.
+pub async fn issued_to(redis: &Redis, user: UserId, coupons: &[CouponId]) -> Result<Vec<(CouponId, i64)>, StoreError> {
+    if coupons.is_empty() {
+        return Ok(Vec::new());
+    }
+    let pipeline = redis.client().pipeline();
+    for id in coupons {
+        let _: () = pipeline.hget(CouponKeys::new(redis, *id).issued, user.get()).await?;
+    }
+    let found: Vec<Option<i64>> = pipeline.all().await?;
+    Ok(coupons.iter().zip(found).filter_map(|(id, at)| at.map(|at| (*id, at))).collect())
+}
+
+/// One issuance read from a coupon stream.
+#[derive(Debug, Clone)]
+pub struct Queued {
+    pub coupon_id: CouponId,
+    /// Stream entry id, to XACK once persisted.
+    pub entry_id: String,
+    pub user_id: UserId,
+    /// µs since the epoch.
+    pub issued_at: i64,
+}
+
+/// What one read of every coupon stream found.
+#[derive(Debug, Default)]
+pub struct Read {
+    pub entries: Vec<Queued>,
+    /// Entries in the streams (acknowledged ones are deleted, so: not yet persisted), when measured.
+    pub depth: Option<u64>,
+    /// Entries delivered to some consumer and not yet acknowledged, when measured.
+    pub pending: Option<u64>,
+}
+
+/// Reads up to `count` new entries per coupon stream for `consumer`, in one pipeline. With `reclaim`, the
+/// same pipeline also claims entries pending longer than `claim_idle_ms` (their consumer died) and
+/// measures depth and pending. A stream whose group is missing gets it created for the next read.
+pub async fn read_queues(
+    redis: &Redis,
+    coupons: &[CouponId],
+    consumer: &str,
+    count: u64,
+    reclaim: Option<u64>,
+) -> Result<Read, StoreError> {
+    let mut read = Read::default();
+    if coupons.is_empty() {
+        return Ok(read);
+    }
+    let client = redis.client();
+    let pipeline = client.pipeline();
+    for id in coupons {
+        let queue = CouponKeys::new(redis, *id).queue;
+        if let Some(idle) = reclaim {
+            let _: () = pipeline.xautoclaim(&queue, WRITER_GROUP, consumer, idle, "0-0", Some(count), false).await?;
+            let _: () = pipeline.xlen(&queue).await?;
+            let _: () = pipeline.xpending(&queue, WRITER_GROUP, ()).await?;
+        }
+        let _: () = pipeline.xreadgroup(WRITER_GROUP, consumer, Some(count), None, false, &queue, ">").await?;
+    }
+    let mut replies = pipeline.try_all::<Value>().await.into_iter();
+    let (mut depth, mut pending) = (0u64, 0u64);
+    let mut missing_groups = Vec::new();
+    for id in coupons {
+        if reclaim.is_some() {
+            let claimed = replies.next().expect("one reply per command");
+            let len = replies.next().expect("one reply per command");
+            let summary = replies.next().expect("one reply per command");
+            match claimed {
+                Ok(value) => {
+                    let (_, values): (String, Vec<XReadValue<String, String, i64>>) = value.into_xautoclaim_values()?;
+                    read.entries.extend(values.into_iter().filter_map(|v| queued(*id, v)));
+                }
+                Err(e) if is_nogroup(&e) => {}
+                Err(e) => return Err(e.into()),
+            }
+            depth += len?.convert::<u64>()?;
+            if let Ok(summary) = summary {
+                // XPENDING summary: [count, smallest id, greatest id, consumers].
+                let summary: Vec<Value> = summary.convert()?;
+                pending += summary.first().and_then(Value::as_u64).unwrap_or(0);
+            }
+        }
+        match replies.next().expect("one reply per command") {
+            Ok(Value::Null) => {}
+            Ok(value) => {
+                let streams: XReadResponse<String, String, String, i64> = value.into_xread_response()?;
+                for values in streams.into_values() {
+                    read.entries.extend(values.into_iter().filter_map(|v| queued(*id, v)));
+                }
+            }
+            Err(e) if is_nogroup(&e) => missing_groups.push(*id),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if reclaim.is_some() {
+        read.depth = Some(depth);
+        read.pending = Some(pending);
+    }
+    for id in missing_groups {
+        create_group(redis, id).await?;
+    }
+    Ok(read)
+}
+
+/// Decodes one stream entry; a malformed one (never written by our script) is logged and skipped, which
+/// leaves it pending rather than failing every batch.
+fn queued(coupon_id: CouponId, (entry_id, fields): XReadValue<String, String, i64>) -> Option<Queued> {
+    let user_id = fields.get("u").copied().and_then(UserId::new);
+    match (user_id, fields.get("t")) {
+        (Some(user_id), Some(&issued_at)) => Some(Queued { coupon_id, entry_id, user_id, issued_at }),
+        _ => {
+            tracing::error!(coupon.id = %coupon_id, entry.id = entry_id, "malformed coupon queue entry");
+            None
+        }
+    }
+}
+
+fn is_nogroup(error: &fred::error::Error) -> bool {
+    error.details().starts_with("NOGROUP")
+}
+
+/// Creates the writer group from id 0 (everything queued so far), if it is missing.
+async fn create_group(redis: &Redis, id: CouponId) -> Result<(), StoreError> {
+    let queue = CouponKeys::new(redis, id).queue;
+    match redis.client().xgroup_create::<(), _, _, _>(&queue, WRITER_GROUP, XID::Manual("0".into()), true).await {
+        Err(e) if !e.details().starts_with("BUSYGROUP") => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+/// Acknowledges and deletes persisted entries, one XACK and one XDEL per coupon, pipelined. Deleting keeps
+/// a stream's length equal to what is not yet persisted; a crash between the two only leaves an
+/// acknowledged entry behind, which no consumer is given again.
+pub async fn ack(redis: &Redis, entries: &[Queued]) -> Result<(), StoreError> {
+    let mut by_coupon: HashMap<CouponId, Vec<&str>> = HashMap::new();
+    for entry in entries {
+        by_coupon.entry(entry.coupon_id).or_default().push(&entry.entry_id);
+    }
+    let pipeline = redis.client().pipeline();
+    for (id, ids) in by_coupon {
+        let queue = CouponKeys::new(redis, id).queue;
+        let ids: Vec<String> = ids.into_iter().map(str::to_owned).collect();
+        let _: () = pipeline.xack(&queue, WRITER_GROUP, ids.clone()).await?;
+        let _: () = pipeline.xdel(&queue, ids).await?;
+    }
+    let _: Vec<Value> = pipeline.all().await?;
+    Ok(())
+}

@@ -1,0 +1,160 @@
+//! The background writer: moves issuances from the per-coupon Redis streams into MySQL.
+//!
+//! Each step reads every registered coupon's stream through the consumer group `writers` (one XREADGROUP
+//! per coupon, pipelined), inserts the batch with multi-row `INSERT IGNORE` and only then XACKs (and
+//! XDELs) the entries. Several instances run side by side: the group hands each entry to one consumer, and
+//! entries a dead consumer left pending are claimed with XAUTOCLAIM once idle for [`CLAIM_IDLE`]. A
+//! replayed entry is harmless: the `user_coupons` primary key makes its insert a no-op. While MySQL is
+//! down the batch in hand is retried with backoff and the streams grow; issuance goes on.
+
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use super::cache::{self, Queued};
+use super::db::{self, NewIssuance};
+use crate::store::{StoreError, Stores};
+
+/// Entries read per coupon stream per step.
+const READ_COUNT: u64 = 500;
+/// Rows per INSERT statement: 4 placeholders each stays far below MySQL's 65,535.
+const ROWS_PER_INSERT: usize = 2_000;
+/// An entry delivered to a consumer and not acknowledged for this long is claimed by another one: its
+/// consumer is taken for dead. A live writer acknowledges a batch within milliseconds, so 5 s only fires
+/// after a crash or a long MySQL stall; claiming too early costs a duplicate (ignored) insert, too late
+/// delays the recovery of a crashed instance's batch.
+pub const CLAIM_IDLE: Duration = Duration::from_secs(5);
+/// How often a step also reclaims idle entries and measures queue depth and pending count.
+const RECLAIM_PERIOD: Duration = Duration::from_secs(1);
+/// Pause after a step that found nothing: bounds the issue-to-persist lag of a quiet queue.
+const IDLE_SLEEP: Duration = Duration::from_millis(20);
+/// Backoff after a failed step, doubling up to the maximum while the failure lasts.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// After shutdown is requested the writer keeps draining the queue for at most this long.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
+
+/// What one step did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// This many entries were persisted and acknowledged.
+    Persisted(usize),
+    /// Every stream was empty.
+    Idle,
+}
+
+/// One writer instance: its consumer name and the batch it holds.
+pub struct Writer {
+    consumer: String,
+    /// Entries read but not yet acknowledged; kept across a failed step so it is retried first.
+    in_hand: Vec<Queued>,
+    last_reclaim: Option<Instant>,
+}
+
+impl Default for Writer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Writer {
+    /// A writer with a consumer name unique to this process: hostname, pid and a random suffix.
+    pub fn new() -> Self {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "host".to_owned());
+        let random = uuid::Uuid::new_v4().simple().to_string();
+        let consumer = format!("{}-{}-{}", host.trim(), std::process::id(), &random[..8]);
+        Self { consumer, in_hand: Vec::new(), last_reclaim: None }
+    }
+
+    pub fn consumer(&self) -> &str {
+        &self.consumer
+    }
+
+    /// Reads a batch (unless one is in hand), persists it and acknowledges it. On error the batch stays in
+    /// hand for the next call.
+    pub async fn drain_once(&mut self, stores: &Stores) -> Result<Outcome, StoreError> {
+        if self.in_hand.is_empty() {
+            self.in_hand = self.read(stores).await?;
+        }
+        if self.in_hand.is_empty() {
+            return Ok(Outcome::Idle);
+        }
+        let rows: Vec<NewIssuance> = self
+            .in_hand
+            .iter()
+            .filter_map(|q| {
+                let issued_at = chrono::DateTime::from_timestamp_micros(q.issued_at)?;
+                Some(NewIssuance { coupon_id: q.coupon_id, user_id: q.user_id, issued_at })
+            })
+            .collect();
+        for chunk in rows.chunks(ROWS_PER_INSERT) {
+            db::insert_issued(&stores.db, chunk).await?;
+        }
+        cache::ack(&stores.redis, &self.in_hand).await?;
+
+        let now = chrono::Utc::now().timestamp_micros();
+        metrics::histogram!("coupon_writer_batch_size").record(self.in_hand.len() as f64);
+        let lag = metrics::histogram!("coupon_writer_lag_seconds");
+        for entry in &self.in_hand {
+            lag.record((now - entry.issued_at).max(0) as f64 / 1e6);
+        }
+        let persisted = self.in_hand.len();
+        self.in_hand.clear();
+        Ok(Outcome::Persisted(persisted))
+    }
+
+    async fn read(&mut self, stores: &Stores) -> Result<Vec<Queued>, StoreError> {
+        let reclaim_due = self.last_reclaim.is_none_or(|at| at.elapsed() >= RECLAIM_PERIOD);
+        let reclaim = reclaim_due.then(|| CLAIM_IDLE.as_millis() as u64);
+        let coupons = cache::registered(&stores.redis).await?;
+        let read = cache::read_queues(&stores.redis, &coupons, &self.consumer, READ_COUNT, reclaim).await?;
+        if reclaim_due {
+            self.last_reclaim = Some(Instant::now());
+        }
+        if let Some(depth) = read.depth {
+            metrics::gauge!("coupon_writer_queue_depth").set(depth as f64);
+        }
+        if let Some(pending) = read.pending {
+            metrics::gauge!("coupon_writer_pending").set(pending as f64);
+        }
+        Ok(read.entries)
+    }
+}
+
+/// Runs the writer until `shutdown`; then keeps draining until the queue is empty, a step fails, or
+/// [`SHUTDOWN_DRAIN`] passes. A step is never interrupted: only the sleeps race the token.
+pub async fn run(stores: Stores, shutdown: CancellationToken) {
+    let mut writer = Writer::new();
+    tracing::info!(writer.consumer = writer.consumer(), "coupon writer started");
+    let mut backoff = BACKOFF_MIN;
+    let mut drain_until = None;
+    loop {
+        if shutdown.is_cancelled()
+            && Instant::now() >= *drain_until.get_or_insert_with(|| Instant::now() + SHUTDOWN_DRAIN)
+        {
+            break;
+        }
+        let pause = match writer.drain_once(&stores).await {
+            Ok(Outcome::Persisted(_)) => {
+                backoff = BACKOFF_MIN;
+                continue;
+            }
+            Ok(Outcome::Idle) => IDLE_SLEEP,
+            Err(error) => {
+                metrics::counter!("coupon_writer_errors_total", "store" => error.store()).increment(1);
+                tracing::warn!(writer.consumer = writer.consumer(), %error, retry_in = ?backoff, "coupon writer step failed");
+                let pause = backoff;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                pause
+            }
+        };
+        if shutdown.is_cancelled() {
+            break;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            () = shutdown.cancelled() => {}
+        }
+    }
+    tracing::info!(writer.consumer = writer.consumer(), "coupon writer stopped");
+}
