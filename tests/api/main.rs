@@ -3,5 +3,6 @@
 mod support;
 
 mod admin;
+mod coupons;
 mod errors;
 mod health;

@@ -1,0 +1,539 @@
+//! Coupons: first-come-first-served issuance racing for real, the writer, crash and outage recovery,
+//! read-your-writes, and every error of the contract.
+
+use std::collections::HashSet;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fred::prelude::*;
+use futures::{StreamExt, stream};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use stampede::app::App;
+use stampede::coupon::writer::{Outcome, Writer};
+use stampede::coupon::{self, HeldStatus};
+use stampede::id::{CouponId, OrderId, UserId};
+use stampede::store::Stores;
+
+use crate::support::{ADMIN_TOKEN, MariaDb, RedisServer, TestApp, create_database, isolated_store, serve_config};
+
+/// How long a test waits for the writer to catch up; it covers a crashed consumer's entries, which are
+/// reclaimed only after `CLAIM_IDLE`.
+const CATCH_UP: Duration = Duration::from_secs(40);
+
+/// Requests in flight at once in the stampede tests.
+const IN_FLIGHT: usize = 200;
+
+/// Creates a coupon through the admin API; returns its id.
+async fn create_coupon(app: &TestApp, quantity: i64) -> i64 {
+    let body = json!({ "name": "flash", "discountType": "FIXED", "discountValue": 1000, "totalQuantity": quantity });
+    let (status, body) = app.admin_post("/api/v1/admin/coupons", body).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    body["id"].as_i64().unwrap()
+}
+
+/// `count` users inserted in one statement and marked known in Redis, as `stampede seed` does.
+async fn create_users(stores: &Stores, count: usize) -> Vec<i64> {
+    let names: Vec<String> = (0..count).map(|n| format!("u{n}")).collect();
+    let ids = stampede::user::db::insert_batch(&stores.db, &names).await.unwrap();
+    stampede::user::cache::remember(&stores.redis, &ids).await.unwrap();
+    ids.into_iter().map(UserId::get).collect()
+}
+
+async fn progress(app: &TestApp, coupon: i64) -> Value {
+    let (status, body) = app.call(reqwest::Method::GET, &format!("/api/v1/admin/coupons/{coupon}"), None, true).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
+}
+
+/// Polls the admin progress until `persisted` reaches `expected`, or fails after [`CATCH_UP`].
+async fn wait_persisted(app: &TestApp, coupon: i64, expected: i64) -> Value {
+    let started = Instant::now();
+    loop {
+        let body = progress(app, coupon).await;
+        if body["persisted"] == expected {
+            return body;
+        }
+        assert!(started.elapsed() < CATCH_UP, "persisted stuck: {body}, want {expected}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Sends every `(coupon, user)` issuance with [`IN_FLIGHT`] at once, spread over `apps`; returns
+/// `(user, status)` per request.
+async fn stampede(apps: &[&TestApp], requests: Vec<(i64, i64)>) -> Vec<(i64, StatusCode)> {
+    stream::iter(requests.into_iter().enumerate())
+        .map(|(n, (coupon, user))| {
+            let app = apps[n % apps.len()];
+            async move {
+                let (status, body) =
+                    app.post(&format!("/api/v1/coupons/{coupon}/issue"), json!({ "userId": user })).await;
+                assert!(
+                    [StatusCode::CREATED, StatusCode::CONFLICT, StatusCode::GONE].contains(&status),
+                    "{status} {body}"
+                );
+                (user, status)
+            }
+        })
+        .buffer_unordered(IN_FLIGHT)
+        .collect()
+        .await
+}
+
+fn winners(results: &[(i64, StatusCode)]) -> Vec<i64> {
+    results.iter().filter(|(_, s)| *s == StatusCode::CREATED).map(|(u, _)| *u).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stampede_of_a_thousand_users_asking_three_times_gets_exactly_the_quantity_once_each() {
+    let app = TestApp::spawn().await;
+    // A second instance on the same stores: two catalogs, two writers in one consumer group.
+    let other = TestApp::spawn_with(app.config.clone()).await;
+    let users = create_users(&app.state.stores, 1_000).await;
+    let coupon = create_coupon(&app, 500).await;
+    let requests: Vec<(i64, i64)> = (0..3).flat_map(|_| users.iter().map(|u| (coupon, *u))).collect();
+
+    let results = stampede(&[&app, &other], requests).await;
+
+    let won = winners(&results);
+    assert_eq!(won.len(), 500);
+    assert_eq!(won.iter().collect::<HashSet<_>>().len(), 500, "a user won twice");
+    let body = wait_persisted(&app, coupon, 500).await;
+    assert_eq!((body["issued"].as_i64(), body["remaining"].as_i64()), (Some(500), Some(0)));
+    let rows: Vec<i64> = sqlx::query_scalar("SELECT user_id FROM user_coupons WHERE coupon_id = ?")
+        .bind(coupon)
+        .fetch_all(app.db())
+        .await
+        .unwrap();
+    assert_eq!(rows.into_iter().collect::<HashSet<_>>(), won.into_iter().collect::<HashSet<_>>());
+    let metrics = app.http.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("coupon_issue_total{result=\"issued\"}"), "{metrics}");
+    assert!(metrics.contains("coupon_writer_lag_seconds"), "{metrics}");
+}
+
+#[tokio::test]
+async fn issue_answers_every_error_of_the_contract_with_its_code() {
+    let app = TestApp::spawn().await;
+    let (alice, bob) = (app.create_user("alice").await, app.create_user("bob").await);
+    let coupon = create_coupon(&app, 1).await;
+    let issue = |coupon: i64, user: i64| {
+        let app = &app;
+        async move { app.post(&format!("/api/v1/coupons/{coupon}/issue"), json!({ "userId": user })).await }
+    };
+
+    let (status, body) = issue(coupon, alice).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!((body["couponId"].as_i64(), body["userId"].as_i64()), (Some(coupon), Some(alice)));
+    assert_eq!(body["status"], "AVAILABLE");
+    let issued_at = chrono::DateTime::parse_from_rfc3339(body["issuedAt"].as_str().unwrap()).unwrap();
+    assert!((chrono::Utc::now() - issued_at.to_utc()).num_seconds().abs() < 60);
+
+    let expect = |(status, body): (StatusCode, Value), want: StatusCode, code: &str| {
+        assert_eq!((status, body["code"].as_str()), (want, Some(code)), "{body}");
+    };
+    expect(issue(coupon, alice).await, StatusCode::CONFLICT, "ALREADY_ISSUED");
+    expect(issue(coupon, bob).await, StatusCode::GONE, "SOLD_OUT");
+    expect(issue(coupon + 1000, bob).await, StatusCode::NOT_FOUND, "COUPON_NOT_FOUND");
+    expect(issue(coupon, alice + 1000).await, StatusCode::NOT_FOUND, "USER_NOT_FOUND");
+
+    let now = chrono::Utc::now();
+    for (starts, ends) in [(now + chrono::Duration::hours(1), None), (now - chrono::Duration::hours(2), Some(now))] {
+        let body = json!({ "name": "later", "discountType": "RATE", "discountValue": 10, "totalQuantity": 5,
+            "startsAt": starts, "endsAt": ends });
+        let (status, created) = app.admin_post("/api/v1/admin/coupons", body).await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        expect(
+            issue(created["id"].as_i64().unwrap(), bob).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "COUPON_NOT_ACTIVE",
+        );
+    }
+
+    // A user who exists in MySQL but not (yet) in the Redis index is found through the fallback.
+    let carol = stampede::user::db::insert_batch(app.db(), &["carol".to_owned()]).await.unwrap()[0].get();
+    let open = create_coupon(&app, 10).await;
+    assert_eq!(issue(open, carol).await.0, StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn admin_coupon_create_and_progress_report_the_contract_fields() {
+    let app = TestApp::spawn().await;
+    let starts = "2020-01-01T09:00:00+09:00";
+    let body = json!({ "name": " spring ", "discountType": "RATE", "discountValue": 15, "totalQuantity": 3,
+        "startsAt": starts, "endsAt": "2999-01-01T00:00:00Z" });
+    let (status, created) = app.admin_post("/api/v1/admin/coupons", body).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["name"], "spring");
+    assert_eq!((created["discountType"].as_str(), created["discountValue"].as_i64()), (Some("RATE"), Some(15)));
+    assert_eq!(created["totalQuantity"], 3);
+    let at = |field: &str| chrono::DateTime::parse_from_rfc3339(created[field].as_str().unwrap()).unwrap();
+    assert_eq!(at("startsAt"), chrono::DateTime::parse_from_rfc3339(starts).unwrap());
+    assert_eq!(at("endsAt"), chrono::DateTime::parse_from_rfc3339("2999-01-01T00:00:00Z").unwrap());
+    let (_, open) = app
+        .admin_post(
+            "/api/v1/admin/coupons",
+            json!({ "name": "open", "discountType": "FIXED", "discountValue": 500,
+            "totalQuantity": 2 }),
+        )
+        .await;
+    assert_eq!(open["endsAt"], Value::Null);
+    assert!(open["startsAt"].is_string());
+
+    let id = created["id"].as_i64().unwrap();
+    let user = app.create_user("kim").await;
+    app.post(&format!("/api/v1/coupons/{id}/issue"), json!({ "userId": user })).await;
+    let body = wait_persisted(&app, id, 1).await;
+    assert_eq!(
+        body,
+        json!({ "id": id, "name": "spring", "totalQuantity": 3, "issued": 1, "remaining": 2,
+        "persisted": 1 })
+    );
+    let (status, body) = app.call(reqwest::Method::GET, "/api/v1/admin/coupons/999999", None, true).await;
+    assert_eq!((status, body["code"].as_str()), (StatusCode::NOT_FOUND, Some("COUPON_NOT_FOUND")));
+    let (status, _) = app.get(&format!("/api/v1/admin/coupons/{id}")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn the_issue_script_survives_script_flush() {
+    let app = TestApp::spawn().await;
+    let users = create_users(&app.state.stores, 2).await;
+    let coupon = create_coupon(&app, 10).await;
+    for user in users {
+        let _: () = app.state.stores.redis.client().script_flush(false).await.unwrap();
+        let (status, body) = app.post(&format!("/api/v1/coupons/{coupon}/issue"), json!({ "userId": user })).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    assert_eq!(progress(&app, coupon).await["issued"], 2);
+}
+
+#[tokio::test]
+async fn malformed_coupon_requests_get_400_and_the_envelope() {
+    let app = TestApp::spawn().await;
+    let user = app.create_user("kim").await;
+    let coupon = create_coupon(&app, 10).await;
+    let bad_ids = ["0", "-1", "abc", "9223372036854775808", "1.5"];
+    for id in bad_ids {
+        let (status, body) = app.post(&format!("/api/v1/coupons/{id}/issue"), json!({ "userId": user })).await;
+        assert_eq!((status, body["code"].as_str()), (StatusCode::BAD_REQUEST, Some("INVALID_REQUEST")), "{id}");
+        let (status, body) = app.get(&format!("/api/v1/users/{id}/coupons")).await;
+        assert_eq!((status, body["code"].as_str()), (StatusCode::BAD_REQUEST, Some("INVALID_REQUEST")), "{id}");
+        let (status, body) = app.call(reqwest::Method::GET, &format!("/api/v1/admin/coupons/{id}"), None, true).await;
+        assert_eq!((status, body["code"].as_str()), (StatusCode::BAD_REQUEST, Some("INVALID_REQUEST")), "{id}");
+    }
+    let issue = format!("/api/v1/coupons/{coupon}/issue");
+    for body in ["{", "[]", "{}", r#"{"userId": 0}"#, r#"{"userId": -3}"#, r#"{"userId": "1"}"#, r#"{"userId": 1.5}"#] {
+        let response =
+            app.http.post(app.url(&issue)).header("content-type", "application/json").body(body).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{body}");
+        let envelope: Value = response.json().await.unwrap();
+        assert_eq!(envelope["code"], "INVALID_REQUEST", "{body}");
+    }
+    for query in ["?status=BOGUS", "?status=available", "?status="] {
+        let (status, body) = app.get(&format!("/api/v1/users/{user}/coupons{query}")).await;
+        assert_eq!((status, body["code"].as_str()), (StatusCode::BAD_REQUEST, Some("INVALID_REQUEST")), "{query}");
+    }
+    let (status, body) = app.get("/api/v1/users/999999/coupons").await;
+    assert_eq!((status, body["code"].as_str()), (StatusCode::NOT_FOUND, Some("USER_NOT_FOUND")));
+    let valid = json!({ "name": "x", "discountType": "FIXED", "discountValue": 1, "totalQuantity": 1 });
+    let invalid = [
+        json!({ "discountType": "FIXED", "discountValue": 1, "totalQuantity": 1 }),
+        json!({ "name": " ", "discountType": "FIXED", "discountValue": 1, "totalQuantity": 1 }),
+        json!({ "name": "x", "discountType": "PERCENT", "discountValue": 1, "totalQuantity": 1 }),
+        json!({ "name": "x", "discountType": "FIXED", "discountValue": 0, "totalQuantity": 1 }),
+        json!({ "name": "x", "discountType": "RATE", "discountValue": 101, "totalQuantity": 1 }),
+        json!({ "name": "x", "discountType": "RATE", "discountValue": 0, "totalQuantity": 1 }),
+        json!({ "name": "x", "discountType": "FIXED", "discountValue": 1, "totalQuantity": 0 }),
+        json!({ "name": "x", "discountType": "FIXED", "discountValue": 1, "totalQuantity": 2_147_483_648i64 }),
+        json!({ "name": "x", "discountType": "FIXED", "discountValue": 1, "totalQuantity": 1, "startsAt": "soon" }),
+        json!({ "name": "x", "discountType": "FIXED", "discountValue": 1, "totalQuantity": 1,
+            "startsAt": "2030-01-01T00:00:00Z", "endsAt": "2029-01-01T00:00:00Z" }),
+        json!({ "name": "x", "discountType": "FIXED", "discountValue": 1, "totalQuantity": 1,
+            "startsAt": "2030-01-01T00:00:00" }),
+    ];
+    for body in invalid {
+        let (status, reply) = app.admin_post("/api/v1/admin/coupons", body.clone()).await;
+        assert_eq!((status, reply["code"].as_str()), (StatusCode::BAD_REQUEST, Some("INVALID_REQUEST")), "{body}");
+    }
+    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM coupons").fetch_one(app.db()).await.unwrap();
+    assert_eq!(rows, 1, "a rejected campaign was stored");
+    let response = app.http.post(app.url("/api/v1/admin/coupons")).json(&valid).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let response = app.http.post(app.url("/api/v1/admin/coupons")).bearer_auth(ADMIN_TOKEN).json(&valid).send();
+    assert_eq!(response.await.unwrap().status(), StatusCode::CREATED);
+}
+
+/// An app built but not run: no writer drains the queues, so a test decides when persistence happens.
+async fn app_without_writer() -> App {
+    App::build(serve_config(isolated_store().await)).await.expect("build app")
+}
+
+#[tokio::test]
+async fn a_coupon_is_listed_and_usable_right_after_its_201_before_the_writer_persists_it() {
+    let app = app_without_writer().await;
+    let state = app.state();
+    let stores = &state.stores;
+    let user = UserId::new(create_users(stores, 1).await[0]).unwrap();
+    let new = coupon::NewCoupon::parse("now", coupon::DiscountType::Fixed, 700, 5, None, None, chrono::Utc::now());
+    let campaign = coupon::create(stores, &state.coupons, new.unwrap()).await.unwrap();
+    let later = coupon::NewCoupon::parse("later", coupon::DiscountType::Rate, 5, 5, None, None, chrono::Utc::now());
+    let second = coupon::create(stores, &state.coupons, later.unwrap()).await.unwrap();
+
+    let issued = coupon::issue(stores, &state.coupons, campaign.id, user).await.unwrap();
+    let persisted: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM user_coupons").fetch_one(&stores.db).await.unwrap();
+    assert_eq!(persisted, 0);
+    let held = coupon::held_by(stores, user, campaign.id).await.unwrap().expect("held before persistence");
+    assert_eq!(
+        (held.status, held.issued_at, held.coupon.discount.value()),
+        (HeldStatus::Available, issued.issued_at, 700)
+    );
+    assert!(coupon::held_by(stores, user, second.id).await.unwrap().is_none());
+    let listed = coupon::held(stores, &state.coupons, user, Some(HeldStatus::Available)).await.unwrap();
+    assert_eq!(listed.iter().map(|h| h.coupon.id).collect::<Vec<_>>(), vec![campaign.id]);
+
+    // The order's pay transaction inserts the row first; the writer's later insert changes nothing.
+    let mut tx = stores.db.begin().await.unwrap();
+    let used =
+        coupon::db::mark_used(&mut tx, user, campaign.id, held.issued_at, OrderId::new(9).unwrap(), chrono::Utc::now());
+    assert!(used.await.unwrap());
+    tx.commit().await.unwrap();
+    coupon::issue(stores, &state.coupons, second.id, user).await.unwrap();
+    let mut writer = Writer::new();
+    assert_eq!(writer.drain_once(stores).await.unwrap(), Outcome::Persisted(2));
+    assert_eq!(writer.drain_once(stores).await.unwrap(), Outcome::Idle);
+
+    let all = coupon::held(stores, &state.coupons, user, None).await.unwrap();
+    let summary: Vec<(CouponId, HeldStatus)> = all.iter().map(|h| (h.coupon.id, h.status)).collect();
+    assert_eq!(summary, vec![(second.id, HeldStatus::Available), (campaign.id, HeldStatus::Used)]);
+    let used = coupon::held(stores, &state.coupons, user, Some(HeldStatus::Used)).await.unwrap();
+    assert_eq!(used.len(), 1);
+    assert_eq!(used[0].issued_at, issued.issued_at);
+}
+
+#[tokio::test]
+async fn my_coupons_lists_them_over_http_with_the_status_filter() {
+    let app = TestApp::spawn().await;
+    let user = app.create_user("kim").await;
+    let coupon = create_coupon(&app, 5).await;
+    let (_, issued) = app.post(&format!("/api/v1/coupons/{coupon}/issue"), json!({ "userId": user })).await;
+    // Right after the 201, whether or not the writer has run.
+    let (status, body) = app.get(&format!("/api/v1/users/{user}/coupons")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["coupons"].as_array().unwrap().len(), 1, "{body}");
+    let item = &body["coupons"][0];
+    assert_eq!((item["couponId"].as_i64(), item["name"].as_str()), (Some(coupon), Some("flash")));
+    assert_eq!((item["discountType"].as_str(), item["discountValue"].as_i64()), (Some("FIXED"), Some(1000)));
+    assert_eq!((item["status"].as_str(), &item["usedAt"]), (Some("AVAILABLE"), &Value::Null));
+    assert_eq!(item["issuedAt"], issued["issuedAt"]);
+    let (_, body) = app.get(&format!("/api/v1/users/{user}/coupons?status=USED")).await;
+    assert_eq!(body["coupons"], json!([]));
+    let (_, body) = app.get(&format!("/api/v1/users/{user}/coupons?status=AVAILABLE")).await;
+    assert_eq!(body["coupons"].as_array().unwrap().len(), 1);
+    wait_persisted(&app, coupon, 1).await;
+    let (_, after) = app.get(&format!("/api/v1/users/{user}/coupons")).await;
+    assert_eq!(after["coupons"][0]["issuedAt"], issued["issuedAt"], "persisting changed issuedAt");
+}
+
+#[tokio::test]
+async fn the_writer_reclaims_entries_a_dead_consumer_left_pending() {
+    let app = app_without_writer().await;
+    let state = app.state();
+    let stores = &state.stores;
+    let users = create_users(stores, 3).await;
+    let new = coupon::NewCoupon::parse("c", coupon::DiscountType::Fixed, 1, 10, None, None, chrono::Utc::now());
+    let campaign = coupon::create(stores, &state.coupons, new.unwrap()).await.unwrap();
+    for user in &users {
+        coupon::issue(stores, &state.coupons, campaign.id, UserId::new(*user).unwrap()).await.unwrap();
+    }
+    // A consumer takes the entries and dies before acknowledging them.
+    let taken = coupon::cache::read_queues(&stores.redis, &[campaign.id], "dead", 10, None).await.unwrap();
+    assert_eq!(taken.entries.len(), 3);
+
+    let mut writer = Writer::new();
+    let started = Instant::now();
+    let mut persisted = 0;
+    while persisted < 3 {
+        assert!(started.elapsed() < CATCH_UP, "pending entries never reclaimed");
+        match writer.drain_once(stores).await.unwrap() {
+            Outcome::Persisted(n) => persisted += n,
+            Outcome::Idle => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    assert_eq!(persisted, 3);
+    assert!(started.elapsed() >= coupon::writer::CLAIM_IDLE - Duration::from_millis(500), "claimed too early");
+    let rows = coupon::db::count_persisted(&stores.db, campaign.id).await.unwrap();
+    assert_eq!(rows, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn issuance_keeps_answering_while_mysql_is_down_and_the_writer_catches_up() {
+    let mut mariadb = MariaDb::start();
+    let mut store = isolated_store().await;
+    store.database_url = create_database(mariadb.url("").trim_end_matches('/')).await;
+    let app = TestApp::spawn_with(serve_config(store)).await;
+    let users = create_users(&app.state.stores, 300).await;
+    let coupon = create_coupon(&app, 1_000).await;
+
+    let before = stampede(&[&app], users[..100].iter().map(|u| (coupon, *u)).collect()).await;
+    mariadb.kill();
+    let during = stampede(&[&app], users[100..200].iter().map(|u| (coupon, *u)).collect()).await;
+    assert_eq!(winners(&during).len(), 100, "issuance stopped with MySQL");
+    // The writer is failing now; the queue holds what it cannot persist.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    mariadb.resume();
+    let after = stampede(&[&app], users[200..].iter().map(|u| (coupon, *u)).collect()).await;
+
+    assert_eq!(winners(&before).len() + winners(&after).len(), 200);
+    let body = wait_persisted(&app, coupon, 300).await;
+    assert_eq!(body["issued"], 300);
+}
+
+#[tokio::test]
+async fn after_redis_is_wiped_the_rebuild_refuses_the_winners_and_has_no_stock_left() {
+    let redis = RedisServer::start();
+    let mut store = isolated_store().await;
+    store.redis_url = redis.url();
+    let app = TestApp::spawn_with(serve_config(store)).await;
+    let users = create_users(&app.state.stores, 8).await;
+    let coupon = create_coupon(&app, 5).await;
+    let first = stampede(&[&app], users.iter().map(|u| (coupon, *u)).collect()).await;
+    let won: HashSet<i64> = winners(&first).into_iter().collect();
+    assert_eq!(won.len(), 5);
+    wait_persisted(&app, coupon, 5).await;
+
+    // Redis restarted without persistence: everything is gone, the process restarts.
+    let flush = |app: &TestApp| {
+        let client = app.state.stores.redis.client().clone();
+        async move { client.flushall::<()>(false).await.unwrap() }
+    };
+    flush(&app).await;
+    let config = app.stop().await;
+    let app = TestApp::spawn_with(config).await;
+    let again = stampede(&[&app], users.iter().map(|u| (coupon, *u)).collect()).await;
+    for (user, status) in &again {
+        let want = if won.contains(user) { StatusCode::CONFLICT } else { StatusCode::GONE };
+        assert_eq!(*status, want, "user {user}");
+    }
+    let body = progress(&app, coupon).await;
+    assert_eq!((body["issued"].as_i64(), body["remaining"].as_i64()), (Some(5), Some(0)));
+
+    // Wiped under a running process: the first request finds the keys missing and rebuilds them.
+    flush(&app).await;
+    let again = stampede(&[&app], users.iter().map(|u| (coupon, *u)).collect()).await;
+    assert!(
+        again
+            .iter()
+            .all(|(user, status)| *status == if won.contains(user) { StatusCode::CONFLICT } else { StatusCode::GONE })
+    );
+    let metrics = app.http.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("coupon_state_rebuilds_total"), "{metrics}");
+}
+
+/// The real binary, serving on a free port with these stores.
+struct Process {
+    child: Child,
+    app_url: String,
+}
+
+impl Process {
+    async fn start(store: &stampede::config::StoreConfig) -> Self {
+        let port = crate::support::servers::free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_stampede"))
+            .arg("serve")
+            .env("BIND_ADDR", format!("127.0.0.1:{port}"))
+            .env("DATABASE_URL", &store.database_url)
+            .env("REDIS_URL", &store.redis_url)
+            .env("REDIS_PREFIX", &store.redis_prefix)
+            .env("ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn stampede");
+        let process = Self { child, app_url: format!("http://127.0.0.1:{port}") };
+        let started = Instant::now();
+        loop {
+            let ready = reqwest::get(format!("{}/health/ready", process.app_url)).await;
+            if ready.is_ok_and(|r| r.status() == StatusCode::OK) {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(30), "stampede did not become ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        process
+    }
+
+    /// SIGKILL: no graceful shutdown, no final batch.
+    fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_process_killed_hard_after_a_burst_persists_every_issuance_after_restart() {
+    let store = isolated_store().await;
+    let stores = Stores::connect(&store).await.unwrap();
+    stampede::store::mysql::migrate(&stores.db).await.unwrap();
+    let users = create_users(&stores, 400).await;
+    let first = Process::start(&store).await;
+    let http = reqwest::Client::new();
+    let (quantity, url) = (300, first.app_url.clone());
+    let created: Value = http
+        .post(format!("{url}/api/v1/admin/coupons"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&json!({ "name": "kill", "discountType": "FIXED", "discountValue": 1, "totalQuantity": quantity }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let coupon = created["id"].as_i64().unwrap();
+    let statuses: Vec<StatusCode> = stream::iter(users.clone())
+        .map(|user| {
+            let (http, url) = (&http, &url);
+            async move {
+                let response =
+                    http.post(format!("{url}/api/v1/coupons/{coupon}/issue")).json(&json!({ "userId": user })).send();
+                response.await.unwrap().status()
+            }
+        })
+        .buffer_unordered(IN_FLIGHT)
+        .collect()
+        .await;
+    first.kill();
+    assert_eq!(statuses.iter().filter(|s| **s == StatusCode::CREATED).count(), quantity);
+
+    let second = Process::start(&store).await;
+    let started = Instant::now();
+    loop {
+        let body: Value = http
+            .get(format!("{}/api/v1/admin/coupons/{coupon}", second.app_url))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(body["issued"], quantity, "{body}");
+        if body["persisted"] == quantity {
+            break;
+        }
+        assert!(started.elapsed() < CATCH_UP, "not caught up: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let distinct: i64 = sqlx::query_scalar("SELECT COUNT(DISTINCT user_id) FROM user_coupons WHERE coupon_id = ?")
+        .bind(coupon)
+        .fetch_one(&stores.db)
+        .await
+        .unwrap();
+    assert_eq!(distinct, quantity as i64);
+}
