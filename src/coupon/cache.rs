@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 
+use chrono::{DateTime, Utc};
 use fred::prelude::*;
 use fred::types::streams::{XID, XReadResponse, XReadValue};
 
@@ -144,8 +145,7 @@ pub struct Queued {
     /// Stream entry id, to XACK once persisted.
     pub entry_id: String,
     pub user_id: UserId,
-    /// µs since the epoch.
-    pub issued_at: i64,
+    pub issued_at: DateTime<Utc>,
 }
 
 /// What one read of every coupon stream found.
@@ -232,8 +232,9 @@ pub async fn read_queues(
 /// leaves it pending rather than failing every batch.
 fn queued(coupon_id: CouponId, (entry_id, fields): XReadValue<String, String, i64>) -> Option<Queued> {
     let user_id = fields.get("u").copied().and_then(UserId::new);
-    match (user_id, fields.get("t")) {
-        (Some(user_id), Some(&issued_at)) => Some(Queued { coupon_id, entry_id, user_id, issued_at }),
+    let issued_at = fields.get("t").copied().and_then(DateTime::from_timestamp_micros);
+    match (user_id, issued_at) {
+        (Some(user_id), Some(issued_at)) => Some(Queued { coupon_id, entry_id, user_id, issued_at }),
         _ => {
             tracing::error!(coupon.id = %coupon_id, entry.id = entry_id, "malformed coupon queue entry");
             None

@@ -386,7 +386,13 @@ pub async fn held(
     let mut held = db::list_held(&stores.db, user_id).await?;
     for (coupon_id, at) in in_redis {
         if held.iter().all(|h| h.coupon.id != coupon_id) {
-            let coupon = catalog.coupon(stores, coupon_id).await?;
+            let coupon = match catalog.coupon(stores, coupon_id).await {
+                Ok(coupon) => coupon,
+                // A registry entry MySQL does not know (a database restored from an older backup): nothing
+                // the user can hold.
+                Err(Error::NotFound(_)) => continue,
+                Err(e) => return Err(e),
+            };
             held.push(HeldCoupon {
                 coupon: Coupon::clone(&coupon),
                 user_id,

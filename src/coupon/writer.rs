@@ -82,21 +82,18 @@ impl Writer {
         let rows: Vec<NewIssuance> = self
             .in_hand
             .iter()
-            .filter_map(|q| {
-                let issued_at = chrono::DateTime::from_timestamp_micros(q.issued_at)?;
-                Some(NewIssuance { coupon_id: q.coupon_id, user_id: q.user_id, issued_at })
-            })
+            .map(|q| NewIssuance { coupon_id: q.coupon_id, user_id: q.user_id, issued_at: q.issued_at })
             .collect();
         for chunk in rows.chunks(ROWS_PER_INSERT) {
             db::insert_issued(&stores.db, chunk).await?;
         }
         cache::ack(&stores.redis, &self.in_hand).await?;
 
-        let now = chrono::Utc::now().timestamp_micros();
+        let now = chrono::Utc::now();
         metrics::histogram!("coupon_writer_batch_size").record(self.in_hand.len() as f64);
         let lag = metrics::histogram!("coupon_writer_lag_seconds");
         for entry in &self.in_hand {
-            lag.record((now - entry.issued_at).max(0) as f64 / 1e6);
+            lag.record((now - entry.issued_at).to_std().unwrap_or_default());
         }
         let persisted = self.in_hand.len();
         self.in_hand.clear();
