@@ -537,3 +537,37 @@ async fn a_process_killed_hard_after_a_burst_persists_every_issuance_after_resta
         .unwrap();
     assert_eq!(distinct, quantity as i64);
 }
+
+#[tokio::test]
+async fn seed_creates_coupons_that_are_issuable_at_once() {
+    #[derive(clap::Parser)]
+    struct Seed {
+        #[command(flatten)]
+        config: stampede::config::SeedConfig,
+    }
+    let store = isolated_store().await;
+    let args = [
+        "seed",
+        "--database-url",
+        &store.database_url,
+        "--redis-url",
+        &store.redis_url,
+        "--redis-prefix",
+        &store.redis_prefix,
+        "--users",
+        "3",
+        "--coupons",
+        "2",
+        "--coupon-quantity",
+        "2",
+    ];
+    let seeded = stampede::seed::run(&<Seed as clap::Parser>::parse_from(args).config).await.unwrap();
+    assert_eq!(seeded.coupons.len(), 2);
+
+    let app = TestApp::spawn_with(serve_config(store)).await;
+    let first = seeded.first_user.unwrap().get();
+    for coupon in &seeded.coupons {
+        let results = stampede(&[&app], (first..first + 3).map(|user| (coupon.get(), user)).collect()).await;
+        assert_eq!(winners(&results).len(), 2, "coupon {coupon}");
+    }
+}
