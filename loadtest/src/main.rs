@@ -101,7 +101,7 @@ async fn run() -> Result<bool, api::Error> {
         // Prints goose's own help and exits.
         GooseConfiguration::parse_args_default_or_exit();
     }
-    let config = GooseConfiguration::parse_args_default(&normalize_args(args))?;
+    let config = GooseConfiguration::parse_args_default(&normalize_args(args)).map_err(explain)?;
     let settings = Settings::from_env()?;
 
     let patterns = match &config.scenarios {
@@ -133,8 +133,16 @@ async fn run() -> Result<bool, api::Error> {
     for (name, kind, weight) in SCENARIOS {
         attack = attack.register_scenario(scenario(name, kind, weight, &shared)?);
     }
-    attack.execute().await?;
+    attack.execute().await.map_err(explain)?;
     verify(&shared).await
+}
+
+/// A goose error with its detail: goose's `Display` of an invalid option names neither option nor reason.
+fn explain(error: GooseError) -> api::Error {
+    match error {
+        GooseError::InvalidOption { option, value, detail } => format!("{option} {value}: {detail}").into(),
+        other => other.into(),
+    }
 }
 
 /// Goose's `test_start` transaction: creates the fixture the active scenarios need.
