@@ -13,18 +13,21 @@ SERVICES := scripts/services.sh
 DEV_DATA := .data/dev
 REPORTS := .data/reports
 STAMPEDE := ./target/release/stampede
+LOADTEST := ./target/release/loadtest
 HOST := http://127.0.0.1:8080
 DEV_ADMIN_TOKEN := dev-admin-token
 
-# Criterion benches run once each in smoke mode (`-- --test`) by `make test`.
+# Criterion benches run once each in smoke mode (`-- --test`) by `make test`, against the test-profile services.
 # Add the names of benches/<name>.rs here as they appear.
-BENCHES := coupon
+BENCHES := coupon sql_baseline
 
 # `make seed USERS=... PRODUCTS=...`
 USERS ?= 100000
 PRODUCTS ?= 1000
 
-# `make load LOAD_USERS=... LOAD_RUN_TIME=...`
+# `make load LOAD_USERS=... LOAD_RUN_TIME=...`; scenarios: flash-sale checkout checkout-hot browse mixed.
+# The load test's own knobs are environment variables (FLASH_QUANTITY, FLASH_USERS, ...; see the README),
+# given on the make command line or exported.
 LOAD_SCENARIOS ?= flash-sale mixed
 LOAD_USERS ?= 200
 LOAD_HATCH_RATE ?= 200
@@ -71,10 +74,16 @@ test: ## What CI runs: fmt check, clippy, all tests, bench smoke runs (tests spa
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) test --workspace
-	@for bench in $(BENCHES); do \
-	    echo "$(CARGO) bench --bench $$bench -- --test"; \
-	    $(CARGO) bench --bench "$$bench" -- --test; \
-	done
+	@# Benches need MySQL: they get the test-profile services (ports 3391/6391), stopped afterwards.
+	@if [[ -n "$(strip $(BENCHES))" ]]; then \
+	    $(SERVICES) start test; \
+	    trap '$(SERVICES) stop test' EXIT; \
+	    eval "$$($(SERVICES) env test)"; \
+	    for bench in $(BENCHES); do \
+	        echo "$(CARGO) bench --bench $$bench -- --test"; \
+	        $(CARGO) bench --bench "$$bench" -- --test; \
+	    done; \
+	fi
 
 bench: ## Run the criterion benchmarks against the dev services
 	$(SERVICES) start dev
@@ -88,7 +97,7 @@ load: ## Load-test a local server (starts one if none answers); HTML reports in 
 	    $(CARGO) build --release --bin stampede; \
 	    $(DEV_ENV); \
 	    echo "load: starting stampede serve in the background (log: $(DEV_DATA)/stampede.log; stop with: make stop)"; \
-	    ADMIN_TOKEN=$(DEV_ADMIN_TOKEN) BIND_ADDR=127.0.0.1:8080 \
+	    ADMIN_TOKEN="$${ADMIN_TOKEN:-$(DEV_ADMIN_TOKEN)}" BIND_ADDR=127.0.0.1:8080 \
 	        $$(command -v setsid || true) nohup $(STAMPEDE) serve </dev/null >>$(DEV_DATA)/stampede.log 2>&1 & \
 	    pid=$$!; \
 	    echo $$pid >$(DEV_DATA)/stampede.pid; \
@@ -109,18 +118,23 @@ load: ## Load-test a local server (starts one if none answers); HTML reports in 
 	    fi; \
 	    echo "load: stampede ready (pid $$pid)"; \
 	fi
+	$(CARGO) build --release -p loadtest
 	@mkdir -p $(REPORTS)
-	@for scenario in $(LOAD_SCENARIOS); do \
+	@failed=(); \
+	for scenario in $(LOAD_SCENARIOS); do \
 	    echo "load: scenario $$scenario"; \
-	    $(CARGO) run -p loadtest --release -- \
+	    ADMIN_TOKEN="$${ADMIN_TOKEN:-$(DEV_ADMIN_TOKEN)}" $(LOADTEST) \
 	        --host $(HOST) \
 	        --scenarios $$scenario \
 	        --users $(LOAD_USERS) \
-	        --hatch-rate $(LOAD_HATCH_RATE) \
+	        --increase-rate $(LOAD_HATCH_RATE) \
 	        --run-time $(LOAD_RUN_TIME) \
-	        --report-file $(REPORTS)/$$scenario.html; \
-	done
-	@echo "load: reports:"; for scenario in $(LOAD_SCENARIOS); do echo "  $(REPORTS)/$$scenario.html"; done
+	        --no-reset-metrics \
+	        --report-file $(REPORTS)/$$scenario.html \
+	        || failed+=("$$scenario"); \
+	done; \
+	echo "load: reports:"; for scenario in $(LOAD_SCENARIOS); do echo "  $(REPORTS)/$$scenario.html"; done; \
+	if (( $${#failed[@]} > 0 )); then echo "load: FAILED (verification or run): $${failed[*]}" >&2; exit 1; fi
 
 seed: ## Fill the dev database with test data (USERS=100000 PRODUCTS=1000)
 	$(SERVICES) start dev
