@@ -76,4 +76,6 @@ impl App {
 }
 
 /// Starts the writer, relays and schedulers; each stops when `shutdown` is cancelled.
-fn spawn_background_jobs(_state: &AppState, _jobs: &TaskTracker, _shutdown: &CancellationToken) {}
+fn spawn_background_jobs(state: &AppState, jobs: &TaskTracker, shutdown: &CancellationToken) {
+    jobs.spawn(crate::platform::relay::run(state.clone(), shutdown.clone()));
+}

@@ -1,7 +1,6 @@
 //! The one registry of Lua scripts: each `lua/<domain>_<action>.lua` is compiled in here and loaded once
 //! at boot by SHA. Domain modules wrap these handles in typed functions.
 
-#[expect(unused_imports, reason = "used by script statics once scripts are registered")]
 use std::sync::LazyLock;
 
 use crate::store::{Redis, Script, StoreError};
@@ -20,7 +19,9 @@ macro_rules! scripts {
     };
 }
 
-scripts! {}
+scripts! {
+    RANKING_RECORD_SALES => "ranking_record_sales",
+}
 
 /// Loads every script into Redis (every primary of a cluster).
 pub async fn load_all(redis: &Redis) -> Result<(), StoreError> {
