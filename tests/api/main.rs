@@ -3,5 +3,6 @@
 mod support;
 
 mod admin;
+mod balance;
 mod errors;
 mod health;
