@@ -6,3 +6,4 @@ mod admin;
 mod balance;
 mod errors;
 mod health;
+mod orders;
