@@ -7,3 +7,4 @@ mod balance;
 mod errors;
 mod health;
 mod orders;
+mod outbox;
