@@ -210,7 +210,10 @@ pub async fn charge(
         Ok(db::ChargeOutcome::Replayed { .. }) => Err(Error::IdempotencyKeyReused),
         Ok(db::ChargeOutcome::OverLimit) => Err(Error::LimitExceeded { max: limits.balance_max }),
         Ok(db::ChargeOutcome::NoUser) => Err(Error::UserNotFound(user_id)),
-        Err(e) if e.is_lock_conflict() => Err(Error::Contended),
+        Err(e) if e.is_lock_conflict() => {
+            tracing::warn!(user.id = %user_id, error = %e, "charge kept losing lock conflicts");
+            Err(Error::Contended)
+        }
         Err(e) => Err(e),
     }
 }

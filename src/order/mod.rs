@@ -229,7 +229,8 @@ pub async fn pay(stores: &Stores, user_id: UserId, order_id: OrderId) -> Result<
     let held = match order.coupon_id {
         Some(coupon_id) => match usable_coupon(stores, user_id, coupon_id, now).await {
             Ok(held) => Some(held),
-            Err(e) => return fail(stores, order_id, e).await,
+            Err(e @ Error::CouponUnavailable(_)) => return fail(stores, order_id, e).await,
+            Err(e) => return Err(e),
         },
         None => None,
     };
@@ -322,7 +323,10 @@ async fn pay_in_transaction(
         }
         Ok(PayOutcome::InsufficientBalance) => Err(Error::InsufficientBalance(order.final_amount)),
         Ok(PayOutcome::OutOfStock(product_id)) => Err(Error::OutOfStock(product_id)),
-        Err(e) if mysql::is_lock_conflict(&e) => Err(Error::Contended),
+        Err(e) if mysql::is_lock_conflict(&e) => {
+            tracing::warn!(order.user_id = %order.user_id, error = %e, "pay transaction kept losing lock conflicts");
+            Err(Error::Contended)
+        }
         Err(e) => Err(e.into()),
     }
 }
@@ -406,5 +410,29 @@ fn event(order: &Order, order_id: OrderId, paid_at: DateTime<Utc>) -> OrderEvent
             .collect(),
         final_amount: order.final_amount,
         paid_at,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(id: i64, quantity: i64) -> ItemRequest {
+        ItemRequest { product_id: ProductId::new(id).unwrap(), quantity }
+    }
+
+    #[test]
+    fn items_are_sorted_by_product_so_every_payment_locks_in_one_order() {
+        let sorted = validate_items(vec![item(3, 1), item(1, 2), item(2, 1000)]).unwrap();
+        assert_eq!(sorted.iter().map(|i| i.product_id.get()).collect::<Vec<_>>(), [1, 2, 3]);
+    }
+
+    #[test]
+    fn items_must_be_distinct_non_empty_and_in_range() {
+        assert!(validate_items(vec![]).is_err());
+        assert!(validate_items(vec![item(1, 1), item(1, 2)]).is_err());
+        assert!(validate_items(vec![item(1, 0)]).is_err());
+        assert!(validate_items(vec![item(1, 1001)]).is_err());
+        assert!(validate_items((1..=101).map(|id| item(id, 1)).collect()).is_err());
     }
 }

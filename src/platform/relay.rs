@@ -198,3 +198,16 @@ async fn report_backlog(stores: &Stores) {
         Err(e) => tracing::warn!(error = %e, "outbox backlog not measured"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_a_quarter_second_and_stops_at_a_minute() {
+        let ms = |attempts| backoff(attempts).num_milliseconds();
+        assert_eq!([ms(1), ms(2), ms(3), ms(4)], [250, 500, 1_000, 2_000]);
+        assert_eq!(ms(9), 60_000);
+        assert_eq!(ms(i32::MAX), 60_000);
+    }
+}
