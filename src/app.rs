@@ -84,4 +84,5 @@ impl App {
 /// Starts the writer, relays and schedulers; each stops when `shutdown` is cancelled.
 fn spawn_background_jobs(state: &AppState, jobs: &TaskTracker, shutdown: &CancellationToken) {
     jobs.spawn(crate::coupon::writer::run(state.stores.clone(), shutdown.clone()));
+    jobs.spawn(crate::platform::relay::run(state.clone(), shutdown.clone()));
 }

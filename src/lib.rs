@@ -8,15 +8,19 @@
 //! - [`store`]: MySQL pool and migrations, Redis pool, script handles, error classification.
 //! - [`lua`]: the registry of Lua scripts under `lua/`, loaded once by SHA.
 //! - Domains, each with its rules (`mod.rs`), SQL (`db.rs`) and Redis calls (`cache.rs`):
-//!   [`user`], [`product`], [`coupon`], [`ranking`].
+//!   [`user`], [`product`], [`coupon`], [`ranking`], [`balance`], [`order`].
+//! - [`platform`]: the outbox relay delivering paid orders to the data platform.
 //! - [`seed`]: bulk test data for load tests.
 
 pub mod app;
+pub mod balance;
 pub mod config;
 pub mod coupon;
 pub mod http;
 pub mod id;
 pub mod lua;
+pub mod order;
+pub mod platform;
 pub mod product;
 pub mod ranking;
 pub mod seed;

@@ -22,6 +22,7 @@ macro_rules! scripts {
 scripts! {
     COUPON_ISSUE => "coupon_issue",
     COUPON_LOAD => "coupon_load",
+    RANKING_RECORD_SALES => "ranking_record_sales",
 }
 
 /// Loads every script into Redis (every primary of a cluster).

@@ -9,7 +9,7 @@ use serde::Serialize;
 use thiserror::Error;
 
 use crate::store::StoreError;
-use crate::{coupon, product, user};
+use crate::{balance, coupon, order, product, user};
 
 /// What handlers return.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -53,6 +53,10 @@ pub enum Error {
     Product(#[from] product::Error),
     #[error(transparent)]
     Coupon(#[from] coupon::Error),
+    #[error(transparent)]
+    Balance(#[from] balance::Error),
+    #[error(transparent)]
+    Order(#[from] order::Error),
     /// 503 SERVICE_UNAVAILABLE or 500, depending on the failure.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -89,6 +93,27 @@ impl Error {
                 coupon::Error::SoldOut(_) => (S::GONE, "SOLD_OUT", message),
                 coupon::Error::NotActive(_) => (S::UNPROCESSABLE_ENTITY, "COUPON_NOT_ACTIVE", message),
                 coupon::Error::Store(e) => store_parts(e),
+            },
+            Error::Balance(e) => match e {
+                balance::Error::InvalidAmount { .. } => (S::BAD_REQUEST, "INVALID_AMOUNT", message),
+                balance::Error::Invalid(_) => (S::BAD_REQUEST, "INVALID_REQUEST", message),
+                balance::Error::UserNotFound(_) => (S::NOT_FOUND, "USER_NOT_FOUND", message),
+                balance::Error::LimitExceeded { .. } => (S::UNPROCESSABLE_ENTITY, "BALANCE_LIMIT_EXCEEDED", message),
+                balance::Error::IdempotencyKeyReused => (S::CONFLICT, "IDEMPOTENCY_KEY_REUSED", message),
+                balance::Error::Contended => (S::SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE", message),
+                balance::Error::Store(e) => store_parts(e),
+            },
+            Error::Order(e) => match e {
+                order::Error::Invalid(_) => (S::BAD_REQUEST, "INVALID_ORDER", message),
+                order::Error::UserNotFound(_) => (S::NOT_FOUND, "USER_NOT_FOUND", message),
+                order::Error::ProductNotFound(_) => (S::NOT_FOUND, "PRODUCT_NOT_FOUND", message),
+                order::Error::OutOfStock(_) => (S::CONFLICT, "OUT_OF_STOCK", message),
+                order::Error::CouponUnavailable(_) => (S::CONFLICT, "COUPON_UNAVAILABLE", message),
+                order::Error::InsufficientBalance(_) => (S::CONFLICT, "INSUFFICIENT_BALANCE", message),
+                order::Error::NotFound(_) => (S::NOT_FOUND, "ORDER_NOT_FOUND", message),
+                order::Error::NotPayable(_) => (S::CONFLICT, "ORDER_NOT_PAYABLE", message),
+                order::Error::Contended => (S::SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE", message),
+                order::Error::Store(e) => store_parts(e),
             },
             Error::Store(e) => store_parts(e),
         }

@@ -2,11 +2,13 @@
 //! translate HTTP to domain calls; they know no SQL and no Redis command.
 
 pub mod admin;
+pub mod balance;
 pub mod coupons;
 pub mod error;
 pub mod extract;
 pub mod health;
 pub mod openapi;
+pub mod orders;
 
 use std::time::Instant;
 
@@ -31,9 +33,14 @@ static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Every documented route, with its OpenAPI description collected from the handlers.
 pub fn api() -> OpenApiRouter<AppState> {
-    OpenApiRouter::with_openapi(openapi::base())
-        .merge(health::router())
-        .nest("/api/v1", OpenApiRouter::new().merge(admin::router()).merge(coupons::router()))
+    OpenApiRouter::with_openapi(openapi::base()).merge(health::router()).nest(
+        "/api/v1",
+        OpenApiRouter::new()
+            .merge(admin::router())
+            .merge(coupons::router())
+            .merge(balance::router())
+            .merge(orders::router()),
+    )
 }
 
 /// The complete application: routes, `/openapi.json`, JSON fallbacks and middleware.

@@ -1,5 +1,7 @@
 //! Top products: daily sales in Redis sorted sets, unioned over a window of days.
 
+pub mod sales;
+
 use chrono::{DateTime, FixedOffset, NaiveDate, Utc};
 
 use crate::store::Keys;

@@ -30,3 +30,43 @@ pub async fn migrate(pool: &MySqlPool) -> Result<(), StoreError> {
     MIGRATOR.run(pool).await?;
     Ok(())
 }
+
+/// How many times a transaction that lost a deadlock or a lock wait is run in all before giving up.
+pub const CONFLICT_ATTEMPTS: u32 = 5;
+/// Pause before a rerun, times the attempt number, plus jitter so the losers do not collide again.
+const CONFLICT_BACKOFF: Duration = Duration::from_millis(5);
+
+/// MariaDB/MySQL `ER_LOCK_DEADLOCK`: InnoDB rolled the transaction back to break a cycle.
+const ER_LOCK_DEADLOCK: u16 = 1213;
+/// `ER_LOCK_WAIT_TIMEOUT`: a row lock was not granted within `innodb_lock_wait_timeout`.
+const ER_LOCK_WAIT_TIMEOUT: u16 = 1205;
+
+/// True for a deadlock or lock-wait timeout: the transaction did nothing and may simply be run again.
+pub fn is_lock_conflict(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .and_then(|e| e.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>())
+        .is_some_and(|e| matches!(e.number(), ER_LOCK_DEADLOCK | ER_LOCK_WAIT_TIMEOUT))
+}
+
+/// Runs `transaction` until it succeeds, fails for another reason, or lost [`CONFLICT_ATTEMPTS`] lock
+/// conflicts (`conflict` tells them apart); returns its last result. The last line of defence: transactions
+/// lock in a fixed order, so conflicts should be rare.
+pub async fn retry_on_conflict<T, E, F, Fut>(mut transaction: F, conflict: impl Fn(&E) -> bool) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let mut attempt = 1;
+    loop {
+        match transaction().await {
+            Err(e) if conflict(&e) && attempt < CONFLICT_ATTEMPTS => {
+                metrics::counter!("mysql_lock_conflict_retries_total").increment(1);
+                let jitter = Duration::from_micros(rand::random_range(0..2_000));
+                tokio::time::sleep(CONFLICT_BACKOFF * attempt + jitter).await;
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
+}

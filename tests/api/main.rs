@@ -3,6 +3,9 @@
 mod support;
 
 mod admin;
+mod balance;
 mod coupons;
 mod errors;
 mod health;
+mod orders;
+mod outbox;

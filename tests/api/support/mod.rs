@@ -189,3 +189,51 @@ impl Drop for TestApp {
         self.shutdown.cancel();
     }
 }
+
+impl TestApp {
+    /// Creates a coupon campaign and issues it to `user_id`, straight in MySQL (the admin coupon API is
+    /// another module's): active since an hour ago, no end. Returns the coupon id.
+    pub async fn insert_held_coupon(&self, user_id: i64, discount_type: &str, discount_value: i64) -> i64 {
+        let now = chrono::Utc::now();
+        let created = sqlx::query(
+            "INSERT INTO coupons (name, discount_type, discount_value, total_quantity, starts_at) VALUES (?, ?, ?, 100, ?)",
+        )
+        .bind(format!("{discount_type} {discount_value}"))
+        .bind(discount_type)
+        .bind(discount_value)
+        .bind(now - chrono::Duration::hours(1))
+        .execute(self.db())
+        .await
+        .unwrap();
+        let coupon_id = created.last_insert_id() as i64;
+        sqlx::query("INSERT INTO user_coupons (coupon_id, user_id, status, issued_at) VALUES (?, ?, 'AVAILABLE', ?)")
+            .bind(coupon_id)
+            .bind(user_id)
+            .bind(now)
+            .execute(self.db())
+            .await
+            .unwrap();
+        coupon_id
+    }
+
+    /// Charges `amount` to `user_id` through the API; returns the new balance.
+    pub async fn charge(&self, user_id: i64, amount: i64) -> i64 {
+        let (status, body) =
+            self.post(&format!("/api/v1/users/{user_id}/balance/charge"), json!({ "amount": amount })).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["balance"].as_i64().unwrap()
+    }
+}
+
+/// Polls `condition` every 50 ms until it holds; panics after `timeout` naming `what`.
+pub async fn eventually<F, Fut>(what: &str, timeout: std::time::Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !condition().await {
+        assert!(tokio::time::Instant::now() < deadline, "not within {timeout:?}: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,82 @@
+//! `/users/{userId}/balance`: read, charge (optionally idempotent) and history.
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use super::error::{ErrorBody, Result};
+use super::extract::{Json, Path, Query};
+use crate::app::AppState;
+use crate::balance::{self, Balance, ChargeAmount, Charged, Entry, IdempotencyKey};
+use crate::id::UserId;
+
+/// The optional header that makes a charge safe to retry.
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// History page size when `limit` is absent.
+const DEFAULT_HISTORY_LIMIT: u32 = 20;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(get_balance)).routes(routes!(charge)).routes(routes!(history))
+}
+
+/// The balance; 0 for a user who never charged.
+#[utoipa::path(get, path = "/users/{user_id}/balance", tag = "balance",
+    params(("user_id" = i64, Path, description = "User id")),
+    responses((status = 200, body = Balance), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn get_balance(State(app): State<AppState>, Path(user_id): Path<UserId>) -> Result<axum::Json<Balance>> {
+    Ok(axum::Json(balance::get(&app.stores, user_id).await?))
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct ChargeRequest {
+    /// Won to add, within the configured range (default 1..=10,000,000).
+    amount: i64,
+}
+
+/// Adds to the balance. With `Idempotency-Key`, a retry returns the first response and charges once.
+#[utoipa::path(post, path = "/users/{user_id}/balance/charge", tag = "balance", request_body = ChargeRequest,
+    params(("user_id" = i64, Path, description = "User id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Up to 128 printable ASCII characters")),
+    responses((status = 200, body = Charged), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn charge(
+    State(app): State<AppState>,
+    Path(user_id): Path<UserId>,
+    headers: HeaderMap,
+    Json(req): Json<ChargeRequest>,
+) -> Result<axum::Json<Charged>> {
+    let key = headers
+        .get(IDEMPOTENCY_KEY)
+        .map(|value| IdempotencyKey::parse(value.to_str().unwrap_or_default()))
+        .transpose()?;
+    let limits = &app.config.limits;
+    let amount = ChargeAmount::parse(req.amount, limits)?;
+    Ok(axum::Json(balance::charge(&app.stores, limits, user_id, amount, key.as_ref()).await?))
+}
+
+#[derive(Deserialize, IntoParams)]
+pub struct HistoryQuery {
+    /// Entries to return, 1..=1000 (default 20).
+    limit: Option<u32>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct History {
+    /// Newest first.
+    entries: Vec<Entry>,
+}
+
+/// Balance changes, newest first.
+#[utoipa::path(get, path = "/users/{user_id}/balance/history", tag = "balance",
+    params(("user_id" = i64, Path, description = "User id"), HistoryQuery),
+    responses((status = 200, body = History), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn history(
+    State(app): State<AppState>,
+    Path(user_id): Path<UserId>,
+    Query(query): Query<HistoryQuery>,
+) -> Result<axum::Json<History>> {
+    let limit = query.limit.unwrap_or(DEFAULT_HISTORY_LIMIT);
+    Ok(axum::Json(History { entries: balance::history(&app.stores, user_id, limit).await? }))
+}

@@ -1,0 +1,70 @@
+//! `/orders`: create (optionally paying at once), pay, read.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::Deserialize;
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use super::error::{ErrorBody, Result};
+use super::extract::{Json, Path};
+use crate::app::AppState;
+use crate::id::{CouponId, OrderId, UserId};
+use crate::order::{self, ItemRequest, NewOrder, Order, Paid};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(create_order)).routes(routes!(pay_order)).routes(routes!(get_order))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateOrder {
+    user_id: UserId,
+    /// 1..=100 distinct products, quantities 1..=1000.
+    items: Vec<ItemRequest>,
+    coupon_id: Option<CouponId>,
+    /// `true`: create and pay in one call; on a pay error no order is left behind.
+    #[serde(default)]
+    pay: bool,
+}
+
+/// Creates a PENDING order (or a PAID one with `"pay": true`).
+#[utoipa::path(post, path = "/orders", tag = "orders", request_body = CreateOrder,
+    responses((status = 201, body = Order), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)))]
+async fn create_order(
+    State(app): State<AppState>,
+    Json(req): Json<CreateOrder>,
+) -> Result<(StatusCode, axum::Json<Order>)> {
+    let new = NewOrder { user_id: req.user_id, items: req.items, coupon_id: req.coupon_id };
+    let order = order::create(&app.stores, new, req.pay).await?;
+    Ok((StatusCode::CREATED, axum::Json(order)))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PayRequest {
+    /// Must be the order's owner.
+    user_id: UserId,
+}
+
+/// Pays a PENDING order: stock, coupon, balance, payment and outbox event in one transaction.
+#[utoipa::path(post, path = "/orders/{order_id}/pay", tag = "orders", request_body = PayRequest,
+    params(("order_id" = i64, Path, description = "Order id")),
+    responses((status = 200, body = Paid), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)))]
+async fn pay_order(
+    State(app): State<AppState>,
+    Path(order_id): Path<OrderId>,
+    Json(req): Json<PayRequest>,
+) -> Result<axum::Json<Paid>> {
+    Ok(axum::Json(order::pay(&app.stores, req.user_id, order_id).await?))
+}
+
+/// The order with its current status.
+#[utoipa::path(get, path = "/orders/{order_id}", tag = "orders",
+    params(("order_id" = i64, Path, description = "Order id")),
+    responses((status = 200, body = Order), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn get_order(State(app): State<AppState>, Path(order_id): Path<OrderId>) -> Result<axum::Json<Order>> {
+    Ok(axum::Json(order::get(&app.stores, order_id).await?))
+}

@@ -1,0 +1,438 @@
+//! Orders and payment.
+//!
+//! Create validates and prices an order (user, products, stock now, coupon) and stores it PENDING; it
+//! reserves nothing. Pay is one MySQL transaction that only runs guarded writes, in a fixed lock order:
+//!
+//! 1. the order row (`PENDING -> PAID`, or the new order's INSERT for `"pay": true`),
+//! 2. the coupon row (`AVAILABLE -> USED`),
+//! 3. the balance row (`amount >= finalAmount` guard) and its PAYMENT entry,
+//! 4. the payment and outbox INSERTs,
+//! 5. the products, in ascending id order (`stock >= quantity` guard), last, so the hottest rows (a flash
+//!    sale's product) are locked only for their own UPDATEs and the COMMIT.
+//!
+//! Every check that can be made without locks (order state, coupon, stock, balance) is made first, so a
+//! doomed payment fails without taking a lock; the guards make the outcome right under any concurrency.
+
+pub mod db;
+
+use chrono::{DateTime, SubsecRound, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::MySqlPool;
+use thiserror::Error;
+
+use crate::coupon::{self, HeldCoupon, HeldStatus};
+use crate::id::{CouponId, OrderId, ProductId, UserId};
+use crate::platform::{EventItem, OrderEvent};
+use crate::store::{StoreError, Stores, mysql};
+use crate::{balance, user};
+
+/// Most distinct products in one order.
+pub const MAX_ITEMS: usize = 100;
+/// Most units of one product in one order.
+pub const MAX_QUANTITY: i64 = 1000;
+
+/// Why an order operation failed.
+#[derive(Debug, Error)]
+pub enum Error {
+    /// 400 INVALID_ORDER: empty items, a quantity outside 1..=1000, a repeated product, a total too large.
+    #[error("{0}")]
+    Invalid(String),
+    /// 404 USER_NOT_FOUND.
+    #[error("user {0} not found")]
+    UserNotFound(UserId),
+    /// 404 PRODUCT_NOT_FOUND.
+    #[error("product {0} not found")]
+    ProductNotFound(ProductId),
+    /// 409 OUT_OF_STOCK.
+    #[error("product {0} does not have enough stock")]
+    OutOfStock(ProductId),
+    /// 409 COUPON_UNAVAILABLE: not held by the user, already used, or outside its dates.
+    #[error("coupon {0} cannot be used")]
+    CouponUnavailable(CouponId),
+    /// 409 INSUFFICIENT_BALANCE: the order stays PENDING; charge and pay again.
+    #[error("balance is lower than the amount to pay ({0} won)")]
+    InsufficientBalance(i64),
+    /// 404 ORDER_NOT_FOUND: no such order, or another user's.
+    #[error("order {0} not found")]
+    NotFound(OrderId),
+    /// 409 ORDER_NOT_PAYABLE: the order is not PENDING.
+    #[error("order {0} is not PENDING")]
+    NotPayable(OrderId),
+    /// 503: the pay transaction kept losing lock conflicts; nothing was changed.
+    #[error("the order's rows are busy, retry later")]
+    Contended,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Self {
+        Error::Store(e.into())
+    }
+}
+
+impl From<user::Error> for Error {
+    fn from(e: user::Error) -> Self {
+        match e {
+            user::Error::NotFound(id) => Error::UserNotFound(id),
+            user::Error::Invalid(why) => Error::Invalid(why.to_owned()),
+            user::Error::Store(e) => Error::Store(e),
+        }
+    }
+}
+
+/// Where an order is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Status {
+    Pending,
+    Paid,
+    Failed,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "PENDING",
+            Status::Paid => "PAID",
+            Status::Failed => "FAILED",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "PENDING" => Some(Status::Pending),
+            "PAID" => Some(Status::Paid),
+            "FAILED" => Some(Status::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// One requested line.
+#[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ItemRequest {
+    pub product_id: ProductId,
+    /// 1..=1000.
+    pub quantity: i64,
+}
+
+/// An order as requested, before validation.
+#[derive(Debug, Clone)]
+pub struct NewOrder {
+    pub user_id: UserId,
+    pub items: Vec<ItemRequest>,
+    pub coupon_id: Option<CouponId>,
+}
+
+/// A priced line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Item {
+    pub product_id: ProductId,
+    pub quantity: i64,
+    /// Won per unit when the order was created.
+    pub unit_price: i64,
+    /// `quantity * unitPrice`.
+    pub amount: i64,
+}
+
+/// A stored order. Items are in ascending product id order.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Order {
+    pub order_id: OrderId,
+    pub user_id: UserId,
+    pub status: Status,
+    pub items: Vec<Item>,
+    pub total_amount: i64,
+    pub discount_amount: i64,
+    pub final_amount: i64,
+    pub coupon_id: Option<CouponId>,
+    pub created_at: DateTime<Utc>,
+    /// Set once PAID (an extension of the contract).
+    pub paid_at: Option<DateTime<Utc>>,
+}
+
+/// The result of a payment.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Paid {
+    pub order_id: OrderId,
+    pub status: Status,
+    pub final_amount: i64,
+    /// The payer's balance right after the payment.
+    pub balance: i64,
+    pub paid_at: DateTime<Utc>,
+}
+
+/// Validates and prices `new`; stores it PENDING, or with `pay` creates and pays it in one transaction
+/// (then a failure leaves no order behind).
+pub async fn create(stores: &Stores, new: NewOrder, pay: bool) -> Result<Order, Error> {
+    let requested = validate_items(new.items)?;
+    user::ensure_exists(stores, new.user_id).await?;
+    let ids: Vec<ProductId> = requested.iter().map(|item| item.product_id).collect();
+    let products = db::products(&stores.db, &ids).await?;
+    let mut items = Vec::with_capacity(requested.len());
+    for request in &requested {
+        let product =
+            products.iter().find(|p| p.id == request.product_id).ok_or(Error::ProductNotFound(request.product_id))?;
+        if product.stock < request.quantity {
+            return Err(Error::OutOfStock(product.id));
+        }
+        let amount = product.price.checked_mul(request.quantity).ok_or_else(too_large)?;
+        items.push(Item { product_id: product.id, quantity: request.quantity, unit_price: product.price, amount });
+    }
+    let now = Utc::now().trunc_subsecs(6);
+    let held = match new.coupon_id {
+        Some(coupon_id) => Some(usable_coupon(stores, new.user_id, coupon_id, now).await?),
+        None => None,
+    };
+    let total_amount = items.iter().try_fold(0i64, |sum, item| sum.checked_add(item.amount)).ok_or_else(too_large)?;
+    let discount_amount = held.as_ref().map_or(0, |held| held.coupon.discount.amount_off(total_amount));
+    let draft = Order {
+        order_id: OrderId::new(i64::MAX).expect("placeholder id is positive"),
+        user_id: new.user_id,
+        status: Status::Pending,
+        items,
+        total_amount,
+        discount_amount,
+        final_amount: total_amount - discount_amount,
+        coupon_id: new.coupon_id,
+        created_at: now,
+        paid_at: None,
+    };
+    if !pay {
+        let order_id = db::insert_order(&stores.db, &draft).await?;
+        return Ok(Order { order_id, ..draft });
+    }
+    // Fast refusal before taking locks; the guard in the transaction is what decides.
+    let balance = balance::db::amount(&stores.db, draft.user_id).await?.unwrap_or(0);
+    if balance < draft.final_amount {
+        return Err(Error::InsufficientBalance(draft.final_amount));
+    }
+    let paid = pay_in_transaction(stores, &draft, held.as_ref(), None).await?;
+    Ok(Order { order_id: paid.order_id, status: Status::Paid, paid_at: Some(paid.paid_at), ..draft })
+}
+
+/// Pays a PENDING order of `user_id`.
+pub async fn pay(stores: &Stores, user_id: UserId, order_id: OrderId) -> Result<Paid, Error> {
+    let order =
+        db::find(&stores.db, order_id).await?.filter(|o| o.user_id == user_id).ok_or(Error::NotFound(order_id))?;
+    if order.status != Status::Pending {
+        return Err(Error::NotPayable(order_id));
+    }
+    // Checks without locks first, so a doomed payment takes none; a failure here is as final as one
+    // inside the transaction, since coupons are never returned and stock only goes down.
+    let now = Utc::now().trunc_subsecs(6);
+    let held = match order.coupon_id {
+        Some(coupon_id) => match usable_coupon(stores, user_id, coupon_id, now).await {
+            Ok(held) => Some(held),
+            Err(e @ Error::CouponUnavailable(_)) => return fail(stores, order_id, e).await,
+            Err(e) => return Err(e),
+        },
+        None => None,
+    };
+    let ids: Vec<ProductId> = order.items.iter().map(|item| item.product_id).collect();
+    let stocks = db::products(&stores.db, &ids).await?;
+    let in_stock = |item: &&Item| stocks.iter().any(|p| p.id == item.product_id && p.stock >= item.quantity);
+    if let Some(item) = order.items.iter().find(|item| !in_stock(item)) {
+        return fail(stores, order_id, Error::OutOfStock(item.product_id)).await;
+    }
+    let balance = balance::db::amount(&stores.db, user_id).await?.unwrap_or(0);
+    if balance < order.final_amount {
+        return Err(Error::InsufficientBalance(order.final_amount));
+    }
+    match pay_in_transaction(stores, &order, held.as_ref(), Some(order_id)).await {
+        Err(e @ (Error::OutOfStock(_) | Error::CouponUnavailable(_))) => fail(stores, order_id, e).await,
+        result => result,
+    }
+}
+
+/// The order with its current status.
+pub async fn get(stores: &Stores, order_id: OrderId) -> Result<Order, Error> {
+    db::find(&stores.db, order_id).await?.ok_or(Error::NotFound(order_id))
+}
+
+/// Marks a PENDING order FAILED after an OUT_OF_STOCK or COUPON_UNAVAILABLE, and returns that error.
+async fn fail<T>(stores: &Stores, order_id: OrderId, error: Error) -> Result<T, Error> {
+    db::mark_failed(&stores.db, order_id).await?;
+    Err(error)
+}
+
+fn too_large() -> Error {
+    Error::Invalid("the order total is too large".to_owned())
+}
+
+/// Non-empty, at most [`MAX_ITEMS`], quantities 1..=[`MAX_QUANTITY`], distinct products; sorted by id.
+fn validate_items(mut items: Vec<ItemRequest>) -> Result<Vec<ItemRequest>, Error> {
+    if items.is_empty() || items.len() > MAX_ITEMS {
+        return Err(Error::Invalid(format!("an order needs 1..={MAX_ITEMS} items")));
+    }
+    if let Some(item) = items.iter().find(|item| !(1..=MAX_QUANTITY).contains(&item.quantity)) {
+        return Err(Error::Invalid(format!(
+            "quantity of product {} must be 1..={MAX_QUANTITY}, not {}",
+            item.product_id, item.quantity
+        )));
+    }
+    items.sort_by_key(|item| item.product_id);
+    if let Some(pair) = items.windows(2).find(|pair| pair[0].product_id == pair[1].product_id) {
+        return Err(Error::Invalid(format!("product {} appears twice", pair[0].product_id)));
+    }
+    Ok(items)
+}
+
+/// The coupon as held by `user_id`, if AVAILABLE to them now (issued a moment ago and not yet persisted
+/// included: `held_by` also answers from Redis).
+async fn usable_coupon(
+    stores: &Stores,
+    user_id: UserId,
+    coupon_id: CouponId,
+    now: DateTime<Utc>,
+) -> Result<HeldCoupon, Error> {
+    let held = coupon::held_by(stores, user_id, coupon_id).await.map_err(|e| match e {
+        coupon::Error::Store(e) => Error::Store(e),
+        _ => Error::CouponUnavailable(coupon_id),
+    })?;
+    held.filter(|held| held.status == HeldStatus::Available && held.coupon.is_active_at(now))
+        .ok_or(Error::CouponUnavailable(coupon_id))
+}
+
+/// Runs the pay transaction (see the module docs for its lock order), rerunning it after a lost deadlock.
+/// `existing`: the PENDING order to pay; `None` inserts `order` as a new PAID order in the transaction.
+async fn pay_in_transaction(
+    stores: &Stores,
+    order: &Order,
+    held: Option<&HeldCoupon>,
+    existing: Option<OrderId>,
+) -> Result<Paid, Error> {
+    let outcome = mysql::retry_on_conflict(
+        || async {
+            let now = Utc::now().trunc_subsecs(6);
+            pay_once(&stores.db, order, held.map(|h| h.issued_at), existing, now).await
+        },
+        mysql::is_lock_conflict,
+    )
+    .await;
+    match outcome {
+        Ok(PayOutcome::Paid(paid)) => Ok(paid),
+        Ok(PayOutcome::NotPayable) => Err(Error::NotPayable(order.order_id)),
+        Ok(PayOutcome::CouponUsed) => {
+            Err(Error::CouponUnavailable(order.coupon_id.expect("only an order with a coupon uses one")))
+        }
+        Ok(PayOutcome::InsufficientBalance) => Err(Error::InsufficientBalance(order.final_amount)),
+        Ok(PayOutcome::OutOfStock(product_id)) => Err(Error::OutOfStock(product_id)),
+        Err(e) if mysql::is_lock_conflict(&e) => {
+            tracing::warn!(order.user_id = %order.user_id, error = %e, "pay transaction kept losing lock conflicts");
+            Err(Error::Contended)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// What one run of the pay transaction did; every refusal rolled it back.
+enum PayOutcome {
+    Paid(Paid),
+    NotPayable,
+    CouponUsed,
+    InsufficientBalance,
+    OutOfStock(ProductId),
+}
+
+/// One run of the pay transaction, in the lock order of the module docs.
+async fn pay_once(
+    pool: &MySqlPool,
+    order: &Order,
+    coupon_issued_at: Option<DateTime<Utc>>,
+    existing: Option<OrderId>,
+    now: DateTime<Utc>,
+) -> Result<PayOutcome, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let order_id = match existing {
+        Some(order_id) => {
+            if !db::mark_paid(&mut tx, order_id, order.user_id, now).await? {
+                tx.rollback().await?;
+                return Ok(PayOutcome::NotPayable);
+            }
+            order_id
+        }
+        None => db::insert_paid(&mut tx, order, now).await?,
+    };
+    if let (Some(coupon_id), Some(issued_at)) = (order.coupon_id, coupon_issued_at) {
+        // Lock the coupon row before `mark_used` reads it, so concurrent users of one coupon queue on an
+        // exclusive lock instead of deadlocking on shared ones (its INSERT IGNORE takes S on a duplicate).
+        db::lock_coupon(&mut tx, order.user_id, coupon_id).await?;
+        if !coupon::db::mark_used(&mut tx, order.user_id, coupon_id, issued_at, order_id, now).await? {
+            tx.rollback().await?;
+            return Ok(PayOutcome::CouponUsed);
+        }
+    }
+    let Some(balance) = balance::db::deduct(&mut tx, order.user_id, order.final_amount, order_id, now).await? else {
+        tx.rollback().await?;
+        return Ok(PayOutcome::InsufficientBalance);
+    };
+    db::insert_payment(&mut tx, order_id, order.user_id, order.final_amount, now).await?;
+    db::insert_outbox(&mut tx, &event(order, order_id, now)).await?;
+    // Products last, ascending (items are sorted at validation): no deadlock between multi-item orders,
+    // and the hottest rows are held only for these UPDATEs and the COMMIT.
+    for item in &order.items {
+        if !db::take_stock(&mut tx, item.product_id, item.quantity).await? {
+            tx.rollback().await?;
+            return Ok(PayOutcome::OutOfStock(item.product_id));
+        }
+    }
+    tx.commit().await?;
+    Ok(PayOutcome::Paid(Paid {
+        order_id,
+        status: Status::Paid,
+        final_amount: order.final_amount,
+        balance,
+        paid_at: now,
+    }))
+}
+
+/// The event relayed to the data platform, built from a paid order.
+fn event(order: &Order, order_id: OrderId, paid_at: DateTime<Utc>) -> OrderEvent {
+    OrderEvent {
+        event_id: uuid::Uuid::new_v4().to_string(),
+        order_id,
+        user_id: order.user_id,
+        items: order
+            .items
+            .iter()
+            .map(|item| EventItem {
+                product_id: item.product_id,
+                quantity: item.quantity,
+                unit_price: item.unit_price,
+                amount: item.amount,
+            })
+            .collect(),
+        final_amount: order.final_amount,
+        paid_at,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(id: i64, quantity: i64) -> ItemRequest {
+        ItemRequest { product_id: ProductId::new(id).unwrap(), quantity }
+    }
+
+    #[test]
+    fn items_are_sorted_by_product_so_every_payment_locks_in_one_order() {
+        let sorted = validate_items(vec![item(3, 1), item(1, 2), item(2, 1000)]).unwrap();
+        assert_eq!(sorted.iter().map(|i| i.product_id.get()).collect::<Vec<_>>(), [1, 2, 3]);
+    }
+
+    #[test]
+    fn items_must_be_distinct_non_empty_and_in_range() {
+        assert!(validate_items(vec![]).is_err());
+        assert!(validate_items(vec![item(1, 1), item(1, 2)]).is_err());
+        assert!(validate_items(vec![item(1, 0)]).is_err());
+        assert!(validate_items(vec![item(1, 1001)]).is_err());
+        assert!(validate_items((1..=101).map(|id| item(id, 1)).collect()).is_err());
+    }
+}

@@ -1,0 +1,65 @@
+//! SQL of the relay's side of the `outbox` table (the pay transaction inserts the rows: `order::db`).
+
+use chrono::{DateTime, Utc};
+use sqlx::{MySqlConnection, MySqlPool};
+
+/// An outbox row the relay still owes something.
+#[derive(Debug, sqlx::FromRow)]
+pub struct OutboxRow {
+    pub id: i64,
+    /// The event JSON as written by the pay transaction.
+    pub payload: String,
+    pub attempts: i32,
+    pub delivered_at: Option<DateTime<Utc>>,
+    pub sales_applied_at: Option<DateTime<Utc>>,
+}
+
+/// Locks up to `limit` due rows inside the caller's READ COMMITTED transaction. SKIP LOCKED leaves rows
+/// another relay instance holds to it, so instances share the backlog without waiting on each other; READ
+/// COMMITTED takes no gap locks, so the pay transactions' outbox INSERTs never wait on the relay.
+pub async fn claim_due(
+    tx: &mut MySqlConnection,
+    now: DateTime<Utc>,
+    limit: u32,
+) -> Result<Vec<OutboxRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, CAST(payload AS CHAR) AS payload, attempts, delivered_at, sales_applied_at FROM outbox
+         WHERE pending = 1 AND next_attempt_at <= ?
+         ORDER BY next_attempt_at LIMIT ?
+         FOR UPDATE SKIP LOCKED",
+    )
+    .bind(now)
+    .bind(limit)
+    .fetch_all(&mut *tx)
+    .await
+}
+
+/// Records what one pass did to a row.
+pub async fn record(
+    tx: &mut MySqlConnection,
+    id: i64,
+    delivered_at: Option<DateTime<Utc>>,
+    sales_applied_at: Option<DateTime<Utc>>,
+    attempts: i32,
+    next_attempt_at: DateTime<Utc>,
+    last_error: Option<&str>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE outbox SET delivered_at = ?, sales_applied_at = ?, attempts = ?, next_attempt_at = ?, last_error = ?
+         WHERE id = ?",
+    )
+    .bind(delivered_at)
+    .bind(sales_applied_at)
+    .bind(attempts)
+    .bind(next_attempt_at)
+    .bind(last_error)
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Rows still owed and the creation time of the oldest.
+pub async fn backlog(db: &MySqlPool) -> Result<(i64, Option<DateTime<Utc>>), sqlx::Error> {
+    sqlx::query_as("SELECT COUNT(*), MIN(created_at) FROM outbox WHERE pending = 1").fetch_one(db).await
+}
