@@ -9,12 +9,17 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::ServeConfig;
 use crate::store::{StoreError, Stores, mysql};
+use crate::{product, ranking};
 
 /// What every handler and job shares. Cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
     pub stores: Stores,
     pub config: Arc<ServeConfig>,
+    /// Makes a burst of requests for an uncached product or listing page read MySQL once.
+    pub product_gate: product::LoadGate,
+    /// Makes a burst of requests for an uncached ranking window compute it once.
+    pub ranking_gate: ranking::ComputeGate,
 }
 
 /// A built application: connected, migrated and bound, not yet serving.
@@ -32,6 +37,8 @@ pub enum StartError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("server failed: {0}")]
     Serve(std::io::Error),
+    #[error("rebuilding the ranking's lost day sets: {0}")]
+    Ranking(#[from] ranking::Error),
 }
 
 impl App {
@@ -39,11 +46,20 @@ impl App {
     pub async fn build(config: ServeConfig) -> Result<Self, StartError> {
         let stores = Stores::connect(&config.store).await?;
         mysql::migrate(&stores.db).await?;
+        for day in ranking::rebuild_missing(&stores, config.business_tz, chrono::Utc::now()).await? {
+            tracing::info!(day = %day.day, orders = day.orders, units = day.units, "ranking day rebuilt from MySQL");
+        }
         let listener = TcpListener::bind(config.bind_addr)
             .await
             .map_err(|source| StartError::Bind { addr: config.bind_addr, source })?;
         crate::telemetry::metrics();
-        Ok(Self { listener, state: AppState { stores, config: Arc::new(config) } })
+        let state = AppState {
+            stores,
+            config: Arc::new(config),
+            product_gate: product::LoadGate::default(),
+            ranking_gate: ranking::ComputeGate::default(),
+        };
+        Ok(Self { listener, state })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -76,4 +92,12 @@ impl App {
 }
 
 /// Starts the writer, relays and schedulers; each stops when `shutdown` is cancelled.
-fn spawn_background_jobs(_state: &AppState, _jobs: &TaskTracker, _shutdown: &CancellationToken) {}
+fn spawn_background_jobs(state: &AppState, jobs: &TaskTracker, shutdown: &CancellationToken) {
+    jobs.spawn(product::views::run(state.stores.clone(), shutdown.clone()));
+    jobs.spawn(ranking::job::run(
+        state.stores.clone(),
+        state.config.business_tz,
+        state.config.ranking_refresh.clone(),
+        shutdown.clone(),
+    ));
+}

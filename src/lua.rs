@@ -1,7 +1,6 @@
 //! The one registry of Lua scripts: each `lua/<domain>_<action>.lua` is compiled in here and loaded once
 //! at boot by SHA. Domain modules wrap these handles in typed functions.
 
-#[expect(unused_imports, reason = "used by script statics once scripts are registered")]
 use std::sync::LazyLock;
 
 use crate::store::{Redis, Script, StoreError};
@@ -20,7 +19,11 @@ macro_rules! scripts {
     };
 }
 
-scripts! {}
+scripts! {
+    PRODUCT_VIEWS_TAKE => "product_views_take",
+    PRODUCT_VIEWS_ACK => "product_views_ack",
+    RANKING_REPLACE_DAY => "ranking_replace_day",
+}
 
 /// Loads every script into Redis (every primary of a cluster).
 pub async fn load_all(redis: &Redis) -> Result<(), StoreError> {

@@ -9,7 +9,7 @@ use serde::Serialize;
 use thiserror::Error;
 
 use crate::store::StoreError;
-use crate::{product, user};
+use crate::{product, ranking, user};
 
 /// What handlers return.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -51,6 +51,8 @@ pub enum Error {
     User(#[from] user::Error),
     #[error(transparent)]
     Product(#[from] product::Error),
+    #[error(transparent)]
+    Ranking(#[from] ranking::Error),
     /// 503 SERVICE_UNAVAILABLE or 500, depending on the failure.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -78,6 +80,14 @@ impl Error {
                 product::Error::NotFound(_) => (S::NOT_FOUND, "PRODUCT_NOT_FOUND", message),
                 product::Error::Invalid(_) => (S::BAD_REQUEST, "INVALID_REQUEST", message),
                 product::Error::Store(e) => store_parts(e),
+            },
+            Error::Ranking(e) => match e {
+                ranking::Error::Invalid(_) => (S::BAD_REQUEST, "INVALID_REQUEST", message),
+                ranking::Error::RebuildContended(_) => {
+                    tracing::error!(error = %e, "ranking rebuild failed");
+                    (S::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", "internal error".to_owned())
+                }
+                ranking::Error::Store(e) => store_parts(e),
             },
             Error::Store(e) => store_parts(e),
         }

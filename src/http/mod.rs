@@ -6,6 +6,7 @@ pub mod error;
 pub mod extract;
 pub mod health;
 pub mod openapi;
+pub mod products;
 
 use std::time::Instant;
 
@@ -32,7 +33,7 @@ static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub fn api() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(openapi::base())
         .merge(health::router())
-        .nest("/api/v1", OpenApiRouter::new().merge(admin::router()))
+        .nest("/api/v1", OpenApiRouter::new().merge(admin::router()).merge(products::router()))
 }
 
 /// The complete application: routes, `/openapi.json`, JSON fallbacks and middleware.

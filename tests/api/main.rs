@@ -5,3 +5,5 @@ mod support;
 mod admin;
 mod errors;
 mod health;
+mod products;
+mod ranking;
