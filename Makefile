@@ -18,7 +18,7 @@ DEV_ADMIN_TOKEN := dev-admin-token
 
 # Criterion benches run once each in smoke mode (`-- --test`) by `make test`.
 # Add the names of benches/<name>.rs here as they appear.
-BENCHES :=
+BENCHES := ranking
 
 # `make seed USERS=... PRODUCTS=...`
 USERS ?= 100000
