@@ -177,3 +177,21 @@ async fn malformed_product_requests_get_400_and_unknown_products_404() {
     assert_eq!(view_count(&app, id).await, 0);
     assert!(cache::take_batch(&app.state.stores.redis).await.unwrap().is_none(), "a rejected request counted a view");
 }
+
+#[tokio::test]
+async fn openapi_document_lists_the_product_and_ranking_routes() {
+    let app = TestApp::spawn().await;
+    let (_, spec) = app.get("/openapi.json").await;
+    for (path, method) in [
+        ("/api/v1/products", "get"),
+        ("/api/v1/products/{productId}", "get"),
+        ("/api/v1/products/top", "get"),
+        ("/api/v1/admin/ranking/refresh", "post"),
+    ] {
+        let operation = &spec["paths"][path][method];
+        assert!(operation.is_object(), "{method} {path} missing from the OpenAPI document");
+        assert!(operation["responses"]["200"].is_object(), "{method} {path}: no 200 response");
+    }
+    assert!(spec["paths"]["/api/v1/products/top"]["get"]["responses"]["400"].is_object());
+    assert!(spec["paths"]["/api/v1/products/{productId}"]["get"]["responses"]["404"].is_object());
+}
