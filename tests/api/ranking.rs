@@ -1,13 +1,15 @@
 //! The top-products ranking: windows over the daily sales sets, ties, the scheduled and admin refresh,
 //! and rebuilding the day sets from PAID orders in MySQL.
 
+use std::time::{Duration, Instant};
+
 use chrono::{DateTime, Days, NaiveDate, TimeDelta, Utc};
 use fred::prelude::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use stampede::ranking::{self, job};
 
-use crate::support::{TestApp, insert_paid_order};
+use crate::support::{TestApp, insert_paid_order, isolated_store, serve_config};
 
 fn today(app: &TestApp) -> NaiveDate {
     ranking::business_day(Utc::now(), app.config.business_tz)
@@ -134,9 +136,19 @@ async fn no_sales_give_an_empty_list() {
     }
 }
 
+/// An app whose scheduled refresh does not fire while the test runs.
+async fn spawn_without_ticks() -> TestApp {
+    let mut config = serve_config(isolated_store().await);
+    config.ranking_refresh = NEVER.to_owned();
+    TestApp::spawn_with(config).await
+}
+
+/// A valid cron expression that fires once a year.
+const NEVER: &str = "0 0 0 1 1 *";
+
 #[tokio::test]
 async fn the_list_is_cached_until_a_refresh_and_admin_refresh_makes_it_current() {
-    let app = TestApp::spawn().await;
+    let app = spawn_without_ticks().await;
     let a = app.create_product("a", 100, 1).await;
     let b = app.create_product("b", 200, 1).await;
     sell(&app, 0, a, 3).await;
@@ -155,7 +167,7 @@ async fn the_list_is_cached_until_a_refresh_and_admin_refresh_makes_it_current()
 
 #[tokio::test]
 async fn one_instance_refreshes_per_tick() {
-    let app = TestApp::spawn().await;
+    let app = spawn_without_ticks().await;
     let other = TestApp::spawn_with(app.config.clone()).await;
     let tz = app.config.business_tz;
     let ticks = futures::future::join_all([job::tick(&app.state.stores, tz), job::tick(&other.state.stores, tz)]).await;
@@ -243,4 +255,21 @@ async fn a_rebuild_keeps_orders_the_relay_counted_after_mysql_was_read() {
     assert_eq!(scores, [(a.to_string(), 2.0), (b.to_string(), 7.0)]);
     let ttl: i64 = redis.ttl(&day_key).await.unwrap();
     assert!(ttl > ranking::DAY_TTL_SECS - 60 && ttl <= ranking::DAY_TTL_SECS, "ttl {ttl}");
+}
+
+#[tokio::test]
+async fn the_scheduled_refresh_brings_new_sales_into_the_cached_list() {
+    let mut config = serve_config(isolated_store().await);
+    config.ranking_refresh = "* * * * * *".to_owned();
+    let app = TestApp::spawn_with(config).await;
+    let a = app.create_product("a", 100, 1).await;
+    assert_eq!(top(&app, "").await["products"], json!([]));
+
+    sell(&app, 0, a, 4).await;
+    // Ticks every second, but the refresh lock lets one through every 5 s.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while entries(&top(&app, "").await) != [(a, 4)] {
+        assert!(Instant::now() < deadline, "no scheduled refresh picked up the sale");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
