@@ -97,6 +97,7 @@ fn refresh(c: &mut Criterion) {
         });
     }
     group.finish();
+    runtime.block_on(async { ranking::cache::forget_windows(&stores.redis).await.unwrap() });
 }
 
 fn top_read(c: &mut Criterion) {
