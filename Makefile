@@ -19,7 +19,7 @@ DEV_ADMIN_TOKEN := dev-admin-token
 
 # Criterion benches run once each in smoke mode (`-- --test`) by `make test`, against the test-profile services.
 # Add the names of benches/<name>.rs here as they appear.
-BENCHES := coupon pay sql_baseline
+BENCHES := coupon pay ranking sql_baseline
 
 # `make seed USERS=... PRODUCTS=...`
 USERS ?= 100000

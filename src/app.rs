@@ -9,6 +9,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::ServeConfig;
 use crate::store::{StoreError, Stores, mysql};
+use crate::{product, ranking};
 
 /// What every handler and job shares. Cheap to clone.
 #[derive(Clone)]
@@ -17,6 +18,10 @@ pub struct AppState {
     pub config: Arc<ServeConfig>,
     /// Coupon campaigns cached in-process, so the issue path needs no MySQL.
     pub coupons: crate::coupon::Catalog,
+    /// Makes a burst of requests for an uncached product or listing page read MySQL once.
+    pub product_gate: product::LoadGate,
+    /// Makes a burst of requests for an uncached ranking window compute it once.
+    pub ranking_gate: ranking::ComputeGate,
 }
 
 /// A built application: connected, migrated and bound, not yet serving.
@@ -36,6 +41,8 @@ pub enum StartError {
     Serve(std::io::Error),
     #[error("cannot load coupon state: {0}")]
     Coupon(#[from] crate::coupon::Error),
+    #[error("rebuilding the ranking's lost day sets: {0}")]
+    Ranking(#[from] ranking::Error),
 }
 
 impl App {
@@ -45,11 +52,21 @@ impl App {
         mysql::migrate(&stores.db).await?;
         let coupons = crate::coupon::Catalog::default();
         crate::coupon::restore_all(&stores, &coupons).await?;
+        for day in ranking::rebuild_missing(&stores, config.business_tz, chrono::Utc::now()).await? {
+            tracing::info!(day = %day.day, orders = day.orders, units = day.units, "ranking day rebuilt from MySQL");
+        }
         let listener = TcpListener::bind(config.bind_addr)
             .await
             .map_err(|source| StartError::Bind { addr: config.bind_addr, source })?;
         crate::telemetry::metrics();
-        Ok(Self { listener, state: AppState { stores, config: Arc::new(config), coupons } })
+        let state = AppState {
+            stores,
+            config: Arc::new(config),
+            coupons,
+            product_gate: product::LoadGate::default(),
+            ranking_gate: ranking::ComputeGate::default(),
+        };
+        Ok(Self { listener, state })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -85,4 +102,11 @@ impl App {
 fn spawn_background_jobs(state: &AppState, jobs: &TaskTracker, shutdown: &CancellationToken) {
     jobs.spawn(crate::coupon::writer::run(state.stores.clone(), shutdown.clone()));
     jobs.spawn(crate::platform::relay::run(state.clone(), shutdown.clone()));
+    jobs.spawn(product::views::run(state.stores.clone(), shutdown.clone()));
+    jobs.spawn(ranking::job::run(
+        state.stores.clone(),
+        state.config.business_tz,
+        state.config.ranking_refresh.clone(),
+        shutdown.clone(),
+    ));
 }

@@ -52,7 +52,7 @@ pub struct ServeConfig {
     pub business_tz: FixedOffset,
 
     /// Cron expression (with seconds) of the ranking refresh.
-    #[arg(long, env = "RANKING_REFRESH", default_value = "0 * * * * *")]
+    #[arg(long, env = "RANKING_REFRESH", default_value = "0 * * * * *", value_parser = parse_cron)]
     pub ranking_refresh: String,
 
     #[command(flatten)]
@@ -113,6 +113,31 @@ pub enum Command {
     },
     /// Fill the database with test data in large batches.
     Seed(SeedConfig),
+    /// Ranking maintenance.
+    #[command(subcommand)]
+    Ranking(RankingCommand),
+}
+
+/// `stampede ranking ...`.
+#[derive(Debug, Subcommand)]
+pub enum RankingCommand {
+    /// Recompute the daily sales sets in Redis from the PAID orders in MySQL (after Redis lost them).
+    Rebuild(RebuildConfig),
+}
+
+/// What `stampede ranking rebuild` needs.
+#[derive(Debug, Clone, Args)]
+pub struct RebuildConfig {
+    #[command(flatten)]
+    pub store: StoreConfig,
+
+    /// Fixed UTC offset of the business day (ranking days, `from`/`to`).
+    #[arg(long, env = "BUSINESS_TZ", default_value = "+09:00", value_parser = parse_offset)]
+    pub business_tz: FixedOffset,
+
+    /// Days to rebuild, today included.
+    #[arg(long, default_value_t = crate::ranking::KEPT_DAYS, value_parser = clap::value_parser!(u32).range(1..=8))]
+    pub days: u32,
 }
 
 /// What `stampede seed` makes.
@@ -148,4 +173,9 @@ pub fn parse_offset(s: &str) -> Result<FixedOffset, String> {
         return Ok(FixedOffset::east_opt(0).expect("zero offset"));
     }
     s.parse::<FixedOffset>().map_err(|e| format!("not a UTC offset like +09:00: {e}"))
+}
+
+/// Accepts a cron expression the ranking scheduler can run (six fields, seconds first).
+pub fn parse_cron(s: &str) -> Result<String, String> {
+    crate::ranking::job::validate_cron(s).map(|()| s.to_owned())
 }

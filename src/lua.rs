@@ -23,6 +23,9 @@ scripts! {
     COUPON_ISSUE => "coupon_issue",
     COUPON_LOAD => "coupon_load",
     RANKING_RECORD_SALES => "ranking_record_sales",
+    PRODUCT_VIEWS_TAKE => "product_views_take",
+    PRODUCT_VIEWS_ACK => "product_views_ack",
+    RANKING_REPLACE_DAY => "ranking_replace_day",
 }
 
 /// Loads every script into Redis (every primary of a cluster).

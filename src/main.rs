@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use stampede::app::App;
-use stampede::config::{Cli, Command};
+use stampede::config::{Cli, Command, RankingCommand};
 use stampede::store::{StoreError, mysql};
 use tokio_util::sync::CancellationToken;
 
@@ -16,6 +16,7 @@ async fn main() -> ExitCode {
         Command::Serve(config) => serve(*config).await,
         Command::Migrate { store } => migrate(&store.database_url).await.map_err(Into::into),
         Command::Seed(config) => seed(&config).await,
+        Command::Ranking(RankingCommand::Rebuild(config)) => rebuild_ranking(&config).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -51,6 +52,18 @@ async fn seed(config: &stampede::config::SeedConfig) -> Result<(), Box<dyn std::
         let ids: Vec<String> = seeded.coupons.iter().map(ToString::to_string).collect();
         println!("coupons: {}", ids.join(" "));
     }
+    Ok(())
+}
+
+async fn rebuild_ranking(config: &stampede::config::RebuildConfig) -> Result<(), Box<dyn std::error::Error>> {
+    use stampede::ranking;
+    let stores = stampede::store::Stores::connect(&config.store).await?;
+    let now = chrono::Utc::now();
+    for day in ranking::rebuild(&stores, config.business_tz, config.days, now).await? {
+        println!("{}: {} orders, {} units", day.day, day.orders, day.units);
+    }
+    let top = ranking::refresh(&stores, config.business_tz, now).await?;
+    println!("ranking refreshed: {} products in the top of {}..={}", top.products.len(), top.from, top.to);
     Ok(())
 }
 

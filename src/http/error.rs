@@ -9,7 +9,7 @@ use serde::Serialize;
 use thiserror::Error;
 
 use crate::store::StoreError;
-use crate::{balance, coupon, order, product, user};
+use crate::{balance, coupon, order, product, ranking, user};
 
 /// What handlers return.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -57,6 +57,8 @@ pub enum Error {
     Balance(#[from] balance::Error),
     #[error(transparent)]
     Order(#[from] order::Error),
+    #[error(transparent)]
+    Ranking(#[from] ranking::Error),
     /// 503 SERVICE_UNAVAILABLE or 500, depending on the failure.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -114,6 +116,14 @@ impl Error {
                 order::Error::NotPayable(_) => (S::CONFLICT, "ORDER_NOT_PAYABLE", message),
                 order::Error::Contended => (S::SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE", message),
                 order::Error::Store(e) => store_parts(e),
+            },
+            Error::Ranking(e) => match e {
+                ranking::Error::Invalid(_) => (S::BAD_REQUEST, "INVALID_REQUEST", message),
+                ranking::Error::RebuildContended(_) => {
+                    tracing::error!(error = %e, "ranking rebuild failed");
+                    (S::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", "internal error".to_owned())
+                }
+                ranking::Error::Store(e) => store_parts(e),
             },
             Error::Store(e) => store_parts(e),
         }

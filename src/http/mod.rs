@@ -9,6 +9,7 @@ pub mod extract;
 pub mod health;
 pub mod openapi;
 pub mod orders;
+pub mod products;
 
 use std::time::Instant;
 
@@ -39,7 +40,8 @@ pub fn api() -> OpenApiRouter<AppState> {
             .merge(admin::router())
             .merge(coupons::router())
             .merge(balance::router())
-            .merge(orders::router()),
+            .merge(orders::router())
+            .merge(products::router()),
     )
 }
 

@@ -9,3 +9,5 @@ mod errors;
 mod health;
 mod orders;
 mod outbox;
+mod products;
+mod ranking;

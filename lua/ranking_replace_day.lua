@@ -1,0 +1,29 @@
+-- Replaces one day's sales set and its applied-orders set by rebuilt copies, atomically.
+--
+-- KEYS[1]  the day's sales set        <prefix>sales:{rank}:YYYYMMDD          (member = product id, score = units)
+-- KEYS[2]  the day's applied set      <prefix>sales:{rank}:applied:YYYYMMDD  (order ids counted in KEYS[1])
+-- KEYS[3]  the rebuilt sales set      (temporary; may be absent when the day has no sales)
+-- KEYS[4]  the rebuilt applied set    (temporary; may be absent)
+-- ARGV[1]  TTL of the day's sets, in seconds
+--
+-- Returns an empty array when the day was replaced, or, with nothing changed, the ids of orders that the
+-- live day already counts but the rebuilt copy does not.
+--
+-- Algorithm: the outbox relay may count an order paid after the rebuild read MySQL; renaming over it would
+-- lose that order. So the rename happens only when the rebuilt applied set covers the live one; otherwise
+-- the caller adds the returned orders (from MySQL) to the copies and calls again. Each set is renamed over
+-- the live one (same {rank} slot), or the live one deleted when the rebuilt copy is empty.
+local missing = redis.call('SDIFF', KEYS[2], KEYS[4])
+if #missing > 0 then
+    return missing
+end
+local ttl = tonumber(ARGV[1])
+for _, pair in ipairs({ { KEYS[3], KEYS[1] }, { KEYS[4], KEYS[2] } }) do
+    if redis.call('EXISTS', pair[1]) == 1 then
+        redis.call('RENAME', pair[1], pair[2])
+        redis.call('EXPIRE', pair[2], ttl)
+    else
+        redis.call('DEL', pair[2])
+    end
+end
+return {}

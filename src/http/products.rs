@@ -1,0 +1,74 @@
+//! Products (listing, detail with view counts) and the top-products ranking, plus the admin refresh of the
+//! ranking.
+
+use axum::extract::State;
+use chrono::Utc;
+use serde::Deserialize;
+use utoipa::IntoParams;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use super::error::{ErrorBody, Result};
+use super::extract::{Admin, Path, Query};
+use crate::app::AppState;
+use crate::id::ProductId;
+use crate::product::{self, PageRequest, ProductDetail, ProductPage};
+use crate::ranking::{self, TopProducts, Window};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    // `/products/top` is a static segment, which axum matches before the `{productId}` capture.
+    OpenApiRouter::new()
+        .routes(routes!(list_products))
+        .routes(routes!(top_products))
+        .routes(routes!(product_detail))
+        .routes(routes!(refresh_ranking))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageQuery {
+    /// Page number from 0; default 0.
+    page: Option<i64>,
+    /// Products per page, 1..=100; default 20.
+    size: Option<i64>,
+}
+
+/// Lists products by id. Served from a cache a few seconds old: stock and status may lag by that much.
+#[utoipa::path(get, path = "/products", tag = "products", params(PageQuery),
+    responses((status = 200, body = ProductPage), (status = 400, body = ErrorBody)))]
+async fn list_products(State(app): State<AppState>, Query(query): Query<PageQuery>) -> Result<axum::Json<ProductPage>> {
+    let request = PageRequest::parse(query.page, query.size)?;
+    Ok(axum::Json(product::list(&app.stores, &app.product_gate, request).await?))
+}
+
+/// One product, counting a view; `viewCount` includes views not yet flushed to MySQL.
+#[utoipa::path(get, path = "/products/{productId}", tag = "products",
+    params(("productId" = i64, Path, description = "product id")),
+    responses((status = 200, body = ProductDetail), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn product_detail(State(app): State<AppState>, Path(id): Path<ProductId>) -> Result<axum::Json<ProductDetail>> {
+    Ok(axum::Json(product::view(&app.stores, &app.product_gate, id).await?))
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct TopQuery {
+    /// Days in the window, today included, 1..=7; default 3.
+    days: Option<i64>,
+    /// Products returned, 1..=50; default 5.
+    limit: Option<i64>,
+}
+
+/// Best sellers over the last `days` days, as of the last refresh.
+#[utoipa::path(get, path = "/products/top", tag = "products", params(TopQuery),
+    responses((status = 200, body = TopProducts), (status = 400, body = ErrorBody)))]
+async fn top_products(State(app): State<AppState>, Query(query): Query<TopQuery>) -> Result<axum::Json<TopProducts>> {
+    let window = Window::parse(query.days, query.limit)?;
+    let top = ranking::top(&app.stores, app.config.business_tz, &app.ranking_gate, window, Utc::now()).await?;
+    Ok(axum::Json(top))
+}
+
+/// Recomputes every ranking window now; returns the default window (3 days, top 5).
+#[utoipa::path(post, path = "/admin/ranking/refresh", tag = "admin", security(("admin" = [])),
+    responses((status = 200, body = TopProducts), (status = 401, body = ErrorBody)))]
+async fn refresh_ranking(_: Admin, State(app): State<AppState>) -> Result<axum::Json<TopProducts>> {
+    Ok(axum::Json(ranking::refresh(&app.stores, app.config.business_tz, Utc::now()).await?))
+}

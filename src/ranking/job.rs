@@ -1,0 +1,64 @@
+//! The scheduled ranking refresh: a tokio-cron-scheduler job on `RANKING_REFRESH` recomputing every window,
+//! run by one instance per tick (a Redis lock with expiry decides which).
+
+use chrono::{FixedOffset, Utc};
+use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
+use tokio_util::sync::CancellationToken;
+
+use super::{Error, cache, refresh};
+use crate::store::Stores;
+
+/// What one tick did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tick {
+    Refreshed,
+    /// Another instance holds the lock: it refreshed (or is refreshing) for this tick.
+    Skipped,
+}
+
+/// One scheduled tick: refreshes unless another instance already does.
+pub async fn tick(stores: &Stores, tz: FixedOffset) -> Result<Tick, Error> {
+    if !cache::try_refresh_lock(&stores.redis).await? {
+        return Ok(Tick::Skipped);
+    }
+    refresh(stores, tz, Utc::now()).await?;
+    Ok(Tick::Refreshed)
+}
+
+/// Runs the refresh on `cron` until `shutdown`. A tick in progress at shutdown is abandoned: a refresh
+/// only overwrites cached lists, so half of one changes nothing.
+pub async fn run(stores: Stores, tz: FixedOffset, cron: String, shutdown: CancellationToken) {
+    let mut scheduler = match start(stores, tz, &cron).await {
+        Ok(scheduler) => scheduler,
+        Err(error) => {
+            tracing::error!(error = %error, cron, "ranking refresh not scheduled; requests compute missing windows");
+            return;
+        }
+    };
+    shutdown.cancelled().await;
+    if let Err(error) = scheduler.shutdown().await {
+        tracing::warn!(error = %error, "ranking scheduler did not shut down cleanly");
+    }
+}
+
+async fn start(stores: Stores, tz: FixedOffset, cron: &str) -> Result<JobScheduler, JobSchedulerError> {
+    let scheduler = JobScheduler::new().await?;
+    let job = Job::new_async(cron, move |_, _| {
+        let stores = stores.clone();
+        Box::pin(async move {
+            match tick(&stores, tz).await {
+                Ok(Tick::Refreshed) => tracing::debug!("ranking refreshed"),
+                Ok(Tick::Skipped) => {}
+                Err(error) => tracing::warn!(error = %error, "ranking refresh failed; the previous lists stay"),
+            }
+        })
+    })?;
+    scheduler.add(job).await?;
+    scheduler.start().await?;
+    Ok(scheduler)
+}
+
+/// Whether `cron` is an expression the scheduler accepts (six fields, seconds first).
+pub fn validate_cron(cron: &str) -> Result<(), String> {
+    Job::new_async(cron, |_, _| Box::pin(async {})).map(drop).map_err(|e| format!("not a cron expression: {e}"))
+}
