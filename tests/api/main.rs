@@ -7,6 +7,7 @@ mod balance;
 mod coupons;
 mod errors;
 mod health;
+mod journey;
 mod orders;
 mod outbox;
 mod products;
