@@ -18,6 +18,8 @@ pub struct AppState {
     pub config: Arc<ServeConfig>,
     /// Coupon campaigns cached in-process, so the issue path needs no MySQL.
     pub coupons: crate::coupon::Catalog,
+    /// In-process mirror of the users known to exist, so the issue path skips a Redis round trip.
+    pub users: crate::user::cache::KnownUsers,
     /// Makes a burst of requests for an uncached product or listing page read MySQL once.
     pub product_gate: product::LoadGate,
     /// Makes a burst of requests for an uncached ranking window compute it once.
@@ -51,6 +53,8 @@ impl App {
         let stores = Stores::connect(&config.store).await?;
         mysql::migrate(&stores.db).await?;
         let coupons = crate::coupon::Catalog::default();
+        let users = crate::user::cache::KnownUsers::default();
+        users.refresh(&stores.redis).await.map_err(StoreError::from)?;
         crate::coupon::restore_all(&stores, &coupons).await?;
         for day in ranking::rebuild_missing(&stores, config.business_tz, chrono::Utc::now()).await? {
             tracing::info!(day = %day.day, orders = day.orders, units = day.units, "ranking day rebuilt from MySQL");
@@ -63,6 +67,7 @@ impl App {
             stores,
             config: Arc::new(config),
             coupons,
+            users,
             product_gate: product::LoadGate::default(),
             ranking_gate: ranking::ComputeGate::default(),
         };
@@ -101,6 +106,7 @@ impl App {
 /// Starts the writer, relays and schedulers; each stops when `shutdown` is cancelled.
 fn spawn_background_jobs(state: &AppState, jobs: &TaskTracker, shutdown: &CancellationToken) {
     jobs.spawn(crate::coupon::writer::run(state.stores.clone(), shutdown.clone()));
+    jobs.spawn(state.users.clone().run(state.stores.redis.clone(), shutdown.clone()));
     jobs.spawn(crate::platform::relay::run(state.clone(), shutdown.clone()));
     jobs.spawn(product::views::run(state.stores.clone(), shutdown.clone()));
     jobs.spawn(ranking::job::run(

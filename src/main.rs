@@ -8,6 +8,11 @@ use stampede::config::{Cli, Command, RankingCommand};
 use stampede::store::{StoreError, mysql};
 use tokio_util::sync::CancellationToken;
 
+/// mimalloc: the request path allocates small, short-lived buffers on every request; glibc's malloc
+/// spent ~15% of the issue endpoint's CPU in a profile.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();

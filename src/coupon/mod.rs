@@ -322,11 +322,18 @@ pub struct Issued {
     pub issued_at: DateTime<Utc>,
 }
 
-/// Issues `coupon_id` to `user_id`, first come first served. In steady state this is two Redis round
-/// trips (the user bit, the script) and no MySQL query: the campaign comes from the catalog.
-pub async fn issue(stores: &Stores, catalog: &Catalog, coupon_id: CouponId, user_id: UserId) -> Result<Issued, Error> {
+/// Issues `coupon_id` to `user_id`, first come first served. In steady state this is one Redis round
+/// trip (the script) and no MySQL query: the campaign comes from the catalog and the user from the
+/// in-process mirror of known users (a user it has not seen yet costs one more round trip).
+pub async fn issue(
+    stores: &Stores,
+    catalog: &Catalog,
+    known: &user::cache::KnownUsers,
+    coupon_id: CouponId,
+    user_id: UserId,
+) -> Result<Issued, Error> {
     let coupon = catalog.coupon(stores, coupon_id).await?;
-    user::ensure_exists(stores, user_id).await?;
+    user::ensure_known(stores, known, user_id).await?;
     let now = Utc::now().timestamp_micros();
     let mut reply = cache::issue(&stores.redis, coupon_id, user_id, now).await?;
     if reply == IssueReply::NotLoaded {

@@ -50,12 +50,13 @@ impl Redis {
 /// Builds every Redis key from the deployment prefix, so tests and deployments can share a server.
 #[derive(Clone, Debug)]
 pub struct Keys {
-    prefix: String,
+    /// Shared, not copied: every request clones the app state, and with it this.
+    prefix: std::sync::Arc<str>,
 }
 
 impl Keys {
     pub fn new(prefix: &str) -> Self {
-        Self { prefix: prefix.to_owned() }
+        Self { prefix: prefix.into() }
     }
 
     /// The prefix itself (`stampede:` by default).

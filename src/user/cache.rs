@@ -1,10 +1,15 @@
 //! The Redis existence index of users: a bitmap `<prefix>users:known`, bit `id` set once the user is known
 //! to exist. 1,000,000 users take 125 KB. Users are never deleted, so a set bit never goes stale.
 
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
 use fred::prelude::*;
 use fred::types::{ClusterHash, CustomCommand};
 
 use crate::id::UserId;
+use tokio_util::sync::CancellationToken;
+
 use crate::store::Redis;
 
 /// Redis bit offsets stop at 2^32 - 1; larger ids are always checked in MySQL.
@@ -34,4 +39,65 @@ pub async fn remember(redis: &Redis, ids: &[UserId]) -> Result<(), fred::error::
     }
     let _: Vec<Value> = pipeline.all().await?;
     Ok(())
+}
+
+/// An in-process mirror of `users:known`, so the coupon path usually answers "does this user exist"
+/// without a Redis round trip (one of the two it would otherwise make). It is loaded at start-up and
+/// refreshed every [`KNOWN_USERS_REFRESH`]; a miss falls back to Redis, then MySQL. A set bit never goes
+/// stale (users are not deleted), and a refresh ORs Redis into it, so a flushed Redis loses nothing here.
+/// Memory: one bit per user id (1,000,000 users: 125 KB per instance, fetched whole on each refresh).
+#[derive(Clone, Default)]
+pub struct KnownUsers(Arc<RwLock<Vec<u8>>>);
+
+/// How long a user created on another instance may take to reach this mirror (until then it is found
+/// through Redis).
+pub const KNOWN_USERS_REFRESH: Duration = Duration::from_secs(5);
+
+impl KnownUsers {
+    /// Redis bitmap layout: bit `id` is bit `7 - id % 8` of byte `id / 8`.
+    fn position(id: UserId) -> Option<(usize, u8)> {
+        (id.get() <= MAX_BIT).then(|| ((id.get() / 8) as usize, 0x80 >> (id.get() % 8)))
+    }
+
+    pub fn contains(&self, id: UserId) -> bool {
+        let Some((byte, mask)) = Self::position(id) else { return false };
+        let bits = self.0.read().expect("known-users lock");
+        bits.get(byte).is_some_and(|b| b & mask != 0)
+    }
+
+    pub fn insert(&self, id: UserId) {
+        let Some((byte, mask)) = Self::position(id) else { return };
+        let mut bits = self.0.write().expect("known-users lock");
+        if bits.len() <= byte {
+            bits.resize(byte + 1, 0);
+        }
+        bits[byte] |= mask;
+    }
+
+    /// Merges the Redis bitmap into the mirror.
+    pub async fn refresh(&self, redis: &Redis) -> Result<(), fred::error::Error> {
+        let remote: Option<Vec<u8>> = redis.client().get(key(redis)).await?;
+        let remote = remote.unwrap_or_default();
+        let mut bits = self.0.write().expect("known-users lock");
+        if bits.len() < remote.len() {
+            bits.resize(remote.len(), 0);
+        }
+        for (local, remote) in bits.iter_mut().zip(&remote) {
+            *local |= remote;
+        }
+        Ok(())
+    }
+
+    /// Refreshes every [`KNOWN_USERS_REFRESH`] until `shutdown`; a failed refresh only means more misses.
+    pub async fn run(self, redis: Redis, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(KNOWN_USERS_REFRESH) => {}
+            }
+            if let Err(error) = self.refresh(&redis).await {
+                tracing::warn!(%error, "known-users refresh failed");
+            }
+        }
+    }
 }

@@ -78,3 +78,13 @@ pub async fn ensure_exists(stores: &Stores, id: UserId) -> Result<(), Error> {
         Err(Error::NotFound(id))
     }
 }
+
+/// [`ensure_exists`] behind the in-process mirror: the hot coupon path's check, usually no round trip.
+pub async fn ensure_known(stores: &Stores, known: &cache::KnownUsers, id: UserId) -> Result<(), Error> {
+    if known.contains(id) {
+        return Ok(());
+    }
+    ensure_exists(stores, id).await?;
+    known.insert(id);
+    Ok(())
+}

@@ -279,7 +279,7 @@ async fn a_coupon_is_listed_and_usable_right_after_its_201_before_the_writer_per
     let later = coupon::NewCoupon::parse("later", coupon::DiscountType::Rate, 5, 5, None, None, chrono::Utc::now());
     let second = coupon::create(stores, &state.coupons, later.unwrap()).await.unwrap();
 
-    let issued = coupon::issue(stores, &state.coupons, campaign.id, user).await.unwrap();
+    let issued = coupon::issue(stores, &state.coupons, &state.users, campaign.id, user).await.unwrap();
     let persisted: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM user_coupons").fetch_one(&stores.db).await.unwrap();
     assert_eq!(persisted, 0);
     let held = coupon::held_by(stores, user, campaign.id).await.unwrap().expect("held before persistence");
@@ -297,7 +297,7 @@ async fn a_coupon_is_listed_and_usable_right_after_its_201_before_the_writer_per
         coupon::db::mark_used(&mut tx, user, campaign.id, held.issued_at, OrderId::new(9).unwrap(), chrono::Utc::now());
     assert!(used.await.unwrap());
     tx.commit().await.unwrap();
-    coupon::issue(stores, &state.coupons, second.id, user).await.unwrap();
+    coupon::issue(stores, &state.coupons, &state.users, second.id, user).await.unwrap();
     let mut writer = Writer::new();
     assert_eq!(writer.drain_once(stores).await.unwrap(), Outcome::Persisted(2));
     assert_eq!(writer.drain_once(stores).await.unwrap(), Outcome::Idle);
@@ -343,7 +343,7 @@ async fn the_writer_reclaims_entries_a_dead_consumer_left_pending() {
     let new = coupon::NewCoupon::parse("c", coupon::DiscountType::Fixed, 1, 10, None, None, chrono::Utc::now());
     let campaign = coupon::create(stores, &state.coupons, new.unwrap()).await.unwrap();
     for user in &users {
-        coupon::issue(stores, &state.coupons, campaign.id, UserId::new(*user).unwrap()).await.unwrap();
+        coupon::issue(stores, &state.coupons, &state.users, campaign.id, UserId::new(*user).unwrap()).await.unwrap();
     }
     // A consumer takes the entries and dies before acknowledging them.
     let taken = coupon::cache::read_queues(&stores.redis, &[campaign.id], "dead", 10, None).await.unwrap();

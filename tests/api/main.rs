@@ -12,3 +12,4 @@ mod orders;
 mod outbox;
 mod products;
 mod ranking;
+mod users;

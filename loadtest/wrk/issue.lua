@@ -1,0 +1,46 @@
+-- wrk script: POST /api/v1/coupons/$COUPON/issue, every request for a different user id.
+--
+-- Env: COUPON (coupon id), FIRST_USER (lowest user id to use, default 1), USERS (how many ids exist,
+-- default 1000000; ids wrap around, so a second run with the same range gets 409 ALREADY_ISSUED).
+-- Prints the count of each status at the end, so a run shows how many were 201, 409 or 410.
+--
+--   COUPON=1 wrk -t2 -c128 -d10s -s loadtest/wrk/issue.lua http://127.0.0.1:8080
+local threads = {}
+
+function setup(thread)
+    thread:set("thread_index", #threads)
+    table.insert(threads, thread)
+end
+
+function init(args)
+    coupon = os.getenv("COUPON") or "1"
+    first = tonumber(os.getenv("FIRST_USER") or "1")
+    users = tonumber(os.getenv("USERS") or "1000000")
+    -- THREADS must equal wrk's -t. Each thread walks its own residue class of user ids, so threads never repeat each other's ids.
+    stride = tonumber(os.getenv("THREADS") or "2")
+    next_user = thread_index
+    path = "/api/v1/coupons/" .. coupon .. "/issue"
+    statuses = {}
+end
+
+function request()
+    local user = first + (next_user % users)
+    next_user = next_user + stride
+    return wrk.format("POST", path, { ["Content-Type"] = "application/json" }, '{"userId":' .. user .. '}')
+end
+
+function response(status, headers, body)
+    statuses[status] = (statuses[status] or 0) + 1
+end
+
+function done(summary, latency, requests)
+    local totals = {}
+    for _, thread in ipairs(threads) do
+        for status, count in pairs(thread:get("statuses")) do
+            totals[status] = (totals[status] or 0) + count
+        end
+    end
+    for status, count in pairs(totals) do
+        io.write(string.format("status %d: %d\n", status, count))
+    end
+end
