@@ -49,11 +49,7 @@ impl From<user::Error> for Error {
     }
 }
 
-impl From<sqlx::Error> for Error {
-    fn from(e: sqlx::Error) -> Self {
-        Error::Store(e.into())
-    }
-}
+crate::store::store_error_conversions!(Error);
 
 /// How a coupon discounts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]

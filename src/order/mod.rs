@@ -65,11 +65,7 @@ pub enum Error {
     Store(#[from] StoreError),
 }
 
-impl From<sqlx::Error> for Error {
-    fn from(e: sqlx::Error) -> Self {
-        Error::Store(e.into())
-    }
-}
+crate::store::store_error_conversions!(Error);
 
 impl From<user::Error> for Error {
     fn from(e: user::Error) -> Self {

@@ -23,17 +23,7 @@ pub enum Error {
     Store(#[from] StoreError),
 }
 
-impl From<sqlx::Error> for Error {
-    fn from(e: sqlx::Error) -> Self {
-        Error::Store(e.into())
-    }
-}
-
-impl From<fred::error::Error> for Error {
-    fn from(e: fred::error::Error) -> Self {
-        Error::Store(e.into())
-    }
-}
+crate::store::store_error_conversions!(Error);
 
 /// Whether a product can be bought: `SOLD_OUT` exactly when its stock is 0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]

@@ -56,17 +56,7 @@ pub enum Error {
     Store(#[from] StoreError),
 }
 
-impl From<sqlx::Error> for Error {
-    fn from(e: sqlx::Error) -> Self {
-        Error::Store(e.into())
-    }
-}
-
-impl From<fred::error::Error> for Error {
-    fn from(e: fred::error::Error) -> Self {
-        Error::Store(e.into())
-    }
-}
+crate::store::store_error_conversions!(Error);
 
 /// A valid request for the top list: `days` 1..=7 ending today, `limit` 1..=50.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

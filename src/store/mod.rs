@@ -69,3 +69,21 @@ impl StoreError {
         }
     }
 }
+
+/// Lets a domain error enum with a `Store(StoreError)` variant take sqlx and fred errors with `?`.
+macro_rules! store_error_conversions {
+    ($error:ty) => {
+        impl From<sqlx::Error> for $error {
+            fn from(e: sqlx::Error) -> Self {
+                Self::Store(e.into())
+            }
+        }
+
+        impl From<fred::error::Error> for $error {
+            fn from(e: fred::error::Error) -> Self {
+                Self::Store(e.into())
+            }
+        }
+    };
+}
+pub(crate) use store_error_conversions;

@@ -20,17 +20,7 @@ pub enum Error {
     Store(#[from] StoreError),
 }
 
-impl From<sqlx::Error> for Error {
-    fn from(e: sqlx::Error) -> Self {
-        Error::Store(e.into())
-    }
-}
-
-impl From<fred::error::Error> for Error {
-    fn from(e: fred::error::Error) -> Self {
-        Error::Store(e.into())
-    }
-}
+crate::store::store_error_conversions!(Error);
 
 /// A display name: 1..=100 characters after trimming.
 #[derive(Debug, Clone)]
