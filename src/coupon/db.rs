@@ -6,15 +6,11 @@ use sqlx::{MySqlConnection, MySqlPool, QueryBuilder};
 use super::{Coupon, Discount, DiscountType, HeldCoupon, HeldStatus, NewCoupon};
 use crate::id::{CouponId, OrderId, UserId};
 
+/// An issuance joined with its campaign; the campaign's columns decode as a [`CouponRow`].
 #[derive(sqlx::FromRow)]
 struct HeldRow {
-    id: CouponId,
-    name: String,
-    discount_type: String,
-    discount_value: i64,
-    total_quantity: i64,
-    starts_at: DateTime<Utc>,
-    ends_at: Option<DateTime<Utc>>,
+    #[sqlx(flatten)]
+    coupon: CouponRow,
     user_id: UserId,
     status: String,
     issued_at: DateTime<Utc>,
@@ -23,23 +19,16 @@ struct HeldRow {
 
 impl HeldRow {
     fn into_held(self) -> Result<HeldCoupon, sqlx::Error> {
-        let corrupt = |what: &str| sqlx::Error::Decode(format!("coupon {}: bad {what}", self.id).into());
-        let kind = DiscountType::parse(&self.discount_type).ok_or_else(|| corrupt("discount_type"))?;
-        let discount = Discount::new(kind, self.discount_value).map_err(|_| corrupt("discount_value"))?;
         let status = match self.status.as_str() {
             "AVAILABLE" => HeldStatus::Available,
             "USED" => HeldStatus::Used,
-            _ => return Err(corrupt("user_coupons.status")),
+            other => {
+                let why = format!("coupon {}: bad user_coupons.status {other}", self.coupon.id);
+                return Err(sqlx::Error::Decode(why.into()));
+            }
         };
         Ok(HeldCoupon {
-            coupon: Coupon {
-                id: self.id,
-                name: self.name,
-                discount,
-                total_quantity: self.total_quantity,
-                starts_at: self.starts_at,
-                ends_at: self.ends_at,
-            },
+            coupon: self.coupon.into_coupon()?,
             user_id: self.user_id,
             status,
             issued_at: self.issued_at,
