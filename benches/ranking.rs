@@ -74,13 +74,19 @@ async fn write_sales(stores: &Stores, ids: &[ProductId]) -> Vec<String> {
     keys
 }
 
-fn refresh(c: &mut Criterion) {
+/// A runtime and migrated stores on the dev services.
+fn connect() -> (Runtime, Stores) {
     let runtime = Runtime::new().unwrap();
     let stores = runtime.block_on(async {
         let stores = Stores::connect(&store_config()).await.expect("dev services up: scripts/services.sh start dev");
         mysql::migrate(&stores.db).await.unwrap();
         stores
     });
+    (runtime, stores)
+}
+
+fn refresh(c: &mut Criterion) {
+    let (runtime, stores) = connect();
     let tz = business_tz();
     let mut group = c.benchmark_group("ranking_refresh");
     group.sample_size(10).measurement_time(Duration::from_secs(20));
@@ -101,12 +107,7 @@ fn refresh(c: &mut Criterion) {
 }
 
 fn top_read(c: &mut Criterion) {
-    let runtime = Runtime::new().unwrap();
-    let stores = runtime.block_on(async {
-        let stores = Stores::connect(&store_config()).await.expect("dev services up: scripts/services.sh start dev");
-        mysql::migrate(&stores.db).await.unwrap();
-        stores
-    });
+    let (runtime, stores) = connect();
     let tz = business_tz();
     let gate = ComputeGate::default();
     let keys = runtime.block_on(async {

@@ -5,12 +5,8 @@
 -- Prints the count of each status at the end, so a run shows how many were 201, 409 or 410.
 --
 --   COUPON=1 wrk -t2 -c128 -d10s -s loadtest/wrk/issue.lua http://127.0.0.1:8080
-local threads = {}
-
-function setup(thread)
-    thread:set("thread_index", #threads)
-    table.insert(threads, thread)
-end
+-- Thread index and per-status counts, from the file beside this one.
+dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "status_counts.lua")
 
 function init(args)
     coupon = os.getenv("COUPON") or "1"
@@ -20,27 +16,10 @@ function init(args)
     stride = tonumber(os.getenv("THREADS") or "2")
     next_user = thread_index
     path = "/api/v1/coupons/" .. coupon .. "/issue"
-    statuses = {}
 end
 
 function request()
     local user = first + (next_user % users)
     next_user = next_user + stride
     return wrk.format("POST", path, { ["Content-Type"] = "application/json" }, '{"userId":' .. user .. '}')
-end
-
-function response(status, headers, body)
-    statuses[status] = (statuses[status] or 0) + 1
-end
-
-function done(summary, latency, requests)
-    local totals = {}
-    for _, thread in ipairs(threads) do
-        for status, count in pairs(thread:get("statuses")) do
-            totals[status] = (totals[status] or 0) + count
-        end
-    end
-    for status, count in pairs(totals) do
-        io.write(string.format("status %d: %d\n", status, count))
-    end
 end

@@ -4,12 +4,8 @@
 -- PRODUCTS (the products bought, round robin; PRODUCTS=1 is the hot-product worst case), THREADS (= -t).
 --
 --   FIRST_USER=2 USERS=20000 FIRST_PRODUCT=1 PRODUCTS=1000 wrk -t2 -c64 -d10s -s loadtest/wrk/order.lua http://127.0.0.1:8080
-local threads = {}
-
-function setup(thread)
-    thread:set("thread_index", #threads)
-    table.insert(threads, thread)
-end
+-- Thread index and per-status counts, from the file beside this one.
+dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "status_counts.lua")
 
 function init(args)
     first_user = tonumber(os.getenv("FIRST_USER") or "1")
@@ -18,7 +14,6 @@ function init(args)
     products = tonumber(os.getenv("PRODUCTS") or "1000")
     stride = tonumber(os.getenv("THREADS") or "2")
     n = thread_index
-    statuses = {}
 end
 
 function request()
@@ -27,16 +22,4 @@ function request()
     n = n + stride
     local body = string.format('{"userId":%d,"items":[{"productId":%d,"quantity":1}],"pay":true}', user, product)
     return wrk.format("POST", "/api/v1/orders", { ["Content-Type"] = "application/json" }, body)
-end
-
-function response(status, headers, body)
-    statuses[status] = (statuses[status] or 0) + 1
-end
-
-function done(summary, latency, requests)
-    for _, thread in ipairs(threads) do
-        for status, count in pairs(thread:get("statuses")) do
-            io.write(string.format("status %d: %d\n", status, count))
-        end
-    end
 end

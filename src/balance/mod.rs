@@ -47,15 +47,7 @@ pub enum Error {
 
 crate::store::store_error_conversions!(Error);
 
-impl From<user::Error> for Error {
-    fn from(e: user::Error) -> Self {
-        match e {
-            user::Error::NotFound(id) => Error::UserNotFound(id),
-            user::Error::Invalid(why) => Error::Invalid(why),
-            user::Error::Store(e) => Error::Store(e),
-        }
-    }
-}
+crate::user::user_error_conversions!(Error);
 
 impl Error {
     fn is_lock_conflict(&self) -> bool {

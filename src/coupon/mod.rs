@@ -39,15 +39,7 @@ pub enum Error {
     Store(#[from] StoreError),
 }
 
-impl From<user::Error> for Error {
-    fn from(e: user::Error) -> Self {
-        match e {
-            user::Error::NotFound(id) => Error::UserNotFound(id),
-            user::Error::Invalid(why) => Error::Invalid(why),
-            user::Error::Store(e) => Error::Store(e),
-        }
-    }
-}
+crate::user::user_error_conversions!(Error);
 
 crate::store::store_error_conversions!(Error);
 

@@ -67,15 +67,7 @@ pub enum Error {
 
 crate::store::store_error_conversions!(Error);
 
-impl From<user::Error> for Error {
-    fn from(e: user::Error) -> Self {
-        match e {
-            user::Error::NotFound(id) => Error::UserNotFound(id),
-            user::Error::Invalid(why) => Error::Invalid(why.to_owned()),
-            user::Error::Store(e) => Error::Store(e),
-        }
-    }
-}
+crate::user::user_error_conversions!(Error);
 
 /// Where an order is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]

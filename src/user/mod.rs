@@ -78,3 +78,20 @@ pub async fn ensure_known(stores: &Stores, known: &cache::KnownUsers, id: UserId
     known.insert(id);
     Ok(())
 }
+
+/// Lets a domain error enum with `UserNotFound(UserId)`, `Invalid(..)` and `Store(StoreError)` variants
+/// take a [`user::Error`](Error) with `?`.
+macro_rules! user_error_conversions {
+    ($error:ty) => {
+        impl From<$crate::user::Error> for $error {
+            fn from(e: $crate::user::Error) -> Self {
+                match e {
+                    $crate::user::Error::NotFound(id) => Self::UserNotFound(id),
+                    $crate::user::Error::Invalid(why) => Self::Invalid(why.into()),
+                    $crate::user::Error::Store(e) => Self::Store(e),
+                }
+            }
+        }
+    };
+}
+pub(crate) use user_error_conversions;
