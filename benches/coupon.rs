@@ -18,7 +18,7 @@ use fred::prelude::*;
 use fred::types::{ClusterHash, CustomCommand};
 use stampede::app::{App, AppState};
 use stampede::config::ServeConfig;
-use stampede::coupon::cache::{self, IssueReply};
+use stampede::coupon::cache::IssueReply;
 use stampede::coupon::{self, DiscountType, NewCoupon};
 use stampede::id::{CouponId, UserId};
 use tower::ServiceExt;
@@ -69,8 +69,7 @@ impl Bench {
 }
 
 async fn issue_script(bench: &Bench, coupon: CouponId, user: UserId) {
-    let now = chrono::Utc::now().timestamp_micros();
-    let reply = cache::issue(&bench.state.stores.redis, coupon, user, now).await.expect("script runs");
+    let reply = bench.state.issuer.issue(coupon, user).await.expect("script runs");
     assert!(matches!(reply, IssueReply::Issued(_)), "{reply:?}");
 }
 

@@ -58,19 +58,30 @@ pub enum IssueReply {
     NotLoaded,
 }
 
-/// Runs the issue script: one round trip (EVALSHA).
-pub async fn issue(redis: &Redis, id: CouponId, user: UserId, now_micros: i64) -> Result<IssueReply, StoreError> {
+/// Runs the issue script for `users` of one coupon, in order: one round trip (EVALSHA), one reply per user.
+pub async fn issue(
+    redis: &Redis,
+    id: CouponId,
+    users: &[UserId],
+    now_micros: i64,
+) -> Result<Vec<IssueReply>, StoreError> {
     let script = &*crate::lua::COUPON_ISSUE;
-    let args = vec![user.get().to_string(), now_micros.to_string()];
+    let args: Vec<i64> = std::iter::once(now_micros).chain(users.iter().map(|user| user.get())).collect();
     let reply: Vec<i64> = script.call(redis, CouponKeys::new(redis, id).all(), args).await?;
-    match reply.as_slice() {
-        [0, at] => Ok(IssueReply::Issued(*at)),
-        [1, at] => Ok(IssueReply::AlreadyIssued(*at)),
-        [2, _] => Ok(IssueReply::SoldOut),
-        [3, _] => Ok(IssueReply::NotActive),
-        [4, _] => Ok(IssueReply::NotLoaded),
-        other => Err(script.unexpected(other)),
+    if reply.len() != 2 * users.len() {
+        return Err(script.unexpected(reply));
     }
+    reply
+        .chunks_exact(2)
+        .map(|pair| match *pair {
+            [0, at] => Ok(IssueReply::Issued(at)),
+            [1, at] => Ok(IssueReply::AlreadyIssued(at)),
+            [2, _] => Ok(IssueReply::SoldOut),
+            [3, _] => Ok(IssueReply::NotActive),
+            [4, _] => Ok(IssueReply::NotLoaded),
+            _ => Err(script.unexpected(pair)),
+        })
+        .collect()
 }
 
 /// Loads a coupon's state unless it is there: registers it for the writer, copies `issued` (user,

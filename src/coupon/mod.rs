@@ -1,11 +1,13 @@
 //! Coupons: campaigns, first-come-first-served issuance, and the rules orders use to apply a discount.
 //!
-//! Issuance is decided in Redis by `lua/coupon_issue.lua` (see [`cache`]) and persisted to MySQL by the
+//! Issuance is decided in Redis by `lua/coupon_issue.lua` (see [`cache`]), called in batches by the
+//! [`issuer`], and persisted to MySQL by the
 //! background [`writer`]. MySQL is the durable record; Redis state that goes missing is rebuilt from it
 //! ([`restore`]), so a coupon is never issued beyond its quantity or twice to one user.
 
 pub mod cache;
 pub mod db;
+pub mod issuer;
 pub mod writer;
 
 use std::collections::HashMap;
@@ -16,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use self::cache::IssueReply;
+pub use self::issuer::Issuer;
 use crate::id::{CouponId, UserId};
 use crate::store::{StoreError, Stores};
 use crate::user;
@@ -310,23 +313,24 @@ pub struct Issued {
     pub issued_at: DateTime<Utc>,
 }
 
-/// Issues `coupon_id` to `user_id`, first come first served. In steady state this is one Redis round
-/// trip (the script) and no MySQL query: the campaign comes from the catalog and the user from the
-/// in-process mirror of known users (a user it has not seen yet costs one more round trip).
+/// Issues `coupon_id` to `user_id`, first come first served. In steady state this is a share of one Redis
+/// round trip (the script, batched by the [`Issuer`]) and no MySQL query: the campaign comes from the
+/// catalog and the user from the in-process mirror of known users (a user it has not seen yet costs one
+/// more round trip).
 pub async fn issue(
     stores: &Stores,
     catalog: &Catalog,
+    issuer: &Issuer,
     known: &user::cache::KnownUsers,
     coupon_id: CouponId,
     user_id: UserId,
 ) -> Result<Issued, Error> {
     let coupon = catalog.coupon(stores, coupon_id).await?;
     user::ensure_known(stores, known, user_id).await?;
-    let now = Utc::now().timestamp_micros();
-    let mut reply = cache::issue(&stores.redis, coupon_id, user_id, now).await?;
+    let mut reply = issuer.issue(coupon_id, user_id).await?;
     if reply == IssueReply::NotLoaded {
         catalog.restore(stores, &coupon).await?;
-        reply = cache::issue(&stores.redis, coupon_id, user_id, now).await?;
+        reply = issuer.issue(coupon_id, user_id).await?;
     }
     let (result, outcome) = match reply {
         IssueReply::Issued(at) => ("issued", Ok(Issued { coupon_id, user_id, issued_at: from_micros(at)? })),

@@ -51,7 +51,7 @@ async fn issue(
     Path(coupon_id): Path<CouponId>,
     Json(req): Json<IssueRequest>,
 ) -> Result<(StatusCode, axum::Json<IssuedCoupon>)> {
-    let issued = coupon::issue(&app.stores, &app.coupons, &app.users, coupon_id, req.user_id).await?;
+    let issued = coupon::issue(&app.stores, &app.coupons, &app.issuer, &app.users, coupon_id, req.user_id).await?;
     let body = IssuedCoupon {
         coupon_id: issued.coupon_id,
         user_id: issued.user_id,

@@ -208,6 +208,42 @@ async fn the_issue_script_survives_script_flush() {
 }
 
 #[tokio::test]
+async fn one_script_call_decides_a_batch_in_order_as_single_calls_would() {
+    let app = app_without_writer().await;
+    let stores = &app.state().stores;
+    let new = coupon::NewCoupon::parse("batch", coupon::DiscountType::Fixed, 100, 2, None, None, chrono::Utc::now());
+    let campaign = coupon::create(stores, &app.state().coupons, new.unwrap()).await.unwrap();
+    let [a, b, c] = [1, 2, 3].map(|id| UserId::new(id).unwrap());
+    let now = chrono::Utc::now().timestamp_micros();
+
+    let replies = coupon::cache::issue(&stores.redis, campaign.id, &[a, b, a, c, b], now).await.unwrap();
+    use coupon::cache::IssueReply::*;
+    assert_eq!(replies, vec![Issued(now), Issued(now), AlreadyIssued(now), SoldOut, AlreadyIssued(now)]);
+    let (issued, remaining) = coupon::cache::counts(&stores.redis, campaign.id).await.unwrap();
+    assert_eq!((issued, remaining), (2, 0));
+    let queued: i64 = stores
+        .redis
+        .client()
+        .xlen(format!("{}coupon:{{{}}}:queue", app.state().stores.redis.keys.prefix(), campaign.id))
+        .await
+        .unwrap();
+    assert_eq!(queued, 2, "one stream entry per issuance");
+
+    let early = coupon::NewCoupon::parse(
+        "later",
+        coupon::DiscountType::Fixed,
+        100,
+        5,
+        Some(chrono::Utc::now() + chrono::TimeDelta::hours(1)),
+        None,
+        chrono::Utc::now(),
+    );
+    let later = coupon::create(stores, &app.state().coupons, early.unwrap()).await.unwrap();
+    let replies = coupon::cache::issue(&stores.redis, later.id, &[a, b], now).await.unwrap();
+    assert_eq!(replies, vec![NotActive, NotActive]);
+}
+
+#[tokio::test]
 async fn malformed_coupon_requests_get_400_and_the_envelope() {
     let app = TestApp::spawn().await;
     let user = app.create_user("kim").await;
@@ -279,7 +315,7 @@ async fn a_coupon_is_listed_and_usable_right_after_its_201_before_the_writer_per
     let later = coupon::NewCoupon::parse("later", coupon::DiscountType::Rate, 5, 5, None, None, chrono::Utc::now());
     let second = coupon::create(stores, &state.coupons, later.unwrap()).await.unwrap();
 
-    let issued = coupon::issue(stores, &state.coupons, &state.users, campaign.id, user).await.unwrap();
+    let issued = coupon::issue(stores, &state.coupons, &state.issuer, &state.users, campaign.id, user).await.unwrap();
     let persisted: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM user_coupons").fetch_one(&stores.db).await.unwrap();
     assert_eq!(persisted, 0);
     let held = coupon::held_by(stores, user, campaign.id).await.unwrap().expect("held before persistence");
@@ -297,7 +333,7 @@ async fn a_coupon_is_listed_and_usable_right_after_its_201_before_the_writer_per
         coupon::db::mark_used(&mut tx, user, campaign.id, held.issued_at, OrderId::new(9).unwrap(), chrono::Utc::now());
     assert!(used.await.unwrap());
     tx.commit().await.unwrap();
-    coupon::issue(stores, &state.coupons, &state.users, second.id, user).await.unwrap();
+    coupon::issue(stores, &state.coupons, &state.issuer, &state.users, second.id, user).await.unwrap();
     let mut writer = Writer::new();
     assert_eq!(writer.drain_once(stores).await.unwrap(), Outcome::Persisted(2));
     assert_eq!(writer.drain_once(stores).await.unwrap(), Outcome::Idle);
@@ -343,7 +379,9 @@ async fn the_writer_reclaims_entries_a_dead_consumer_left_pending() {
     let new = coupon::NewCoupon::parse("c", coupon::DiscountType::Fixed, 1, 10, None, None, chrono::Utc::now());
     let campaign = coupon::create(stores, &state.coupons, new.unwrap()).await.unwrap();
     for user in &users {
-        coupon::issue(stores, &state.coupons, &state.users, campaign.id, UserId::new(*user).unwrap()).await.unwrap();
+        coupon::issue(stores, &state.coupons, &state.issuer, &state.users, campaign.id, UserId::new(*user).unwrap())
+            .await
+            .unwrap();
     }
     // A consumer takes the entries and dies before acknowledging them.
     let taken = coupon::cache::read_queues(&stores.redis, &[campaign.id], "dead", 10, None).await.unwrap();
