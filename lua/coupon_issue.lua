@@ -28,8 +28,10 @@
 -- because one XREADGROUP naming several streams only works when they share a slot.
 --
 -- Algorithm: for each user the checks run in the contract's order (duplicate, window, stock); only when all
--- pass is the user recorded with the issue time and the issuance XADDed. The stock is read once and
--- written back once (DECRBY of the count issued), which is equivalent because no other command interleaves.
+-- pass is the user recorded with the issue time and the issuance XADDed. While the window is open and stock
+-- is left, HSETNX makes the duplicate check and the record in one call (0: a duplicate, nothing written);
+-- otherwise HGET tells a duplicate from a refusal. The stock is read once and written back once (DECRBY of
+-- the count issued), which is equivalent because no other command interleaves.
 -- Every reply is compared explicitly (`== 0`, `~= false`): in Lua 0 is true.
 local replies = {}
 local users = #ARGV - 1
@@ -51,17 +53,23 @@ local issued = 0
 for i = 1, users do
     local user = ARGV[i + 1]
     local code, at = 0, now
-    local previous = redis.call('HGET', KEYS[3], user)
-    if previous ~= false then
-        code, at = 1, tonumber(previous)
-    elseif not active then
-        code, at = 3, 0
-    elseif stock - issued <= 0 then
-        code, at = 2, 0
+    if active and stock - issued > 0 then
+        -- Records the user unless they hold it already: the duplicate check and the write in one call.
+        if redis.call('HSETNX', KEYS[3], user, ARGV[1]) == 1 then
+            issued = issued + 1
+            redis.call('XADD', KEYS[4], '*', 'u', user, 't', ARGV[1])
+        else
+            code, at = 1, tonumber(redis.call('HGET', KEYS[3], user))
+        end
     else
-        issued = issued + 1
-        redis.call('HSET', KEYS[3], user, ARGV[1])
-        redis.call('XADD', KEYS[4], '*', 'u', user, 't', ARGV[1])
+        local previous = redis.call('HGET', KEYS[3], user)
+        if previous ~= false then
+            code, at = 1, tonumber(previous)
+        elseif not active then
+            code, at = 3, 0
+        else
+            code, at = 2, 0
+        end
     end
     replies[2 * i - 1] = code
     replies[2 * i] = at

@@ -119,14 +119,16 @@ impl App {
     }
 }
 
-/// Starts the writer, relays and schedulers; each stops when `shutdown` is cancelled.
+/// Starts the writer, relays and schedulers; each stops when `shutdown` is cancelled. The jobs talk to
+/// Redis on their own connection, so their bulk traffic never delays a request's reply.
 fn spawn_background_jobs(state: &AppState, jobs: &TaskTracker, shutdown: &CancellationToken) {
-    jobs.spawn(crate::coupon::writer::run(state.stores.clone(), shutdown.clone()));
-    jobs.spawn(state.users.clone().run(state.stores.redis.clone(), shutdown.clone()));
+    let stores = state.stores.for_jobs();
+    jobs.spawn(crate::coupon::writer::run(stores.clone(), shutdown.clone()));
+    jobs.spawn(state.users.clone().run(stores.redis.clone(), shutdown.clone()));
     jobs.spawn(crate::platform::relay::run(state.clone(), shutdown.clone()));
-    jobs.spawn(product::views::run(state.stores.clone(), shutdown.clone()));
+    jobs.spawn(product::views::run(stores.clone(), shutdown.clone()));
     jobs.spawn(ranking::job::run(
-        state.stores.clone(),
+        stores,
         state.config.business_tz,
         state.config.ranking_refresh.clone(),
         shutdown.clone(),

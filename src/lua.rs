@@ -22,6 +22,7 @@ macro_rules! scripts {
 scripts! {
     COUPON_ISSUE => "coupon_issue",
     COUPON_LOAD => "coupon_load",
+    COUPON_QUEUE_ACK => "coupon_queue_ack",
     RANKING_RECORD_SALES => "ranking_record_sales",
     PRODUCT_VIEWS_TAKE => "product_views_take",
     PRODUCT_VIEWS_ACK => "product_views_ack",

@@ -266,21 +266,19 @@ async fn create_group(redis: &Redis, id: CouponId) -> Result<(), StoreError> {
     }
 }
 
-/// Acknowledges and deletes persisted entries, one XACK and one XDEL per coupon, pipelined. Deleting keeps
-/// a stream's length equal to what is not yet persisted; a crash between the two only leaves an
-/// acknowledged entry behind, which no consumer is given again.
+/// Acknowledges persisted entries and trims them from their streams (`lua/coupon_queue_ack.lua`), one
+/// script call per coupon, concurrently. A crash before this only leaves the entries pending, to be
+/// claimed again and inserted as no-ops.
 pub async fn ack(redis: &Redis, entries: &[Queued]) -> Result<(), StoreError> {
     let mut by_coupon: HashMap<CouponId, Vec<&str>> = HashMap::new();
     for entry in entries {
         by_coupon.entry(entry.coupon_id).or_default().push(&entry.entry_id);
     }
-    let pipeline = redis.client().pipeline();
-    for (id, ids) in by_coupon {
-        let queue = CouponKeys::new(redis, id).queue;
-        let ids: Vec<String> = ids.into_iter().map(str::to_owned).collect();
-        let _: () = pipeline.xack(&queue, WRITER_GROUP, ids.clone()).await?;
-        let _: () = pipeline.xdel(&queue, ids).await?;
-    }
-    let _: Vec<Value> = pipeline.all().await?;
+    let script = &*crate::lua::COUPON_QUEUE_ACK;
+    let calls = by_coupon.into_iter().map(|(id, ids)| {
+        let args: Vec<&str> = std::iter::once(WRITER_GROUP).chain(ids).collect();
+        script.call::<i64, _, _>(redis, CouponKeys::new(redis, id).queue, args)
+    });
+    futures::future::try_join_all(calls).await?;
     Ok(())
 }

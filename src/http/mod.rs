@@ -11,16 +11,19 @@ pub mod openapi;
 pub mod orders;
 pub mod products;
 
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, RwLock};
 use std::time::Instant;
 
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
-use axum::http::HeaderName;
+use axum::http::{HeaderName, HeaderValue, Method};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 use utoipa_axum::router::OpenApiRouter;
 
@@ -57,7 +60,7 @@ pub fn router(state: AppState) -> Router {
         .layer(CatchPanicLayer::custom(|_| Error::Panic.into_response()))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
         .layer(TraceLayer::new_for_http().make_span_with(request_span))
-        .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), MakeRequestUuid))
+        .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), SequentialRequestIds::new()))
         .with_state(state)
 }
 
@@ -68,15 +71,69 @@ fn request_span(request: &Request<Body>) -> tracing::Span {
     tracing::info_span!("request", method = %request.method(), http.route = route, request.id = id)
 }
 
-/// Request count and latency per matched route and status.
+/// Request count and latency per matched route and status. Every label value is a `'static` str, so
+/// recording allocates nothing: this runs on every request of a stampede.
 async fn record_metrics(request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = request.method().to_string();
-    let route =
-        request.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = method_label(request.method());
+    let route = request.extensions().get::<MatchedPath>().map_or("unmatched", |path| intern(path.as_str()));
     let response = next.run(request).await;
-    let labels = [("method", method), ("route", route), ("status", response.status().as_u16().to_string())];
+    let status = intern(response.status().as_str());
+    let labels = [("method", method), ("route", route), ("status", status)];
     metrics::counter!("http_requests_total", &labels).increment(1);
     metrics::histogram!("http_request_duration_seconds", &labels).record(started.elapsed());
     response
+}
+
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// A `'static` copy of a label value from a small fixed set (route templates, status codes): each is
+/// leaked once, the first time it is seen.
+fn intern(value: &str) -> &'static str {
+    static SEEN: LazyLock<RwLock<HashSet<&'static str>>> = LazyLock::new(Default::default);
+    if let Some(interned) = SEEN.read().expect("label set lock").get(value) {
+        return interned;
+    }
+    let mut seen = SEEN.write().expect("label set lock");
+    if let Some(interned) = seen.get(value) {
+        return interned;
+    }
+    let interned: &'static str = Box::leak(value.into());
+    seen.insert(interned);
+    interned
+}
+
+/// Request ids that are unique without a random number per request: a random prefix per process and a
+/// counter (`3f9a1c2e-1a2b`). A UUID v4 per request cost a `getrandom` system call each.
+#[derive(Clone)]
+struct SequentialRequestIds {
+    prefix: Arc<str>,
+    next: Arc<AtomicU64>,
+}
+
+impl SequentialRequestIds {
+    fn new() -> Self {
+        let random = uuid::Uuid::new_v4().simple().to_string();
+        Self { prefix: random[..8].into(), next: Arc::default() }
+    }
+}
+
+impl MakeRequestId for SequentialRequestIds {
+    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let id =
+            HeaderValue::from_str(&format!("{}-{n:x}", self.prefix)).expect("hex digits and '-' are a valid header");
+        Some(RequestId::new(id))
+    }
 }

@@ -25,6 +25,11 @@ impl Stores {
         crate::lua::load_all(&redis).await?;
         Ok(Self { db, redis })
     }
+
+    /// The same stores, with Redis on the connection reserved for background jobs.
+    pub fn for_jobs(&self) -> Self {
+        Self { db: self.db.clone(), redis: self.redis.for_jobs() }
+    }
 }
 
 /// A failure of MySQL or Redis, never of the client's request.

@@ -20,6 +20,9 @@ const RECONNECT_MAX_MS: u32 = 2_000;
 #[derive(Clone)]
 pub struct Redis {
     pub pool: Pool,
+    /// One more connection, for background jobs: a job's large replies (the writer reads hundreds of stream
+    /// entries at once) would otherwise queue the requests' small ones behind them on a shared connection.
+    jobs: Pool,
     pub keys: Keys,
 }
 
@@ -27,7 +30,7 @@ impl Redis {
     /// Connects to a node (`redis://`) or a cluster (`redis-cluster://`) and waits until connected.
     pub async fn connect(url: &str, prefix: &str, size: usize) -> Result<Self, StoreError> {
         let config = Config::from_url(url)?;
-        let pool = Builder::from_config(config)
+        let builder = Builder::from_config(config)
             .with_connection_config(|c| {
                 c.connection_timeout = CONNECT_TIMEOUT;
                 c.internal_command_timeout = COMMAND_TIMEOUT;
@@ -36,9 +39,17 @@ impl Redis {
                 p.default_command_timeout = COMMAND_TIMEOUT;
             })
             .set_policy(ReconnectPolicy::new_exponential(0, RECONNECT_MIN_MS, RECONNECT_MAX_MS, 2))
-            .build_pool(size.max(1))?;
+            .clone();
+        let pool = builder.build_pool(size.max(1))?;
+        let jobs = builder.build_pool(1)?;
         pool.init().await?;
-        Ok(Self { pool, keys: Keys::new(prefix) })
+        jobs.init().await?;
+        Ok(Self { pool, jobs, keys: Keys::new(prefix) })
+    }
+
+    /// The same server and prefix, on the connection reserved for background jobs.
+    pub fn for_jobs(&self) -> Self {
+        Self { pool: self.jobs.clone(), jobs: self.jobs.clone(), keys: self.keys.clone() }
     }
 
     /// The next connection of the pool, round robin.

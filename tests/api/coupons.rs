@@ -221,13 +221,7 @@ async fn one_script_call_decides_a_batch_in_order_as_single_calls_would() {
     assert_eq!(replies, vec![Issued(now), Issued(now), AlreadyIssued(now), SoldOut, AlreadyIssued(now)]);
     let (issued, remaining) = coupon::cache::counts(&stores.redis, campaign.id).await.unwrap();
     assert_eq!((issued, remaining), (2, 0));
-    let queued: i64 = stores
-        .redis
-        .client()
-        .xlen(format!("{}coupon:{{{}}}:queue", app.state().stores.redis.keys.prefix(), campaign.id))
-        .await
-        .unwrap();
-    assert_eq!(queued, 2, "one stream entry per issuance");
+    assert_eq!(queue_length(stores, campaign.id).await, 2, "one stream entry per issuance");
 
     let early = coupon::NewCoupon::parse(
         "later",
@@ -368,6 +362,44 @@ async fn my_coupons_lists_them_over_http_with_the_status_filter() {
     wait_persisted(&app, coupon, 1).await;
     let (_, after) = app.get(&format!("/api/v1/users/{user}/coupons")).await;
     assert_eq!(after["coupons"][0]["issuedAt"], issued["issuedAt"], "persisting changed issuedAt");
+}
+
+/// Entries in the coupon's issuance stream.
+async fn queue_length(stores: &Stores, coupon: CouponId) -> i64 {
+    let queue = format!("{}coupon:{{{coupon}}}:queue", stores.redis.keys.prefix());
+    stores.redis.client().xlen(queue).await.unwrap()
+}
+
+#[tokio::test]
+async fn acknowledged_entries_are_trimmed_but_never_past_one_still_pending() {
+    let app = app_without_writer().await;
+    let state = app.state();
+    let stores = &state.stores;
+    let new = coupon::NewCoupon::parse("c", coupon::DiscountType::Fixed, 1, 10, None, None, chrono::Utc::now());
+    let campaign = coupon::create(stores, &state.coupons, new.unwrap()).await.unwrap().id;
+    let issue = |ids: [i64; 2]| async move {
+        let users = ids.map(|id| UserId::new(id).unwrap());
+        coupon::cache::issue(&stores.redis, campaign, &users, chrono::Utc::now().timestamp_micros()).await
+    };
+    issue([1, 2]).await.unwrap();
+    let slow = coupon::cache::read_queues(&stores.redis, &[campaign], "slow", 10, None).await.unwrap();
+    issue([3, 4]).await.unwrap();
+    let fast = coupon::cache::read_queues(&stores.redis, &[campaign], "fast", 10, None).await.unwrap();
+    assert_eq!((slow.entries.len(), fast.entries.len()), (2, 2));
+
+    // The newer entries are persisted first: trimming them would drop the older, pending ones too.
+    coupon::cache::ack(&stores.redis, &fast.entries).await.unwrap();
+    assert_eq!(queue_length(stores, campaign).await, 4);
+    coupon::cache::ack(&stores.redis, &slow.entries).await.unwrap();
+    assert_eq!(queue_length(stores, campaign).await, 0);
+
+    // An entry not yet delivered stays when everything delivered is trimmed.
+    issue([5, 6]).await.unwrap();
+    let one = coupon::cache::read_queues(&stores.redis, &[campaign], "fast", 1, None).await.unwrap();
+    coupon::cache::ack(&stores.redis, &one.entries).await.unwrap();
+    assert_eq!(queue_length(stores, campaign).await, 1);
+    let rest = coupon::cache::read_queues(&stores.redis, &[campaign], "fast", 10, None).await.unwrap();
+    assert_eq!(rest.entries.iter().map(|e| e.user_id.get()).collect::<Vec<_>>(), vec![6]);
 }
 
 #[tokio::test]
