@@ -24,7 +24,8 @@ pub struct StoreConfig {
     #[arg(long, env = "DATABASE_POOL_SIZE", default_value_t = 32)]
     pub database_pool_size: u32,
 
-    /// Redis connections per instance; each one auto-pipelines, so a few suffice.
+    /// Redis connections per instance for requests; each one auto-pipelines, so a few suffice. Background
+    /// jobs use one more of their own.
     #[arg(long, env = "REDIS_POOL_SIZE", default_value_t = 4)]
     pub redis_pool_size: usize,
 }

@@ -20,6 +20,8 @@ pub const WRITER_GROUP: &str = "writers";
 
 /// Issued-hash fields per HSET when a rebuild copies MySQL rows back into Redis.
 const LOAD_CHUNK: usize = 1_000;
+/// HSETs per pipeline during a rebuild.
+const LOAD_CHUNKS_PER_PIPELINE: usize = 20;
 
 /// The four keys of one coupon, in the order both scripts take them.
 struct CouponKeys {
@@ -90,9 +92,10 @@ pub async fn load(redis: &Redis, coupon: &Coupon, issued: &[(UserId, i64)]) -> R
     let keys = CouponKeys::new(redis, coupon.id);
     // Registered first: a coupon that can issue must be one the writer reads.
     let _: i64 = redis.client().sadd(registry_key(redis), coupon.id.get()).await?;
-    if !issued.is_empty() {
+    // Pipelines of bounded size: one pipeline of a million users' fields outlasted the command timeout.
+    for group in issued.chunks(LOAD_CHUNK * LOAD_CHUNKS_PER_PIPELINE) {
         let pipeline = redis.client().pipeline();
-        for chunk in issued.chunks(LOAD_CHUNK) {
+        for chunk in group.chunks(LOAD_CHUNK) {
             let fields: Vec<(String, i64)> = chunk.iter().map(|(user, at)| (user.get().to_string(), *at)).collect();
             let _: () = pipeline.hset(&keys.issued, fields).await?;
         }

@@ -184,12 +184,10 @@ pub async fn insert_issued(db: &MySqlPool, issuances: &[NewIssuance]) -> Result<
     if issuances.is_empty() {
         return Ok(0);
     }
-    let mut query = QueryBuilder::new("INSERT IGNORE INTO user_coupons (coupon_id, user_id, status, issued_at) ");
+    // `status` takes its default, AVAILABLE.
+    let mut query = QueryBuilder::new("INSERT IGNORE INTO user_coupons (coupon_id, user_id, issued_at) ");
     query.push_values(issuances, |mut row, issuance| {
-        row.push_bind(issuance.coupon_id)
-            .push_bind(issuance.user_id)
-            .push_bind("AVAILABLE")
-            .push_bind(issuance.issued_at);
+        row.push_bind(issuance.coupon_id).push_bind(issuance.user_id).push_bind(issuance.issued_at);
     });
     Ok(query.build().execute(db).await?.rows_affected())
 }

@@ -1,8 +1,8 @@
 //! The background writer: moves issuances from the per-coupon Redis streams into MySQL.
 //!
 //! Each step reads every registered coupon's stream through the consumer group `writers` (one XREADGROUP
-//! per coupon, pipelined), inserts the batch with multi-row `INSERT IGNORE` and only then XACKs (and
-//! XDELs) the entries. Several instances run side by side: the group hands each entry to one consumer, and
+//! per coupon, pipelined), inserts the batch with multi-row `INSERT IGNORE` and only then acknowledges
+//! the entries and trims them from the streams (`lua/coupon_queue_ack.lua`). Several instances run side by side: the group hands each entry to one consumer, and
 //! entries a dead consumer left pending are claimed with XAUTOCLAIM once idle for [`CLAIM_IDLE`]. A
 //! replayed entry is harmless: the `user_coupons` primary key makes its insert a no-op. While MySQL is
 //! down the batch in hand is retried with backoff and the streams grow; issuance goes on.
@@ -17,7 +17,7 @@ use crate::store::{StoreError, Stores};
 
 /// Entries read per coupon stream per step.
 const READ_COUNT: u64 = 500;
-/// Rows per INSERT statement: 4 placeholders each stays far below MySQL's 65,535.
+/// Rows per INSERT statement: 3 placeholders each stays far below MySQL's 65,535.
 const ROWS_PER_INSERT: usize = 2_000;
 /// An entry delivered to a consumer and not acknowledged for this long is claimed by another one: its
 /// consumer is taken for dead. A live writer acknowledges a batch within milliseconds, so 5 s only fires
