@@ -7,12 +7,14 @@
 //! replayed entry is harmless: the `user_coupons` primary key makes its insert a no-op. While MySQL is
 //! down the batch in hand is retried with backoff and the streams grow; issuance goes on.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
 use super::cache::{self, Queued};
 use super::db::{self, NewIssuance};
+use crate::id::CouponId;
 use crate::store::{StoreError, Stores};
 
 /// Entries read per coupon stream per step.
@@ -24,8 +26,12 @@ const ROWS_PER_INSERT: usize = 2_000;
 /// after a crash or a long MySQL stall; claiming too early costs a duplicate (ignored) insert, too late
 /// delays the recovery of a crashed instance's batch.
 pub const CLAIM_IDLE: Duration = Duration::from_secs(5);
-/// How often a step also reclaims idle entries and measures queue depth and pending count.
+/// How often a step reads every registered coupon's stream (not only the busy ones), reclaims idle
+/// entries and measures queue depth and pending count.
 const RECLAIM_PERIOD: Duration = Duration::from_secs(1);
+/// A stream without new entries for this long is read only on the reclaim step: registered campaigns
+/// pile up over months, and reading each one's stream on every step cost more than the busy one's work.
+const QUIET_AFTER: Duration = Duration::from_secs(10);
 /// Pause after a step that found nothing: bounds the issue-to-persist lag of a quiet queue.
 const IDLE_SLEEP: Duration = Duration::from_millis(20);
 /// Backoff after a failed step, doubling up to the maximum while the failure lasts.
@@ -49,6 +55,8 @@ pub struct Writer {
     /// Entries read but not yet acknowledged; kept across a failed step so it is retried first.
     in_hand: Vec<Queued>,
     last_reclaim: Option<Instant>,
+    /// Coupons whose stream had entries within [`QUIET_AFTER`], and when it last had some.
+    busy: HashMap<CouponId, Instant>,
 }
 
 impl Default for Writer {
@@ -63,7 +71,7 @@ impl Writer {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "host".to_owned());
         let random = uuid::Uuid::new_v4().simple().to_string();
         let consumer = format!("{}-{}-{}", host.trim(), std::process::id(), &random[..8]);
-        Self { consumer, in_hand: Vec::new(), last_reclaim: None }
+        Self { consumer, in_hand: Vec::new(), last_reclaim: None, busy: HashMap::new() }
     }
 
     pub fn consumer(&self) -> &str {
@@ -100,14 +108,23 @@ impl Writer {
         Ok(Outcome::Persisted(persisted))
     }
 
+    /// Reads the busy streams, or on the reclaim step every registered one. A coupon that wakes up after
+    /// [`QUIET_AFTER`] (or a new one) is found by the next reclaim step, so its lag is at most
+    /// [`RECLAIM_PERIOD`] longer.
     async fn read(&mut self, stores: &Stores) -> Result<Vec<Queued>, StoreError> {
         let reclaim_due = self.last_reclaim.is_none_or(|at| at.elapsed() >= RECLAIM_PERIOD);
         let reclaim = reclaim_due.then(|| CLAIM_IDLE.as_millis() as u64);
-        let coupons = cache::registered(&stores.redis).await?;
+        let coupons =
+            if reclaim_due { cache::registered(&stores.redis).await? } else { self.busy.keys().copied().collect() };
         let read = cache::read_queues(&stores.redis, &coupons, &self.consumer, READ_COUNT, reclaim).await?;
+        let now = Instant::now();
         if reclaim_due {
-            self.last_reclaim = Some(Instant::now());
+            self.last_reclaim = Some(now);
         }
+        for entry in &read.entries {
+            self.busy.insert(entry.coupon_id, now);
+        }
+        self.busy.retain(|_, seen| now.duration_since(*seen) < QUIET_AFTER);
         if let Some(depth) = read.depth {
             metrics::gauge!("coupon_writer_queue_depth").set(depth as f64);
         }

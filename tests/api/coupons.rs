@@ -403,6 +403,32 @@ async fn acknowledged_entries_are_trimmed_but_never_past_one_still_pending() {
 }
 
 #[tokio::test]
+async fn the_writer_reads_a_quiet_coupon_on_its_next_full_pass_only() {
+    let app = app_without_writer().await;
+    let (stores, catalog) = (&app.state().stores, &app.state().coupons);
+    let create = |name: &'static str| async move {
+        let new = coupon::NewCoupon::parse(name, coupon::DiscountType::Fixed, 1, 10, None, None, chrono::Utc::now());
+        coupon::create(stores, catalog, new.unwrap()).await.unwrap().id
+    };
+    let issue = |coupon: CouponId, user: i64| async move {
+        let now = chrono::Utc::now().timestamp_micros();
+        coupon::cache::issue(&stores.redis, coupon, &[UserId::new(user).unwrap()], now).await.unwrap()
+    };
+    let (busy, quiet) = (create("busy").await, create("quiet").await);
+    issue(busy, 1).await;
+    let mut writer = Writer::new();
+    assert_eq!(writer.drain_once(stores).await.unwrap(), Outcome::Persisted(1), "the first pass reads every stream");
+
+    issue(busy, 2).await;
+    issue(quiet, 3).await;
+    assert_eq!(writer.drain_once(stores).await.unwrap(), Outcome::Persisted(1), "only the busy stream");
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert_eq!(writer.drain_once(stores).await.unwrap(), Outcome::Persisted(1), "the quiet one, a second later");
+    let persisted: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM user_coupons").fetch_one(&stores.db).await.unwrap();
+    assert_eq!(persisted, 3);
+}
+
+#[tokio::test]
 async fn the_writer_reclaims_entries_a_dead_consumer_left_pending() {
     let app = app_without_writer().await;
     let state = app.state();
