@@ -32,7 +32,7 @@ const RECLAIM_PERIOD: Duration = Duration::from_secs(1);
 /// A stream without new entries for this long is read only on the reclaim step: registered campaigns
 /// pile up over months, and reading each one's stream on every step cost more than the busy one's work.
 const QUIET_AFTER: Duration = Duration::from_secs(10);
-/// Pause after a step that found nothing: bounds the issue-to-persist lag of a quiet queue.
+/// Pause after a step that drained the queue: bounds the issue-to-persist lag of a short queue.
 const IDLE_SLEEP: Duration = Duration::from_millis(20);
 /// Backoff after a failed step, doubling up to the maximum while the failure lasts.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -149,9 +149,14 @@ pub async fn run(stores: Stores, shutdown: CancellationToken) {
             break;
         }
         let pause = match writer.drain_once(&stores).await {
-            Ok(Outcome::Persisted(_)) => {
+            Ok(Outcome::Persisted(persisted)) => {
                 backoff = BACKOFF_MIN;
-                continue;
+                // A full batch means a backlog: go on at once. A partial one drained the queue: wait for
+                // the next batch to gather, since a step's cost (round trips, a commit) is mostly fixed.
+                if persisted >= READ_COUNT as usize {
+                    continue;
+                }
+                IDLE_SLEEP
             }
             Ok(Outcome::Idle) => IDLE_SLEEP,
             Err(error) => {
