@@ -1,13 +1,12 @@
 //! Coalesces concurrent issuances into one call of `lua/coupon_issue.lua` per coupon.
 //!
 //! Why: a request alone costs one EVALSHA, and under a stampede the fixed cost of each call dominated
-//! the script's own work: fred flushes the socket after every EVALSHA (two scripts never share a write), Redis
-//! reads, dispatches and answers each one, and every write wakes the other side of the loopback. A
-//! profile of the issue run put 28% of the server's CPU in `writev`, one write per request to Redis beside
-//! the one of the HTTP response. Here, requests that arrive while
-//! earlier batches are in flight wait in a queue and go out together, so a lone request is sent at once
-//! (no added wait) and a burst shares round trips. Each user is still decided atomically and in arrival
-//! order (see the script).
+//! the script's own work: fred flushes the socket after every EVALSHA (two scripts never share a
+//! write), Redis reads, dispatches and answers each one, and every write wakes the other side of the
+//! loopback. A profile of the issue run put 28% of the server's CPU in `writev`, one write per request to
+//! Redis beside the one of the HTTP response. Here, requests that arrive while earlier batches are in
+//! flight wait in a queue and go out together, so a lone request is sent at once (no added wait) and a
+//! burst shares round trips. Each user is still decided atomically and in arrival order (see the script).
 
 use std::sync::Arc;
 
