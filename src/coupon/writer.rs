@@ -1,11 +1,12 @@
 //! The background writer: moves issuances from the per-coupon Redis streams into MySQL.
 //!
-//! Each step reads every registered coupon's stream through the consumer group `writers` (one XREADGROUP
-//! per coupon, pipelined), inserts the batch with multi-row `INSERT IGNORE` and only then acknowledges
-//! the entries and trims them from the streams (`lua/coupon_queue_ack.lua`). Several instances run side by side: the group hands each entry to one consumer, and
-//! entries a dead consumer left pending are claimed with XAUTOCLAIM once idle for [`CLAIM_IDLE`]. A
-//! replayed entry is harmless: the `user_coupons` primary key makes its insert a no-op. While MySQL is
-//! down the batch in hand is retried with backoff and the streams grow; issuance goes on.
+//! Each step reads the busy coupons' streams (every registered one once a second) through the consumer
+//! group `writers`, one XREADGROUP per coupon, pipelined; inserts the batch with multi-row `INSERT IGNORE`;
+//! and only then acknowledges the entries and trims them from the streams (`lua/coupon_queue_ack.lua`).
+//! Several instances run side by side: the group hands each entry to one consumer, and entries a dead
+//! consumer left pending are claimed with XAUTOCLAIM once idle for [`CLAIM_IDLE`]. A replayed entry is
+//! harmless: the `user_coupons` primary key makes its insert a no-op. While MySQL is down the batch in hand
+//! is retried with backoff and the streams grow; issuance goes on.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
