@@ -1,9 +1,9 @@
 //! Coupons: campaigns, first-come-first-served issuance, and the rules orders use to apply a discount.
 //!
 //! Issuance is decided in Redis by `lua/coupon_issue.lua` (see [`cache`]), called in batches by the
-//! [`issuer`], and persisted to MySQL by the
-//! background [`writer`]. MySQL is the durable record; Redis state that goes missing is rebuilt from it
-//! ([`restore`]), so a coupon is never issued beyond its quantity or twice to one user.
+//! [`issuer`], and persisted to MySQL by the background [`writer`]. MySQL is the durable record; Redis
+//! state that goes missing is rebuilt from it ([`restore`]), so a coupon is never issued beyond its
+//! quantity or twice to one user.
 
 pub mod cache;
 pub mod db;

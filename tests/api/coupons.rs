@@ -9,7 +9,7 @@ use fred::prelude::*;
 use futures::{StreamExt, stream};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use stampede::app::App;
+use stampede::app::{App, AppState};
 use stampede::coupon::writer::{Outcome, Writer};
 use stampede::coupon::{self, HeldStatus};
 use stampede::id::{CouponId, OrderId, UserId};
@@ -211,17 +211,16 @@ async fn the_issue_script_survives_script_flush() {
 async fn one_script_call_decides_a_batch_in_order_as_single_calls_would() {
     let app = app_without_writer().await;
     let stores = &app.state().stores;
-    let new = coupon::NewCoupon::parse("batch", coupon::DiscountType::Fixed, 100, 2, None, None, chrono::Utc::now());
-    let campaign = coupon::create(stores, &app.state().coupons, new.unwrap()).await.unwrap();
+    let campaign = campaign(app.state(), 2).await;
     let [a, b, c] = [1, 2, 3].map(|id| UserId::new(id).unwrap());
     let now = chrono::Utc::now().timestamp_micros();
 
-    let replies = coupon::cache::issue(&stores.redis, campaign.id, &[a, b, a, c, b], now).await.unwrap();
+    let replies = coupon::cache::issue(&stores.redis, campaign, &[a, b, a, c, b], now).await.unwrap();
     use coupon::cache::IssueReply::*;
     assert_eq!(replies, vec![Issued(now), Issued(now), AlreadyIssued(now), SoldOut, AlreadyIssued(now)]);
-    let (issued, remaining) = coupon::cache::counts(&stores.redis, campaign.id).await.unwrap();
+    let (issued, remaining) = coupon::cache::counts(&stores.redis, campaign).await.unwrap();
     assert_eq!((issued, remaining), (2, 0));
-    assert_eq!(queue_length(stores, campaign.id).await, 2, "one stream entry per issuance");
+    assert_eq!(queue_length(stores, campaign).await, 2, "one stream entry per issuance");
 
     let early = coupon::NewCoupon::parse(
         "later",
@@ -364,6 +363,18 @@ async fn my_coupons_lists_them_over_http_with_the_status_filter() {
     assert_eq!(after["coupons"][0]["issuedAt"], issued["issuedAt"], "persisting changed issuedAt");
 }
 
+/// A campaign of `quantity` created in-process: FIXED 1 won off, active now, no end.
+async fn campaign(state: &AppState, quantity: i64) -> CouponId {
+    let new = coupon::NewCoupon::parse("c", coupon::DiscountType::Fixed, 1, quantity, None, None, chrono::Utc::now());
+    coupon::create(&state.stores, &state.coupons, new.unwrap()).await.unwrap().id
+}
+
+/// Runs the issue script itself for `users`, in one call, now.
+async fn script_issue(stores: &Stores, coupon: CouponId, users: &[i64]) -> Vec<coupon::cache::IssueReply> {
+    let users: Vec<UserId> = users.iter().map(|id| UserId::new(*id).unwrap()).collect();
+    coupon::cache::issue(&stores.redis, coupon, &users, chrono::Utc::now().timestamp_micros()).await.unwrap()
+}
+
 /// Entries in the coupon's issuance stream.
 async fn queue_length(stores: &Stores, coupon: CouponId) -> i64 {
     let queue = format!("{}coupon:{{{coupon}}}:queue", stores.redis.keys.prefix());
@@ -375,15 +386,10 @@ async fn acknowledged_entries_are_trimmed_but_never_past_one_still_pending() {
     let app = app_without_writer().await;
     let state = app.state();
     let stores = &state.stores;
-    let new = coupon::NewCoupon::parse("c", coupon::DiscountType::Fixed, 1, 10, None, None, chrono::Utc::now());
-    let campaign = coupon::create(stores, &state.coupons, new.unwrap()).await.unwrap().id;
-    let issue = |ids: [i64; 2]| async move {
-        let users = ids.map(|id| UserId::new(id).unwrap());
-        coupon::cache::issue(&stores.redis, campaign, &users, chrono::Utc::now().timestamp_micros()).await
-    };
-    issue([1, 2]).await.unwrap();
+    let campaign = campaign(state, 10).await;
+    script_issue(stores, campaign, &[1, 2]).await;
     let slow = coupon::cache::read_queues(&stores.redis, &[campaign], "slow", 10, None).await.unwrap();
-    issue([3, 4]).await.unwrap();
+    script_issue(stores, campaign, &[3, 4]).await;
     let fast = coupon::cache::read_queues(&stores.redis, &[campaign], "fast", 10, None).await.unwrap();
     assert_eq!((slow.entries.len(), fast.entries.len()), (2, 2));
 
@@ -394,7 +400,7 @@ async fn acknowledged_entries_are_trimmed_but_never_past_one_still_pending() {
     assert_eq!(queue_length(stores, campaign).await, 0);
 
     // An entry not yet delivered stays when everything delivered is trimmed.
-    issue([5, 6]).await.unwrap();
+    script_issue(stores, campaign, &[5, 6]).await;
     let one = coupon::cache::read_queues(&stores.redis, &[campaign], "fast", 1, None).await.unwrap();
     coupon::cache::ack(&stores.redis, &one.entries).await.unwrap();
     assert_eq!(queue_length(stores, campaign).await, 1);
@@ -405,22 +411,14 @@ async fn acknowledged_entries_are_trimmed_but_never_past_one_still_pending() {
 #[tokio::test]
 async fn the_writer_reads_a_quiet_coupon_on_its_next_full_pass_only() {
     let app = app_without_writer().await;
-    let (stores, catalog) = (&app.state().stores, &app.state().coupons);
-    let create = |name: &'static str| async move {
-        let new = coupon::NewCoupon::parse(name, coupon::DiscountType::Fixed, 1, 10, None, None, chrono::Utc::now());
-        coupon::create(stores, catalog, new.unwrap()).await.unwrap().id
-    };
-    let issue = |coupon: CouponId, user: i64| async move {
-        let now = chrono::Utc::now().timestamp_micros();
-        coupon::cache::issue(&stores.redis, coupon, &[UserId::new(user).unwrap()], now).await.unwrap()
-    };
-    let (busy, quiet) = (create("busy").await, create("quiet").await);
-    issue(busy, 1).await;
+    let stores = &app.state().stores;
+    let (busy, quiet) = (campaign(app.state(), 10).await, campaign(app.state(), 10).await);
+    script_issue(stores, busy, &[1]).await;
     let mut writer = Writer::new();
     assert_eq!(writer.drain_once(stores).await.unwrap(), Outcome::Persisted(1), "the first pass reads every stream");
 
-    issue(busy, 2).await;
-    issue(quiet, 3).await;
+    script_issue(stores, busy, &[2]).await;
+    script_issue(stores, quiet, &[3]).await;
     assert_eq!(writer.drain_once(stores).await.unwrap(), Outcome::Persisted(1), "only the busy stream");
     tokio::time::sleep(Duration::from_millis(1_100)).await;
     assert_eq!(writer.drain_once(stores).await.unwrap(), Outcome::Persisted(1), "the quiet one, a second later");
@@ -434,15 +432,14 @@ async fn the_writer_reclaims_entries_a_dead_consumer_left_pending() {
     let state = app.state();
     let stores = &state.stores;
     let users = create_users(stores, 3).await;
-    let new = coupon::NewCoupon::parse("c", coupon::DiscountType::Fixed, 1, 10, None, None, chrono::Utc::now());
-    let campaign = coupon::create(stores, &state.coupons, new.unwrap()).await.unwrap();
+    let campaign = campaign(state, 10).await;
     for user in &users {
-        coupon::issue(stores, &state.coupons, &state.issuer, &state.users, campaign.id, UserId::new(*user).unwrap())
+        coupon::issue(stores, &state.coupons, &state.issuer, &state.users, campaign, UserId::new(*user).unwrap())
             .await
             .unwrap();
     }
     // A consumer takes the entries and dies before acknowledging them.
-    let taken = coupon::cache::read_queues(&stores.redis, &[campaign.id], "dead", 10, None).await.unwrap();
+    let taken = coupon::cache::read_queues(&stores.redis, &[campaign], "dead", 10, None).await.unwrap();
     assert_eq!(taken.entries.len(), 3);
 
     let mut writer = Writer::new();
@@ -457,7 +454,7 @@ async fn the_writer_reclaims_entries_a_dead_consumer_left_pending() {
     }
     assert_eq!(persisted, 3);
     assert!(started.elapsed() >= coupon::writer::CLAIM_IDLE - Duration::from_millis(500), "claimed too early");
-    let rows = coupon::db::count_persisted(&stores.db, campaign.id).await.unwrap();
+    let rows = coupon::db::count_persisted(&stores.db, campaign).await.unwrap();
     assert_eq!(rows, 3);
 }
 
