@@ -7,12 +7,15 @@ dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "status_counts
 function init(args)
     first = tonumber(os.getenv("FIRST_USER") or "1")
     users = tonumber(os.getenv("USERS") or "100000")
+    -- THREADS must equal wrk's -t; read once here, not on every request.
+    stride = tonumber(os.getenv("THREADS") or "2")
+    body = '{"amount":' .. (os.getenv("AMOUNT") or "1") .. '}'
     next_user = thread_index
 end
 
 function request()
     local user = first + (next_user % users)
-    next_user = next_user + tonumber(os.getenv("THREADS") or "2")
+    next_user = next_user + stride
     return wrk.format("POST", "/api/v1/users/" .. user .. "/balance/charge",
-        { ["Content-Type"] = "application/json" }, '{"amount":' .. (os.getenv("AMOUNT") or "1") .. '}')
+        { ["Content-Type"] = "application/json" }, body)
 end
