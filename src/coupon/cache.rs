@@ -3,7 +3,8 @@
 //!
 //! Keys of coupon 42 (one hash tag, so each script call stays in one cluster slot):
 //! `<prefix>coupon:{42}:meta` (window), `:stock` (counter), `:issued` (user -> issued_at in µs),
-//! `:queue` (stream of issuances not yet persisted). `<prefix>coupons` is the set of loaded coupon ids.
+//! `:queue` (stream of issuances not yet persisted, one entry per script call that issued any).
+//! `<prefix>coupons` is the set of loaded coupon ids.
 
 use std::collections::HashMap;
 
@@ -152,13 +153,13 @@ pub async fn issued_to(redis: &Redis, user: UserId, coupons: &[CouponId]) -> Res
     Ok(coupons.iter().zip(found).filter_map(|(id, at)| at.map(|at| (*id, at))).collect())
 }
 
-/// One issuance read from a coupon stream.
+/// One entry read from a coupon stream: the issuances of one script call.
 #[derive(Debug, Clone)]
 pub struct Queued {
     pub coupon_id: CouponId,
     /// Stream entry id, to XACK once persisted.
     pub entry_id: String,
-    pub user_id: UserId,
+    pub user_ids: Vec<UserId>,
     pub issued_at: DateTime<Utc>,
 }
 
@@ -166,7 +167,7 @@ pub struct Queued {
 #[derive(Debug, Default)]
 pub struct Read {
     pub entries: Vec<Queued>,
-    /// Entries in the streams (acknowledged ones are deleted, so: not yet persisted), when measured.
+    /// Entries in the streams (acknowledged ones are trimmed, so: not yet persisted), when measured.
     pub depth: Option<u64>,
     /// Entries delivered to some consumer and not yet acknowledged, when measured.
     pub pending: Option<u64>,
@@ -207,7 +208,8 @@ pub async fn read_queues(
             let summary = replies.next().expect("one reply per command");
             match claimed {
                 Ok(value) => {
-                    let (_, values): (String, Vec<XReadValue<String, String, i64>>) = value.into_xautoclaim_values()?;
+                    let (_, values): (String, Vec<XReadValue<String, String, String>>) =
+                        value.into_xautoclaim_values()?;
                     read.entries.extend(values.into_iter().filter_map(|v| queued(*id, v)));
                 }
                 Err(e) if is_nogroup(&e) => {}
@@ -223,7 +225,7 @@ pub async fn read_queues(
         match replies.next().expect("one reply per command") {
             Ok(Value::Null) => {}
             Ok(value) => {
-                let streams: XReadResponse<String, String, String, i64> = value.into_xread_response()?;
+                let streams: XReadResponse<String, String, String, String> = value.into_xread_response()?;
                 for values in streams.into_values() {
                     read.entries.extend(values.into_iter().filter_map(|v| queued(*id, v)));
                 }
@@ -242,13 +244,16 @@ pub async fn read_queues(
     Ok(read)
 }
 
-/// Decodes one stream entry; a malformed one (never written by our script) is logged and skipped, which
-/// leaves it pending rather than failing every batch.
-fn queued(coupon_id: CouponId, (entry_id, fields): XReadValue<String, String, i64>) -> Option<Queued> {
-    let user_id = fields.get("u").copied().and_then(UserId::new);
-    let issued_at = fields.get("t").copied().and_then(DateTime::from_timestamp_micros);
-    match (user_id, issued_at) {
-        (Some(user_id), Some(issued_at)) => Some(Queued { coupon_id, entry_id, user_id, issued_at }),
+/// Decodes one stream entry (`u` = comma-separated user ids, `t` = issued_at µs; an entry of one user is
+/// just its id); a malformed one (never written by our script) is logged and skipped, which leaves it
+/// pending rather than failing every batch.
+fn queued(coupon_id: CouponId, (entry_id, fields): XReadValue<String, String, String>) -> Option<Queued> {
+    let user_ids: Option<Vec<UserId>> = fields
+        .get("u")
+        .and_then(|users| users.split(',').map(|user| user.parse().ok().and_then(UserId::new)).collect());
+    let issued_at = fields.get("t").and_then(|at| at.parse().ok()).and_then(DateTime::from_timestamp_micros);
+    match (user_ids, issued_at) {
+        (Some(user_ids), Some(issued_at)) => Some(Queued { coupon_id, entry_id, user_ids, issued_at }),
         _ => {
             tracing::error!(coupon.id = %coupon_id, entry.id = entry_id, "malformed coupon queue entry");
             None

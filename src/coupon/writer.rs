@@ -18,8 +18,8 @@ use super::db::{self, NewIssuance};
 use crate::id::CouponId;
 use crate::store::{StoreError, Stores};
 
-/// Entries read per coupon stream per step.
-const READ_COUNT: u64 = 500;
+/// Entries read per coupon stream per step. An entry holds one script call's issuances (1 to 128).
+pub const READ_COUNT: u64 = 500;
 /// Rows per INSERT statement: 3 placeholders each stays far below MySQL's 65,535.
 const ROWS_PER_INSERT: usize = 2_000;
 /// An entry delivered to a consumer and not acknowledged for this long is claimed by another one: its
@@ -44,8 +44,9 @@ const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
 /// What one step did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    /// This many entries were persisted and acknowledged.
-    Persisted(usize),
+    /// This many issuances were persisted and acknowledged; `backlog`: some stream gave a full read, so
+    /// more may be waiting.
+    Persisted { issuances: usize, backlog: bool },
     /// Every stream was empty.
     Idle,
 }
@@ -55,6 +56,8 @@ pub struct Writer {
     consumer: String,
     /// Entries read but not yet acknowledged; kept across a failed step so it is retried first.
     in_hand: Vec<Queued>,
+    /// Whether the read that filled `in_hand` was full for some stream.
+    backlog: bool,
     last_reclaim: Option<Instant>,
     /// Coupons whose stream had entries within [`QUIET_AFTER`], and when it last had some.
     busy: HashMap<CouponId, Instant>,
@@ -72,7 +75,7 @@ impl Writer {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "host".to_owned());
         let random = uuid::Uuid::new_v4().simple().to_string();
         let consumer = format!("{}-{}-{}", host.trim(), std::process::id(), &random[..8]);
-        Self { consumer, in_hand: Vec::new(), last_reclaim: None, busy: HashMap::new() }
+        Self { consumer, in_hand: Vec::new(), backlog: false, last_reclaim: None, busy: HashMap::new() }
     }
 
     pub fn consumer(&self) -> &str {
@@ -91,7 +94,10 @@ impl Writer {
         let rows: Vec<NewIssuance> = self
             .in_hand
             .iter()
-            .map(|q| NewIssuance { coupon_id: q.coupon_id, user_id: q.user_id, issued_at: q.issued_at })
+            .flat_map(|entry| {
+                let (coupon_id, issued_at) = (entry.coupon_id, entry.issued_at);
+                entry.user_ids.iter().map(move |&user_id| NewIssuance { coupon_id, user_id, issued_at })
+            })
             .collect();
         for chunk in rows.chunks(ROWS_PER_INSERT) {
             db::insert_issued(&stores.db, chunk).await?;
@@ -99,14 +105,13 @@ impl Writer {
         cache::ack(&stores.redis, &self.in_hand).await?;
 
         let now = chrono::Utc::now();
-        metrics::histogram!("coupon_writer_batch_size").record(self.in_hand.len() as f64);
+        metrics::histogram!("coupon_writer_batch_size").record(rows.len() as f64);
         let lag = metrics::histogram!("coupon_writer_lag_seconds");
-        for entry in &self.in_hand {
-            lag.record((now - entry.issued_at).to_std().unwrap_or_default());
+        for row in &rows {
+            lag.record((now - row.issued_at).to_std().unwrap_or_default());
         }
-        let persisted = self.in_hand.len();
         self.in_hand.clear();
-        Ok(Outcome::Persisted(persisted))
+        Ok(Outcome::Persisted { issuances: rows.len(), backlog: self.backlog })
     }
 
     /// Reads the busy streams, or on the reclaim step every registered one. A coupon that wakes up after
@@ -122,9 +127,12 @@ impl Writer {
         if reclaim_due {
             self.last_reclaim = Some(now);
         }
+        let mut read_per_coupon: HashMap<CouponId, u64> = HashMap::new();
         for entry in &read.entries {
             self.busy.insert(entry.coupon_id, now);
+            *read_per_coupon.entry(entry.coupon_id).or_default() += 1;
         }
+        self.backlog = read_per_coupon.values().any(|&read| read >= READ_COUNT);
         self.busy.retain(|_, seen| now.duration_since(*seen) < QUIET_AFTER);
         if let Some(depth) = read.depth {
             metrics::gauge!("coupon_writer_queue_depth").set(depth as f64);
@@ -150,11 +158,11 @@ pub async fn run(stores: Stores, shutdown: CancellationToken) {
             break;
         }
         let pause = match writer.drain_once(&stores).await {
-            Ok(Outcome::Persisted(persisted)) => {
+            Ok(Outcome::Persisted { backlog, .. }) => {
                 backoff = BACKOFF_MIN;
-                // A full batch means a backlog: go on at once. A partial one drained the queue: wait for
-                // the next batch to gather, since a step's cost (round trips, a commit) is mostly fixed.
-                if persisted >= READ_COUNT as usize {
+                // A backlog: go on at once. Otherwise the step drained the queue: wait for the next batch
+                // to gather, since a step's cost (round trips, a commit) is mostly fixed.
+                if backlog {
                     continue;
                 }
                 IDLE_SLEEP

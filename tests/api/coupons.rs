@@ -220,7 +220,17 @@ async fn one_script_call_decides_a_batch_in_order_as_single_calls_would() {
     assert_eq!(replies, vec![Issued(now), Issued(now), AlreadyIssued(now), SoldOut, AlreadyIssued(now)]);
     let (issued, remaining) = coupon::cache::counts(&stores.redis, campaign).await.unwrap();
     assert_eq!((issued, remaining), (2, 0));
-    assert_eq!(queue_length(stores, campaign).await, 2, "one stream entry per issuance");
+    assert_eq!(queue_length(stores, campaign).await, 1, "one stream entry per script call");
+    let mut writer = Writer::new();
+    assert_eq!(writer.drain_once(stores).await.unwrap(), Outcome::Persisted { issuances: 2, backlog: false });
+    let rows: Vec<(i64, chrono::DateTime<chrono::Utc>)> =
+        sqlx::query_as("SELECT user_id, issued_at FROM user_coupons WHERE coupon_id = ? ORDER BY user_id")
+            .bind(campaign.get())
+            .fetch_all(&stores.db)
+            .await
+            .unwrap();
+    let issued_at = chrono::DateTime::from_timestamp_micros(now).unwrap();
+    assert_eq!(rows, vec![(a.get(), issued_at), (b.get(), issued_at)]);
 
     let early = coupon::NewCoupon::parse(
         "later",
@@ -328,7 +338,7 @@ async fn a_coupon_is_listed_and_usable_right_after_its_201_before_the_writer_per
     tx.commit().await.unwrap();
     coupon::issue(stores, &state.coupons, &state.issuer, &state.users, second.id, user).await.unwrap();
     let mut writer = Writer::new();
-    assert_eq!(writer.drain_once(stores).await.unwrap(), Outcome::Persisted(2));
+    assert_eq!(writer.drain_once(stores).await.unwrap(), Outcome::Persisted { issuances: 2, backlog: false });
     assert_eq!(writer.drain_once(stores).await.unwrap(), Outcome::Idle);
 
     let all = coupon::held(stores, &state.coupons, user, None).await.unwrap();
@@ -387,9 +397,11 @@ async fn acknowledged_entries_are_trimmed_but_never_past_one_still_pending() {
     let state = app.state();
     let stores = &state.stores;
     let campaign = campaign(state, 10).await;
-    script_issue(stores, campaign, &[1, 2]).await;
+    script_issue(stores, campaign, &[1]).await;
+    script_issue(stores, campaign, &[2]).await;
     let slow = coupon::cache::read_queues(&stores.redis, &[campaign], "slow", 10, None).await.unwrap();
-    script_issue(stores, campaign, &[3, 4]).await;
+    script_issue(stores, campaign, &[3]).await;
+    script_issue(stores, campaign, &[4]).await;
     let fast = coupon::cache::read_queues(&stores.redis, &[campaign], "fast", 10, None).await.unwrap();
     assert_eq!((slow.entries.len(), fast.entries.len()), (2, 2));
 
@@ -400,12 +412,16 @@ async fn acknowledged_entries_are_trimmed_but_never_past_one_still_pending() {
     assert_eq!(queue_length(stores, campaign).await, 0);
 
     // An entry not yet delivered stays when everything delivered is trimmed.
-    script_issue(stores, campaign, &[5, 6]).await;
+    script_issue(stores, campaign, &[5]).await;
+    script_issue(stores, campaign, &[6]).await;
     let one = coupon::cache::read_queues(&stores.redis, &[campaign], "fast", 1, None).await.unwrap();
     coupon::cache::ack(&stores.redis, &one.entries).await.unwrap();
     assert_eq!(queue_length(stores, campaign).await, 1);
     let rest = coupon::cache::read_queues(&stores.redis, &[campaign], "fast", 10, None).await.unwrap();
-    assert_eq!(rest.entries.iter().map(|e| e.user_id.get()).collect::<Vec<_>>(), vec![6]);
+    assert_eq!(
+        rest.entries.iter().map(|e| e.user_ids.clone()).collect::<Vec<_>>(),
+        vec![vec![UserId::new(6).unwrap()]]
+    );
 }
 
 #[tokio::test]
@@ -415,15 +431,43 @@ async fn the_writer_reads_a_quiet_coupon_on_its_next_full_pass_only() {
     let (busy, quiet) = (campaign(app.state(), 10).await, campaign(app.state(), 10).await);
     script_issue(stores, busy, &[1]).await;
     let mut writer = Writer::new();
-    assert_eq!(writer.drain_once(stores).await.unwrap(), Outcome::Persisted(1), "the first pass reads every stream");
+    assert_eq!(
+        writer.drain_once(stores).await.unwrap(),
+        Outcome::Persisted { issuances: 1, backlog: false },
+        "the first pass reads every stream"
+    );
 
     script_issue(stores, busy, &[2]).await;
     script_issue(stores, quiet, &[3]).await;
-    assert_eq!(writer.drain_once(stores).await.unwrap(), Outcome::Persisted(1), "only the busy stream");
+    assert_eq!(
+        writer.drain_once(stores).await.unwrap(),
+        Outcome::Persisted { issuances: 1, backlog: false },
+        "only the busy stream"
+    );
     tokio::time::sleep(Duration::from_millis(1_100)).await;
-    assert_eq!(writer.drain_once(stores).await.unwrap(), Outcome::Persisted(1), "the quiet one, a second later");
+    assert_eq!(
+        writer.drain_once(stores).await.unwrap(),
+        Outcome::Persisted { issuances: 1, backlog: false },
+        "the quiet one, a second later"
+    );
     let persisted: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM user_coupons").fetch_one(&stores.db).await.unwrap();
     assert_eq!(persisted, 3);
+}
+
+#[tokio::test]
+async fn a_full_read_reports_a_backlog_and_the_next_step_takes_the_rest() {
+    let app = app_without_writer().await;
+    let stores = &app.state().stores;
+    let full = coupon::writer::READ_COUNT as i64;
+    let campaign = campaign(app.state(), full + 10).await;
+    for user in 1..=full + 1 {
+        script_issue(stores, campaign, &[user]).await;
+    }
+    let mut writer = Writer::new();
+    let first = writer.drain_once(stores).await.unwrap();
+    assert_eq!(first, Outcome::Persisted { issuances: full as usize, backlog: true });
+    assert_eq!(writer.drain_once(stores).await.unwrap(), Outcome::Persisted { issuances: 1, backlog: false });
+    assert_eq!(coupon::db::count_persisted(&stores.db, campaign).await.unwrap(), full + 1);
 }
 
 #[tokio::test]
@@ -448,7 +492,7 @@ async fn the_writer_reclaims_entries_a_dead_consumer_left_pending() {
     while persisted < 3 {
         assert!(started.elapsed() < CATCH_UP, "pending entries never reclaimed");
         match writer.drain_once(stores).await.unwrap() {
-            Outcome::Persisted(n) => persisted += n,
+            Outcome::Persisted { issuances, .. } => persisted += issuances,
             Outcome::Idle => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     }
