@@ -134,6 +134,14 @@ pub async fn issued_at(redis: &Redis, id: CouponId, user: UserId) -> Result<Opti
     Ok(redis.client().hget(CouponKeys::new(redis, id).issued, user.get()).await?)
 }
 
+/// Removes finished coupons from the registry: the writer stops reading their streams and the user-coupon
+/// list stops asking Redis about them (MySQL holds all they issued).
+pub async fn unregister(redis: &Redis, ids: &[CouponId]) -> Result<(), StoreError> {
+    let ids: Vec<i64> = ids.iter().map(|id| id.get()).collect();
+    let _: i64 = redis.client().srem(registry_key(redis), ids).await?;
+    Ok(())
+}
+
 /// Every coupon id in the registry.
 pub async fn registered(redis: &Redis) -> Result<Vec<CouponId>, StoreError> {
     let ids: Vec<i64> = redis.client().smembers(registry_key(redis)).await?;
@@ -163,25 +171,38 @@ pub struct Queued {
     pub issued_at: DateTime<Utc>,
 }
 
+/// What the writer's full pass does for each stream beside reading new entries.
+#[derive(Debug, Clone, Copy)]
+pub struct FullPass {
+    /// Claims entries pending longer than this: their consumer died.
+    pub claim_idle_ms: u64,
+    /// A coupon whose window ended before this instant (µs since the epoch) is reported finished when its
+    /// stream is empty.
+    pub ended_before: i64,
+}
+
 /// What one read of every coupon stream found.
 #[derive(Debug, Default)]
 pub struct Read {
     pub entries: Vec<Queued>,
+    /// On a full pass: coupons whose window ended before [`FullPass::ended_before`] and whose stream is
+    /// empty, so everything they issued is persisted.
+    pub finished: Vec<CouponId>,
     /// Entries in the streams (acknowledged ones are trimmed, so: not yet persisted), when measured.
     pub depth: Option<u64>,
     /// Entries delivered to some consumer and not yet acknowledged, when measured.
     pub pending: Option<u64>,
 }
 
-/// Reads up to `count` new entries per coupon stream for `consumer`, in one pipeline. With `reclaim`, the
-/// same pipeline also claims entries pending longer than `claim_idle_ms` (their consumer died) and
-/// measures depth and pending. A stream whose group is missing gets it created for the next read.
+/// Reads up to `count` new entries per coupon stream for `consumer`, in one pipeline. On a `full_pass`, the
+/// same pipeline also claims idle pending entries, measures depth and pending, and finds the finished
+/// coupons. A stream whose group is missing gets it created for the next read.
 pub async fn read_queues(
     redis: &Redis,
     coupons: &[CouponId],
     consumer: &str,
     count: u64,
-    reclaim: Option<u64>,
+    full_pass: Option<FullPass>,
 ) -> Result<Read, StoreError> {
     let mut read = Read::default();
     if coupons.is_empty() {
@@ -190,11 +211,13 @@ pub async fn read_queues(
     let client = redis.client();
     let pipeline = client.pipeline();
     for id in coupons {
-        let queue = CouponKeys::new(redis, *id).queue;
-        if let Some(idle) = reclaim {
+        let CouponKeys { meta, queue, .. } = CouponKeys::new(redis, *id);
+        if let Some(pass) = full_pass {
+            let idle = pass.claim_idle_ms;
             let _: () = pipeline.xautoclaim(&queue, WRITER_GROUP, consumer, idle, "0-0", Some(count), false).await?;
             let _: () = pipeline.xlen(&queue).await?;
             let _: () = pipeline.xpending(&queue, WRITER_GROUP, ()).await?;
+            let _: () = pipeline.hget(&meta, "ends").await?;
         }
         let _: () = pipeline.xreadgroup(WRITER_GROUP, consumer, Some(count), None, false, &queue, ">").await?;
     }
@@ -202,10 +225,11 @@ pub async fn read_queues(
     let (mut depth, mut pending) = (0u64, 0u64);
     let mut missing_groups = Vec::new();
     for id in coupons {
-        if reclaim.is_some() {
+        if let Some(pass) = full_pass {
             let claimed = replies.next().expect("one reply per command");
             let len = replies.next().expect("one reply per command");
             let summary = replies.next().expect("one reply per command");
+            let ends = replies.next().expect("one reply per command");
             match claimed {
                 Ok(value) => {
                     let (_, values): (String, Vec<XReadValue<String, String, String>>) =
@@ -215,7 +239,11 @@ pub async fn read_queues(
                 Err(e) if is_nogroup(&e) => {}
                 Err(e) => return Err(e.into()),
             }
-            depth += len?.convert::<u64>()?;
+            let len = len?.convert::<u64>()?;
+            depth += len;
+            if len == 0 && ends?.convert::<Option<i64>>()?.is_some_and(|end| end < pass.ended_before) {
+                read.finished.push(*id);
+            }
             if let Ok(summary) = summary {
                 // XPENDING summary: [count, smallest id, greatest id, consumers].
                 let summary: Vec<Value> = summary.convert()?;
@@ -234,7 +262,7 @@ pub async fn read_queues(
             Err(e) => return Err(e.into()),
         }
     }
-    if reclaim.is_some() {
+    if full_pass.is_some() {
         read.depth = Some(depth);
         read.pending = Some(pending);
     }

@@ -6,7 +6,8 @@
 //! Several instances run side by side: the group hands each entry to one consumer, and entries a dead
 //! consumer left pending are claimed with XAUTOCLAIM once idle for [`CLAIM_IDLE`]. A replayed entry is
 //! harmless: the `user_coupons` primary key makes its insert a no-op. While MySQL is down the batch in hand
-//! is retried with backoff and the streams grow; issuance goes on.
+//! is retried with backoff and the streams grow; issuance goes on. A campaign that ended over
+//! [`UNREGISTER_AFTER_END`] ago leaves the registry once its stream is empty.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -28,11 +29,16 @@ const ROWS_PER_INSERT: usize = 2_000;
 /// delays the recovery of a crashed instance's batch.
 pub const CLAIM_IDLE: Duration = Duration::from_secs(5);
 /// How often a step reads every registered coupon's stream (not only the busy ones), reclaims idle
-/// entries and measures queue depth and pending count.
+/// entries, measures queue depth and pending count, and unregisters finished campaigns.
 const RECLAIM_PERIOD: Duration = Duration::from_secs(1);
 /// A stream without new entries for this long is read only on the reclaim step: registered campaigns
 /// pile up over months, and reading each one's stream on every step cost more than the busy one's work.
 const QUIET_AFTER: Duration = Duration::from_secs(10);
+/// A campaign whose window ended this long ago and whose stream is empty leaves the registry: nothing can
+/// be queued for it any more, while every registered campaign costs the full pass five commands a second
+/// and each user-coupon list one HGET. The margin covers clock differences between instances and a script
+/// call decided just before the end but run late.
+pub const UNREGISTER_AFTER_END: Duration = Duration::from_secs(60);
 /// Pause after a step that drained the queue: bounds the issue-to-persist lag of a short queue.
 const IDLE_SLEEP: Duration = Duration::from_millis(20);
 /// Backoff after a failed step, doubling up to the maximum while the failure lasts.
@@ -123,10 +129,14 @@ impl Writer {
     /// [`RECLAIM_PERIOD`] longer.
     async fn read(&mut self, stores: &Stores) -> Result<Vec<Queued>, StoreError> {
         let reclaim_due = self.last_reclaim.is_none_or(|at| at.elapsed() >= RECLAIM_PERIOD);
-        let reclaim = reclaim_due.then(|| CLAIM_IDLE.as_millis() as u64);
+        let full_pass = reclaim_due.then(|| cache::FullPass {
+            claim_idle_ms: CLAIM_IDLE.as_millis() as u64,
+            ended_before: chrono::Utc::now().timestamp_micros() - UNREGISTER_AFTER_END.as_micros() as i64,
+        });
         let coupons =
             if reclaim_due { cache::registered(&stores.redis).await? } else { self.busy.keys().copied().collect() };
-        let read = cache::read_queues(&stores.redis, &coupons, &self.consumer, READ_COUNT, reclaim).await?;
+        let read = cache::read_queues(&stores.redis, &coupons, &self.consumer, READ_COUNT, full_pass).await?;
+        self.unregister(stores, &read.finished).await;
         let now = Instant::now();
         if reclaim_due {
             self.last_reclaim = Some(now);
@@ -145,6 +155,24 @@ impl Writer {
             metrics::gauge!("coupon_writer_pending").set(pending as f64);
         }
         Ok(read.entries)
+    }
+
+    /// Unregisters finished coupons. A failure only leaves them registered until the next full pass, so it
+    /// is logged rather than failing the step (which holds entries just read).
+    async fn unregister(&mut self, stores: &Stores, finished: &[CouponId]) {
+        if finished.is_empty() {
+            return;
+        }
+        match cache::unregister(&stores.redis, finished).await {
+            Ok(()) => {
+                for id in finished {
+                    self.busy.remove(id);
+                    tracing::info!(coupon.id = %id, "campaign ended and fully persisted: unregistered");
+                }
+                metrics::counter!("coupon_writer_unregistered_total").increment(finished.len() as u64);
+            }
+            Err(error) => tracing::warn!(%error, "unregistering finished campaigns failed"),
+        }
     }
 }
 

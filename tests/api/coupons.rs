@@ -471,6 +471,48 @@ async fn a_full_read_reports_a_backlog_and_the_next_step_takes_the_rest() {
 }
 
 #[tokio::test]
+async fn an_ended_campaign_leaves_the_registry_once_everything_it_issued_is_persisted() {
+    let app = app_without_writer().await;
+    let state = app.state();
+    let stores = &state.stores;
+    let now = chrono::Utc::now();
+    let ended = |name: &str, end: chrono::DateTime<chrono::Utc>| {
+        let start = end - chrono::TimeDelta::hours(1);
+        coupon::NewCoupon::parse(name, coupon::DiscountType::Fixed, 1, 10, Some(start), Some(end), now).unwrap()
+    };
+    let long_ago = now - chrono::TimeDelta::hours(1);
+    let drained = coupon::create(stores, &state.coupons, ended("drained", long_ago)).await.unwrap().id;
+    let queued = coupon::create(stores, &state.coupons, ended("queued", long_ago)).await.unwrap().id;
+    let just_ended = now - chrono::TimeDelta::seconds(10);
+    let recent = coupon::create(stores, &state.coupons, ended("recent", just_ended)).await.unwrap().id;
+    let running = campaign(state, 10).await;
+    // An issuance decided just before `queued` ended, still waiting in its stream.
+    let user = UserId::new(create_users(stores, 1).await[0]).unwrap();
+    let at = (long_ago - chrono::TimeDelta::seconds(1)).timestamp_micros();
+    let queue = format!("{}coupon:{{{queued}}}:queue", stores.redis.keys.prefix());
+    let fields = vec![("u", user.get().to_string()), ("t", at.to_string())];
+    let _: String = stores.redis.client().xadd(&queue, false, None, "*", fields).await.unwrap();
+
+    let registered = || async {
+        let mut ids = coupon::cache::registered(&stores.redis).await.unwrap();
+        ids.sort();
+        ids
+    };
+    let mut writer = Writer::new();
+    assert_eq!(writer.drain_once(stores).await.unwrap(), Outcome::Persisted { issuances: 1, backlog: false });
+    assert!(!registered().await.contains(&drained), "ended over a minute ago with an empty stream");
+    assert_eq!(registered().await, vec![queued, recent, running], "an entry was still queued for `queued`");
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert_eq!(writer.drain_once(stores).await.unwrap(), Outcome::Idle);
+    assert_eq!(registered().await, vec![recent, running], "`recent` ended within the margin");
+
+    // The user still sees the coupon, now from MySQL alone.
+    let held = coupon::held(stores, &state.coupons, user, None).await.unwrap();
+    let held: Vec<(CouponId, i64)> = held.iter().map(|h| (h.coupon.id, h.issued_at.timestamp_micros())).collect();
+    assert_eq!(held, vec![(queued, at)]);
+}
+
+#[tokio::test]
 async fn the_writer_reclaims_entries_a_dead_consumer_left_pending() {
     let app = app_without_writer().await;
     let state = app.state();
