@@ -385,10 +385,14 @@ async fn script_issue(stores: &Stores, coupon: CouponId, users: &[i64]) -> Vec<c
     coupon::cache::issue(&stores.redis, coupon, &users, chrono::Utc::now().timestamp_micros()).await.unwrap()
 }
 
+/// The coupon's issuance stream.
+fn queue_key(stores: &Stores, coupon: CouponId) -> String {
+    format!("{}coupon:{{{coupon}}}:queue", stores.redis.keys.prefix())
+}
+
 /// Entries in the coupon's issuance stream.
 async fn queue_length(stores: &Stores, coupon: CouponId) -> i64 {
-    let queue = format!("{}coupon:{{{coupon}}}:queue", stores.redis.keys.prefix());
-    stores.redis.client().xlen(queue).await.unwrap()
+    stores.redis.client().xlen(queue_key(stores, coupon)).await.unwrap()
 }
 
 #[tokio::test]
@@ -489,9 +493,8 @@ async fn an_ended_campaign_leaves_the_registry_once_everything_it_issued_is_pers
     // An issuance decided just before `queued` ended, still waiting in its stream.
     let user = UserId::new(create_users(stores, 1).await[0]).unwrap();
     let at = (long_ago - chrono::TimeDelta::seconds(1)).timestamp_micros();
-    let queue = format!("{}coupon:{{{queued}}}:queue", stores.redis.keys.prefix());
     let fields = vec![("u", user.get().to_string()), ("t", at.to_string())];
-    let _: String = stores.redis.client().xadd(&queue, false, None, "*", fields).await.unwrap();
+    let _: String = stores.redis.client().xadd(queue_key(stores, queued), false, None, "*", fields).await.unwrap();
 
     let registered = || async {
         let mut ids = coupon::cache::registered(&stores.redis).await.unwrap();
