@@ -32,22 +32,47 @@ async fn ready_answers_503_naming_mysql_when_it_is_down() {
     assert!(body["message"].as_str().unwrap().contains("mysql"), "{body}");
 }
 
+async fn metrics_text(app: &TestApp) -> String {
+    app.http.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap()
+}
+
+/// The value of `http_requests_total` for `route` and `status`, 0 before the first such request.
+async fn request_count(app: &TestApp, route: &str, status: &str) -> f64 {
+    let text = metrics_text(app).await;
+    let labels = [format!(r#"route="{route}""#), format!(r#"status="{status}""#)];
+    text.lines()
+        .find(|l| l.starts_with("http_requests_total") && labels.iter().all(|label| l.contains(label.as_str())))
+        .map_or(0.0, |line| line.rsplit(' ').next().unwrap().parse().unwrap())
+}
+
 #[tokio::test]
 async fn metrics_count_requests_per_route_and_status() {
     let app = TestApp::spawn().await;
-    app.get("/health/live").await;
-    let text = app.http.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    let line = text
-        .lines()
-        .find(|l| {
-            l.starts_with("http_requests_total")
-                && l.contains(r#"route="/health/live""#)
-                && l.contains(r#"status="200""#)
-        })
-        .unwrap_or_else(|| panic!("no request counter for /health/live in:\n{text}"));
-    let count: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
-    assert!(count >= 1.0, "{line}");
-    assert!(text.contains("http_request_duration_seconds_bucket"), "no latency histogram");
+    // The recorder is process-wide and other tests run beside this one: only the growth is checked.
+    let before = (request_count(&app, "/health/live", "200").await, request_count(&app, "unmatched", "404").await);
+    let requests = (0..20).map(|i| app.get(if i % 2 == 0 { "/health/live" } else { "/no/such/route" }));
+    futures::future::join_all(requests).await;
+    let after = (request_count(&app, "/health/live", "200").await, request_count(&app, "unmatched", "404").await);
+    assert!(after.0 >= before.0 + 10.0, "/health/live 200: {before:?} -> {after:?}");
+    assert!(after.1 >= before.1 + 10.0, "unmatched 404: {before:?} -> {after:?}");
+    let text = metrics_text(&app).await;
+    assert!(
+        text.contains(r#"http_request_duration_seconds_bucket{method="GET",route="/health/live",status="200""#),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn every_response_carries_a_request_id_and_keeps_the_callers() {
+    let app = TestApp::spawn().await;
+    let id_of = |response: reqwest::Response| {
+        response.headers().get("x-request-id").map(|v| v.to_str().unwrap().to_owned()).expect("x-request-id")
+    };
+    let first = id_of(app.http.get(app.url("/health/live")).send().await.unwrap());
+    let second = id_of(app.http.get(app.url("/no/such/route")).send().await.unwrap());
+    assert_ne!(first, second, "each request gets its own id");
+    let kept = app.http.get(app.url("/health/live")).header("x-request-id", "caller-42").send().await.unwrap();
+    assert_eq!(id_of(kept), "caller-42");
 }
 
 #[tokio::test]
