@@ -178,19 +178,40 @@ pub struct NewIssuance {
     pub issued_at: DateTime<Utc>,
 }
 
-/// Persists issuances in one multi-row `INSERT IGNORE`: a row already there (a replayed stream entry, or
-/// one the pay transaction inserted first) is skipped by the primary key. Returns the rows inserted.
+/// Persists issuances with multi-row `INSERT IGNORE`s in one transaction: a row already there (a replayed
+/// stream entry, or one the pay transaction inserted first) is skipped by the primary key. Returns the rows
+/// inserted.
+///
+/// Why fixed statement sizes: each distinct row count is a distinct prepared statement, and preparing a
+/// statement of hundreds of placeholders was a fifth of MariaDB's CPU in an issue run (parsing, and sending
+/// back one metadata packet per placeholder). The batch is cut into powers of two from
+/// [`INSERT_SIZES`]`[0]` down, and a tail below the smallest size is padded with copies of its last row
+/// (the primary key skips them), so only a handful of statements are ever prepared on a connection and
+/// sqlx's statement cache keeps them. Draining a backlog then cost MariaDB 5.4–6.3 µs of CPU per row
+/// against 6.0–6.5 µs before.
 pub async fn insert_issued(db: &MySqlPool, issuances: &[NewIssuance]) -> Result<u64, sqlx::Error> {
-    if issuances.is_empty() {
-        return Ok(0);
+    let mut tx = db.begin().await?;
+    let mut inserted = 0;
+    let mut rest = issuances;
+    while let Some(last) = rest.last() {
+        let size = INSERT_SIZES.iter().copied().find(|&size| size <= rest.len()).unwrap_or(MIN_INSERT);
+        let (chunk, tail) = rest.split_at(size.min(rest.len()));
+        let padding = std::iter::repeat_n(last, size - chunk.len());
+        // `status` takes its default, AVAILABLE.
+        let mut query = QueryBuilder::new("INSERT IGNORE INTO user_coupons (coupon_id, user_id, issued_at) ");
+        query.push_values(chunk.iter().chain(padding), |mut row, issuance| {
+            row.push_bind(issuance.coupon_id).push_bind(issuance.user_id).push_bind(issuance.issued_at);
+        });
+        inserted += query.build().execute(&mut *tx).await?.rows_affected();
+        rest = tail;
     }
-    // `status` takes its default, AVAILABLE.
-    let mut query = QueryBuilder::new("INSERT IGNORE INTO user_coupons (coupon_id, user_id, issued_at) ");
-    query.push_values(issuances, |mut row, issuance| {
-        row.push_bind(issuance.coupon_id).push_bind(issuance.user_id).push_bind(issuance.issued_at);
-    });
-    Ok(query.build().execute(db).await?.rows_affected())
+    tx.commit().await?;
+    Ok(inserted)
 }
+
+/// Rows per `INSERT` statement, largest first: 3 placeholders a row stays far below MySQL's 65,535.
+const INSERT_SIZES: [usize; 7] = [2048, 1024, 512, 256, 128, 64, 32];
+const MIN_INSERT: usize = INSERT_SIZES[INSERT_SIZES.len() - 1];
 
 /// Every persisted coupon of `user_id`, newest issuance first.
 pub async fn list_held(db: &MySqlPool, user_id: UserId) -> Result<Vec<HeldCoupon>, sqlx::Error> {

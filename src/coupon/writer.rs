@@ -21,8 +21,6 @@ use crate::store::{StoreError, Stores};
 
 /// Entries read per coupon stream per step. An entry holds one script call's issuances (1 to 128).
 pub const READ_COUNT: u64 = 500;
-/// Rows per INSERT statement: 3 placeholders each stays far below MySQL's 65,535.
-const ROWS_PER_INSERT: usize = 2_000;
 /// An entry delivered to a consumer and not acknowledged for this long is claimed by another one: its
 /// consumer is taken for dead. A live writer acknowledges a batch within milliseconds, so 5 s only fires
 /// after a crash or a long MySQL stall; claiming too early costs a duplicate (ignored) insert, too late
@@ -109,9 +107,7 @@ impl Writer {
         // fell from 30% to 24% of a core), and two instances inserting overlapping batches (a reclaimed
         // entry) take their row locks in the same order instead of deadlocking.
         rows.sort_unstable_by_key(|row| (row.coupon_id, row.user_id));
-        for chunk in rows.chunks(ROWS_PER_INSERT) {
-            db::insert_issued(&stores.db, chunk).await?;
-        }
+        db::insert_issued(&stores.db, &rows).await?;
         cache::ack(&stores.redis, &self.in_hand).await?;
 
         let now = chrono::Utc::now();
