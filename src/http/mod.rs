@@ -67,7 +67,7 @@ pub fn router(state: AppState) -> Router {
 /// middleware; 14–16 µs with this one), more than their work would explain: each layer nests a future and
 /// wraps the response. The generated id is not added to the request, since nothing reads it there.
 ///
-/// Outside the panic catcher, so a panic is counted and logged as its 500. Applied per route, after
+/// Outside the panic catcher, so a panic is counted as its 500. Applied per route, after
 /// routing, so the route template ([`MatchedPath`]) is known: it labels the metrics and the span without
 /// the raw path's cardinality.
 async fn observe(request: Request, next: Next) -> Response {
