@@ -16,11 +16,12 @@ use clap::Parser;
 use criterion::{Criterion, criterion_group, criterion_main};
 use fred::prelude::*;
 use fred::types::{ClusterHash, CustomCommand};
-use stampede::app::{App, AppState};
+use stampede::app::App;
 use stampede::config::ServeConfig;
 use stampede::coupon::cache::IssueReply;
 use stampede::coupon::{self, DiscountType, NewCoupon};
 use stampede::id::{CouponId, UserId};
+use stampede::state::AppState;
 use tower::ServiceExt;
 
 /// Concurrent callers of the second script benchmark.

@@ -2,14 +2,17 @@
 --
 -- KEYS (all share the coupon's hash tag, `<prefix>coupon:{<id>}:...`, so the script runs unchanged on
 -- Redis Cluster):
---   KEYS[1] meta    hash {total, starts, ends}: the campaign window in microseconds since the Unix epoch
---                   (`ends` absent: no end). Its absence means the coupon's state is not loaded.
+--   KEYS[1] meta    hash {total, starts, ends, gen}: the campaign window in microseconds since the Unix epoch
+--                   (`ends` absent: no end) and the generation of this state (see coupon_load.lua; absent
+--                   in state loaded before generations existed: 0). Its absence means the state is not loaded.
 --   KEYS[2] stock   string integer: issuances left.
 --   KEYS[3] issued  hash user id -> issued_at (microseconds since the epoch): who holds the coupon.
 --   KEYS[4] queue   stream of issuances for the MySQL writer: one entry per call that issued any, with
---                   `u` = the user ids issued, comma-separated, and `t` = their issued_at.
+--                   `u` = the user ids issued, comma-separated, `t` = their issued_at and `g` = the
+--                   generation that decided them (the writer inserts only entries of MySQL's generation).
 -- ARGV:
---   ARGV[1]         now, microseconds since the Unix epoch (the caller's clock; it becomes issued_at)
+--   ARGV[1]         now, microseconds since the Unix epoch (the caller's clock; it becomes issued_at). The
+--                   writer re-deciding an entry of an older generation passes the entry's own issued_at.
 --   ARGV[2..n+1]    the n user ids asking (canonical decimal strings), in arrival order; a user may appear
 --                   twice. At most a few thousand per call (Lua's `unpack` limit); the caller sends <= 128.
 -- Returns 2n integers, {code, issued_at} for each user in ARGV order:
@@ -43,7 +46,7 @@ local users = #ARGV - 1
 local now = tonumber(ARGV[1])
 local replies = {}
 
-local window = redis.call('HMGET', KEYS[1], 'starts', 'ends')
+local window = redis.call('HMGET', KEYS[1], 'starts', 'ends', 'gen')
 if window[1] == false then
     for i = 1, users do
         replies[2 * i - 1] = 4
@@ -84,7 +87,7 @@ end
 
 if #winners > 0 then
     redis.call('HSET', KEYS[3], unpack(fields))
-    redis.call('XADD', KEYS[4], '*', 'u', table.concat(winners, ','), 't', ARGV[1])
+    redis.call('XADD', KEYS[4], '*', 'u', table.concat(winners, ','), 't', ARGV[1], 'g', window[3] or '0')
     redis.call('DECRBY', KEYS[2], #winners)
 end
 return replies

@@ -1,22 +1,27 @@
--- coupon_load: make a coupon issuable in Redis, at creation or when rebuilding lost state from MySQL.
+-- coupon_load: make a coupon issuable in Redis, at creation or when rebuilding its state from MySQL.
 --
 -- KEYS (one hash tag per coupon, `<prefix>coupon:{<id>}:...`, Redis Cluster safe):
---   KEYS[1] meta    hash {total, starts, ends} (see coupon_issue.lua); written last, it marks the state loaded
+--   KEYS[1] meta    hash {total, starts, ends, gen} (see coupon_issue.lua); written last, it marks the state
+--                   loaded
 --   KEYS[2] stock   string integer: issuances left
---   KEYS[3] issued  hash user id -> issued_at; the caller has already added every issuance MySQL holds
+--   KEYS[3] issued  hash user id -> issued_at; the caller has already filled it with exactly the issuances
+--                   MySQL holds (a rebuild deletes meta, stock and issued first, then copies the rows)
 --   KEYS[4] queue   stream read by the writer's consumer group
 -- ARGV:
 --   ARGV[1] total quantity
 --   ARGV[2] starts, microseconds since the Unix epoch
 --   ARGV[3] ends, microseconds since the Unix epoch, or '' for no end
 --   ARGV[4] consumer group name of the writer
--- Returns 1 when it loaded the state, 0 when the state was already there (another request or instance won
--- the race; nothing is changed).
+--   ARGV[5] generation of this state (MySQL's `coupons.generation`, bumped by the rebuild that calls this)
+--   ARGV[6] highest stream id the writer persisted (`<ms>-<seq>`, MySQL's `coupons.persisted_*`)
+-- Returns 1 when it loaded the state, 0 when the state was already there (a concurrent creation; nothing is
+-- changed). Rebuilds are serialized by a MySQL row lock on the coupon, so they never race each other here.
 --
--- Algorithm: stock = total - HLEN(issued), never below 0. Counting the issued hash rather than trusting a
--- count read from MySQL earlier means that issuances another rebuild added meanwhile, or that survived in
--- Redis while only `meta` was lost, are never sold twice. The stream and its group are created if missing,
--- from id 0, so entries queued before the group existed are still persisted.
+-- Algorithm: stock = total - HLEN(issued), never below 0. The stream and its group are created if missing,
+-- from id 0, so entries queued before the group existed are still persisted (the writer re-decides those of
+-- an older generation). The stream's last id is raised to the persisted one if it is below (XSETID): a Redis
+-- that came back from an older file has a stream behind MySQL, which is how that is detected, and new entries
+-- must sort after everything persisted so the check holds again once rebuilt.
 if redis.call('EXISTS', KEYS[1]) == 1 then
     return 0
 end
@@ -32,9 +37,24 @@ if type(created) == 'table' and created.err ~= nil and string.find(created.err, 
     return redis.error_reply(created.err)
 end
 
+local function parse_id(id)
+    local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+    return tonumber(ms), tonumber(seq)
+end
+local persisted_ms, persisted_seq = parse_id(ARGV[6])
+local info = redis.call('XINFO', 'STREAM', KEYS[4])
+for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then
+        local last_ms, last_seq = parse_id(info[i + 1])
+        if last_ms < persisted_ms or (last_ms == persisted_ms and last_seq < persisted_seq) then
+            redis.call('XSETID', KEYS[4], ARGV[6])
+        end
+    end
+end
+
 if ARGV[3] == '' then
-    redis.call('HSET', KEYS[1], 'total', ARGV[1], 'starts', ARGV[2])
+    redis.call('HSET', KEYS[1], 'total', ARGV[1], 'starts', ARGV[2], 'gen', ARGV[5])
 else
-    redis.call('HSET', KEYS[1], 'total', ARGV[1], 'starts', ARGV[2], 'ends', ARGV[3])
+    redis.call('HSET', KEYS[1], 'total', ARGV[1], 'starts', ARGV[2], 'ends', ARGV[3], 'gen', ARGV[5])
 end
 return 1

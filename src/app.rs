@@ -8,37 +8,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::ServeConfig;
+use crate::state::{AppState, Shared};
 use crate::store::{StoreError, Stores, mysql};
 use crate::{product, ranking};
-
-/// What every handler and job shares. One `Arc`: axum clones the state for every request, and cloning
-/// (and dropping) each field's own `Arc` instead showed up as 4% of the server's CPU under load.
-#[derive(Clone)]
-pub struct AppState(Arc<Shared>);
-
-impl std::ops::Deref for AppState {
-    type Target = Shared;
-
-    fn deref(&self) -> &Shared {
-        &self.0
-    }
-}
-
-/// The contents of [`AppState`].
-pub struct Shared {
-    pub stores: Stores,
-    pub config: Arc<ServeConfig>,
-    /// Coupon campaigns cached in-process, so the issue path needs no MySQL.
-    pub coupons: crate::coupon::Catalog,
-    /// Batches concurrent issuances into shared script calls.
-    pub issuer: crate::coupon::Issuer,
-    /// In-process mirror of the users known to exist, so the issue path skips a Redis round trip.
-    pub users: crate::user::cache::KnownUsers,
-    /// Makes a burst of requests for an uncached product or listing page read MySQL once.
-    pub product_gate: product::LoadGate,
-    /// Makes a burst of requests for an uncached ranking window compute it once.
-    pub ranking_gate: ranking::ComputeGate,
-}
 
 /// A built application: connected, migrated and bound, not yet serving.
 pub struct App {
@@ -77,7 +49,7 @@ impl App {
             .await
             .map_err(|source| StartError::Bind { addr: config.bind_addr, source })?;
         crate::telemetry::metrics();
-        let issuer = crate::coupon::Issuer::start(stores.redis.clone());
+        let issuer = crate::coupon::Issuer::start(stores.clone(), crate::coupon::fence::ScriptGate::default());
         let state = AppState(Arc::new(Shared {
             stores,
             config: Arc::new(config),
@@ -125,7 +97,8 @@ fn spawn_background_jobs(state: &AppState, jobs: &TaskTracker, shutdown: &Cancel
     let stores = state.stores.for_jobs();
     jobs.spawn(crate::coupon::writer::run(stores.clone(), shutdown.clone()));
     jobs.spawn(state.users.clone().run(stores.redis.clone(), shutdown.clone()));
-    jobs.spawn(crate::platform::relay::run(state.clone(), shutdown.clone()));
+    let relay = crate::platform::relay::Relay::new(state.config.data_platform_url.as_deref(), state.config.business_tz);
+    jobs.spawn(crate::platform::relay::run(stores.clone(), relay, shutdown.clone()));
     jobs.spawn(product::views::run(stores.clone(), shutdown.clone()));
     jobs.spawn(ranking::job::run(
         stores,

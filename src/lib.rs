@@ -4,9 +4,9 @@
 //!
 //! - [`config`]: the command line and environment, one clap struct per concern.
 //! - [`app`]: builds the state and listener, runs the server and background jobs until shutdown.
+//! - [`state`]: what every handler and job shares.
 //! - [`http`]: routing, middleware, the error envelope; handlers translate HTTP to domain calls.
-//! - [`store`]: MySQL pool and migrations, Redis pool, script handles, error classification.
-//! - [`lua`]: the registry of Lua scripts under `lua/`, loaded once by SHA.
+//! - [`store`]: MySQL pool and migrations, Redis pool, the Lua script registry ([`store::scripts`]), error classification.
 //! - Domains, each with its rules (`mod.rs`), SQL (`db.rs`) and Redis calls (`cache.rs`):
 //!   [`user`], [`product`], [`coupon`], [`ranking`], [`balance`], [`order`].
 //! - [`platform`]: the outbox relay delivering paid orders to the data platform.
@@ -18,12 +18,12 @@ pub mod config;
 pub mod coupon;
 pub mod http;
 pub mod id;
-pub mod lua;
 pub mod order;
 pub mod platform;
 pub mod product;
 pub mod ranking;
 pub mod seed;
+pub mod state;
 pub mod store;
 pub mod telemetry;
 pub mod user;

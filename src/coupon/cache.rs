@@ -1,8 +1,9 @@
-//! Redis side of coupons: the per-coupon keys, the typed wrappers of `lua/coupon_issue.lua` and
-//! `lua/coupon_load.lua`, the registry of loaded coupons and the stream commands of the writer.
+//! Redis side of coupons: the per-coupon keys, the typed wrappers of `lua/coupon_issue.lua`,
+//! `lua/coupon_load.lua` and `lua/coupon_state.lua`, the registry of loaded coupons and the stream commands
+//! of the writer.
 //!
 //! Keys of coupon 42 (one hash tag, so each script call stays in one cluster slot):
-//! `<prefix>coupon:{42}:meta` (window), `:stock` (counter), `:issued` (user -> issued_at in µs),
+//! `<prefix>coupon:{42}:meta` (window and generation), `:stock` (counter), `:issued` (user -> issued_at in µs),
 //! `:queue` (stream of issuances not yet persisted, one entry per script call that issued any).
 //! `<prefix>coupons` is the set of loaded coupon ids.
 
@@ -62,15 +63,20 @@ pub enum IssueReply {
 }
 
 /// Runs the issue script for `users` of one coupon, in order: one round trip (EVALSHA), one reply per user.
+/// `None` when Redis does not have the script (it restarted, or its scripts were flushed): the caller checks
+/// the coupons' state before loading it again (see [`super::fence::ScriptGate`]).
 pub async fn issue(
     redis: &Redis,
     id: CouponId,
     users: &[UserId],
     now_micros: i64,
-) -> Result<Vec<IssueReply>, StoreError> {
-    let script = &*crate::lua::COUPON_ISSUE;
+) -> Result<Option<Vec<IssueReply>>, StoreError> {
+    let script = &*crate::store::scripts::COUPON_ISSUE;
     let args: Vec<i64> = std::iter::once(now_micros).chain(users.iter().map(|user| user.get())).collect();
-    let reply: Vec<i64> = script.call(redis, CouponKeys::new(redis, id).all(), args).await?;
+    let Some(reply) = script.call_if_loaded::<Vec<i64>, _, _>(redis, CouponKeys::new(redis, id).all(), args).await?
+    else {
+        return Ok(None);
+    };
     if reply.len() != 2 * users.len() {
         return Err(script.unexpected(reply));
     }
@@ -84,12 +90,72 @@ pub async fn issue(
             [4, _] => Ok(IssueReply::NotLoaded),
             _ => Err(script.unexpected(pair)),
         })
-        .collect()
+        .collect::<Result<_, _>>()
+        .map(Some)
+}
+
+/// A stream entry id, `<ms>-<seq>`; ordered as Redis orders them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct StreamId {
+    pub ms: i64,
+    pub seq: i64,
+}
+
+impl StreamId {
+    pub fn parse(raw: &str) -> Option<Self> {
+        let (ms, seq) = raw.split_once('-')?;
+        Some(Self { ms: ms.parse().ok()?, seq: seq.parse().ok()? })
+    }
+}
+
+impl std::fmt::Display for StreamId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.ms, self.seq)
+    }
+}
+
+/// What a coupon's Redis state says of itself (`lua/coupon_state.lua`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct State {
+    /// Whether `meta` exists: the coupon can issue.
+    pub loaded: bool,
+    /// The generation the state was loaded with.
+    pub generation: i64,
+    /// The stream's last generated id: every entry this state ever queued has an id at most this.
+    pub last_id: StreamId,
+}
+
+/// The coupon's state as Redis has it, read in one script call.
+pub async fn state(redis: &Redis, id: CouponId) -> Result<State, StoreError> {
+    let keys = CouponKeys::new(redis, id);
+    let script = &*crate::store::scripts::COUPON_STATE;
+    let reply: Vec<i64> = script.call(redis, vec![keys.meta, keys.queue], Vec::<String>::new()).await?;
+    match reply[..] {
+        [loaded, generation, ms, seq] => Ok(State { loaded: loaded == 1, generation, last_id: StreamId { ms, seq } }),
+        _ => Err(script.unexpected(reply)),
+    }
+}
+
+/// Deletes the coupon's `meta`, `stock` and `issued`, so it issues nothing until loaded again; the stream
+/// stays, since the writer still has to persist or re-decide its entries.
+pub async fn unload(redis: &Redis, id: CouponId) -> Result<(), StoreError> {
+    let keys = CouponKeys::new(redis, id);
+    // `meta` first: without it the issue script refuses at once, whatever is left of the rest.
+    let _: i64 = redis.client().del(keys.meta).await?;
+    let _: i64 = redis.client().del(vec![keys.stock, keys.issued]).await?;
+    Ok(())
 }
 
 /// Loads a coupon's state unless it is there: registers it for the writer, copies `issued` (user,
-/// issued_at µs) into the issued hash, then runs `coupon_load.lua`. `true` when this call loaded it.
-pub async fn load(redis: &Redis, coupon: &Coupon, issued: &[(UserId, i64)]) -> Result<bool, StoreError> {
+/// issued_at µs) into the issued hash, then runs `coupon_load.lua` with the `generation` and the highest
+/// `persisted` stream id MySQL records. `true` when this call loaded it.
+pub async fn load(
+    redis: &Redis,
+    coupon: &Coupon,
+    issued: &[(UserId, i64)],
+    generation: i64,
+    persisted: StreamId,
+) -> Result<bool, StoreError> {
     let keys = CouponKeys::new(redis, coupon.id);
     // Registered first: a coupon that can issue must be one the writer reads.
     let _: i64 = redis.client().sadd(registry_key(redis), coupon.id.get()).await?;
@@ -107,8 +173,10 @@ pub async fn load(redis: &Redis, coupon: &Coupon, issued: &[(UserId, i64)]) -> R
         coupon.starts_at.timestamp_micros().to_string(),
         coupon.ends_at.map_or_else(String::new, |end| end.timestamp_micros().to_string()),
         WRITER_GROUP.to_owned(),
+        generation.to_string(),
+        persisted.to_string(),
     ];
-    let script = &*crate::lua::COUPON_LOAD;
+    let script = &*crate::store::scripts::COUPON_LOAD;
     let loaded: i64 = script.call(redis, keys.all(), args).await?;
     Ok(loaded == 1)
 }
@@ -129,9 +197,16 @@ pub async fn counts(redis: &Redis, id: CouponId) -> Result<(i64, i64), StoreErro
     Ok((issued, stock.unwrap_or(0)))
 }
 
-/// When `user` was issued coupon `id` (µs), if Redis recorded it.
-pub async fn issued_at(redis: &Redis, id: CouponId, user: UserId) -> Result<Option<i64>, StoreError> {
-    Ok(redis.client().hget(CouponKeys::new(redis, id).issued, user.get()).await?)
+/// When `user` was issued coupon `id` (µs), if Redis recorded it, with the generation of the state that
+/// says so. The generation is read first, in the same pipeline: a rebuild between the two reads can only
+/// make the pair look older than it is, which the pay transaction's fence then refuses.
+pub async fn issued_at(redis: &Redis, id: CouponId, user: UserId) -> Result<Option<(i64, i64)>, StoreError> {
+    let keys = CouponKeys::new(redis, id);
+    let pipeline = redis.client().pipeline();
+    let _: () = pipeline.hget(&keys.meta, "gen").await?;
+    let _: () = pipeline.hget(&keys.issued, user.get()).await?;
+    let (generation, at): (Option<i64>, Option<i64>) = pipeline.all().await?;
+    Ok(at.map(|at| (at, generation.unwrap_or(0))))
 }
 
 /// Removes finished coupons from the registry: the writer stops reading their streams and the user-coupon
@@ -167,8 +242,12 @@ pub struct Queued {
     pub coupon_id: CouponId,
     /// Stream entry id, to XACK once persisted.
     pub entry_id: String,
+    /// The same id, parsed, for the persisted high-water mark.
+    pub stream_id: StreamId,
     pub user_ids: Vec<UserId>,
     pub issued_at: DateTime<Utc>,
+    /// Generation of the state that decided the entry (0 for entries older than generations).
+    pub generation: i64,
 }
 
 /// What the writer's full pass does for each stream beside reading new entries.
@@ -272,16 +351,19 @@ pub async fn read_queues(
     Ok(read)
 }
 
-/// Decodes one stream entry (`u` = comma-separated user ids, `t` = issued_at µs; an entry of one user is
-/// just its id); a malformed one (never written by our script) is logged and skipped, which leaves it
+/// Decodes one stream entry (`u` = comma-separated user ids, `t` = issued_at µs, `g` = generation; an entry
+/// of one user is just its id); a malformed one (never written by our script) is logged and skipped, which leaves it
 /// pending rather than failing every batch.
 fn queued(coupon_id: CouponId, (entry_id, fields): XReadValue<String, String, String>) -> Option<Queued> {
     let user_ids: Option<Vec<UserId>> = fields
         .get("u")
         .and_then(|users| users.split(',').map(|user| user.parse().ok().and_then(UserId::new)).collect());
     let issued_at = fields.get("t").and_then(|at| at.parse().ok()).and_then(DateTime::from_timestamp_micros);
-    match (user_ids, issued_at) {
-        (Some(user_ids), Some(issued_at)) => Some(Queued { coupon_id, entry_id, user_ids, issued_at }),
+    let generation = fields.get("g").map_or(Some(0), |g| g.parse().ok());
+    match (user_ids, issued_at, generation, StreamId::parse(&entry_id)) {
+        (Some(user_ids), Some(issued_at), Some(generation), Some(stream_id)) => {
+            Some(Queued { coupon_id, entry_id, stream_id, user_ids, issued_at, generation })
+        }
         _ => {
             tracing::error!(coupon.id = %coupon_id, entry.id = entry_id, "malformed coupon queue entry");
             None
@@ -310,7 +392,7 @@ pub async fn ack(redis: &Redis, entries: &[Queued]) -> Result<(), StoreError> {
     for entry in entries {
         by_coupon.entry(entry.coupon_id).or_default().push(&entry.entry_id);
     }
-    let script = &*crate::lua::COUPON_QUEUE_ACK;
+    let script = &*crate::store::scripts::COUPON_QUEUE_ACK;
     let calls = by_coupon.into_iter().map(|(id, ids)| {
         let args: Vec<&str> = std::iter::once(WRITER_GROUP).chain(ids).collect();
         script.call::<i64, _, _>(redis, CouponKeys::new(redis, id).queue, args)

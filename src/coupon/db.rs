@@ -3,6 +3,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::{MySqlConnection, MySqlPool, QueryBuilder};
 
+use super::cache::StreamId;
 use super::{Coupon, Discount, DiscountType, HeldCoupon, HeldStatus, NewCoupon};
 use crate::id::{CouponId, OrderId, UserId};
 
@@ -33,6 +34,7 @@ impl HeldRow {
             status,
             issued_at: self.issued_at,
             used_at: self.used_at,
+            unpersisted_generation: None,
         })
     }
 }
@@ -158,12 +160,102 @@ pub async fn all_coupons(db: &MySqlPool) -> Result<Vec<Coupon>, sqlx::Error> {
     rows.into_iter().map(CouponRow::into_coupon).collect()
 }
 
-/// Who holds `coupon_id` according to MySQL, with the issue time: what a Redis rebuild starts from.
-pub async fn issued_rows(db: &MySqlPool, coupon_id: CouponId) -> Result<Vec<(UserId, DateTime<Utc>)>, sqlx::Error> {
+/// Who holds `coupon_id` according to MySQL, with the issue time: what a Redis rebuild starts from. Read
+/// inside the rebuild's transaction, after its lock on the coupon row, so no writer commits beside it.
+pub async fn issued_rows(
+    tx: &mut MySqlConnection,
+    coupon_id: CouponId,
+) -> Result<Vec<(UserId, DateTime<Utc>)>, sqlx::Error> {
     sqlx::query_as("SELECT user_id, issued_at FROM user_coupons WHERE coupon_id = ?")
         .bind(coupon_id)
-        .fetch_all(db)
+        .fetch_all(tx)
         .await
+}
+
+/// MySQL's side of the fence between rebuilds and the writer (`migrations/0040_coupon_fence.sql`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fence {
+    /// The generation of the coupon's current Redis state; only its entries are inserted as they are.
+    pub generation: i64,
+    /// The highest stream id the writer persisted.
+    pub persisted: StreamId,
+}
+
+#[derive(sqlx::FromRow)]
+struct FenceRow {
+    id: CouponId,
+    generation: i64,
+    persisted_ms: i64,
+    persisted_seq: i64,
+}
+
+impl FenceRow {
+    fn fence(&self) -> Fence {
+        Fence { generation: self.generation, persisted: StreamId { ms: self.persisted_ms, seq: self.persisted_seq } }
+    }
+}
+
+const FENCE_COLUMNS: &str = "SELECT id, generation, persisted_ms, persisted_seq FROM coupons";
+
+/// The coupon's fence, without a lock: for a check that a locked read then confirms.
+pub async fn fence(db: &MySqlPool, id: CouponId) -> Result<Option<Fence>, sqlx::Error> {
+    let row: Option<FenceRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!("{FENCE_COLUMNS} WHERE id = ?")))
+        .bind(id)
+        .fetch_optional(db)
+        .await?;
+    Ok(row.as_ref().map(FenceRow::fence))
+}
+
+/// Locks the coupon rows of `ids` (`FOR UPDATE`, ascending id, so two lockers never deadlock) and returns
+/// their fences. The writer holds these locks while it inserts and a rebuild while it reloads Redis, so a
+/// rebuild reads either all of a batch or none of it.
+pub async fn lock_fences(tx: &mut MySqlConnection, ids: &[CouponId]) -> Result<Vec<(CouponId, Fence)>, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut query = QueryBuilder::new(FENCE_COLUMNS);
+    query.push(" WHERE id IN (");
+    let mut list = query.separated(", ");
+    for id in ids {
+        list.push_bind(*id);
+    }
+    query.push(") ORDER BY id FOR UPDATE");
+    let rows: Vec<FenceRow> = query.build_query_as().fetch_all(tx).await?;
+    Ok(rows.iter().map(|row| (row.id, row.fence())).collect())
+}
+
+/// Gives the coupon a new generation (a rebuild, under the lock of [`lock_fences`]).
+pub async fn set_generation(tx: &mut MySqlConnection, id: CouponId, generation: i64) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE coupons SET generation = ? WHERE id = ?").bind(generation).bind(id).execute(tx).await?;
+    Ok(())
+}
+
+/// Raises the coupon's persisted high-water mark to `id` (never lowers it), in the writer's transaction.
+pub async fn advance_persisted(tx: &mut MySqlConnection, coupon: CouponId, id: StreamId) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE coupons SET persisted_ms = ?, persisted_seq = ?
+         WHERE id = ? AND (persisted_ms < ? OR (persisted_ms = ? AND persisted_seq < ?))",
+    )
+    .bind(id.ms)
+    .bind(id.seq)
+    .bind(coupon)
+    .bind(id.ms)
+    .bind(id.ms)
+    .bind(id.seq)
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+/// Whether the coupon's Redis state is still of `generation`, holding a shared lock on the coupon row until
+/// the transaction ends: the pay transaction, about to insert an issuance only Redis knows, must not do so
+/// across a rebuild that did not count it. Taken before any `user_coupons` lock (the writer's order).
+pub async fn generation_is(tx: &mut MySqlConnection, id: CouponId, generation: i64) -> Result<bool, sqlx::Error> {
+    let current: Option<i64> = sqlx::query_scalar("SELECT generation FROM coupons WHERE id = ? LOCK IN SHARE MODE")
+        .bind(id)
+        .fetch_optional(tx)
+        .await?;
+    Ok(current == Some(generation))
 }
 
 /// Issuances of `coupon_id` durable in MySQL.
@@ -178,8 +270,8 @@ pub struct NewIssuance {
     pub issued_at: DateTime<Utc>,
 }
 
-/// Persists issuances with multi-row `INSERT IGNORE`s in one transaction: a row already there (a replayed
-/// stream entry, or one the pay transaction inserted first) is skipped by the primary key.
+/// Persists issuances with multi-row `INSERT IGNORE`s in the caller's transaction: a row already there (a
+/// replayed stream entry, or one the pay transaction inserted first) is skipped by the primary key.
 ///
 /// Why fixed statement sizes: each distinct row count is a distinct prepared statement, and preparing a
 /// statement of hundreds of placeholders was a fifth of MariaDB's CPU in an issue run (parsing, and sending
@@ -188,8 +280,7 @@ pub struct NewIssuance {
 /// (the primary key skips them), so only a handful of statements are ever prepared on a connection and
 /// sqlx's statement cache keeps them. Draining a backlog then cost MariaDB 5.4–6.3 µs of CPU per row
 /// against 6.0–6.5 µs before.
-pub async fn insert_issued(db: &MySqlPool, issuances: &[NewIssuance]) -> Result<(), sqlx::Error> {
-    let mut tx = db.begin().await?;
+pub async fn insert_issued(tx: &mut MySqlConnection, issuances: &[NewIssuance]) -> Result<(), sqlx::Error> {
     let mut rest = issuances;
     while let Some(last) = rest.last() {
         let size = INSERT_SIZES.iter().copied().find(|&size| size <= rest.len()).unwrap_or(MIN_INSERT);
@@ -203,7 +294,7 @@ pub async fn insert_issued(db: &MySqlPool, issuances: &[NewIssuance]) -> Result<
         query.build().execute(&mut *tx).await?;
         rest = tail;
     }
-    tx.commit().await
+    Ok(())
 }
 
 /// Rows per `INSERT` statement, largest first: 3 placeholders a row stays far below MySQL's 65,535.

@@ -13,9 +13,10 @@ use std::sync::Arc;
 use chrono::Utc;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use super::cache::{self, IssueReply};
+use super::cache::IssueReply;
+use super::fence::ScriptGate;
 use crate::id::{CouponId, UserId};
-use crate::store::{Redis, StoreError};
+use crate::store::{StoreError, Stores};
 
 /// Most users in one script call: at a few microseconds each, a full batch holds Redis well under 1 ms.
 const MAX_BATCH: usize = 128;
@@ -37,12 +38,13 @@ struct Request {
 }
 
 impl Issuer {
-    /// Starts the workers on the current runtime.
-    pub fn start(redis: Redis) -> Self {
+    /// Starts the workers on the current runtime. `gate` checks the coupons before the issue script is
+    /// loaded again after Redis lost it.
+    pub fn start(stores: Stores, gate: ScriptGate) -> Self {
         let (queue, received) = mpsc::channel(QUEUE_CAPACITY);
         let received = Arc::new(Mutex::new(received));
         for _ in 0..WORKERS {
-            tokio::spawn(work(redis.clone(), received.clone()));
+            tokio::spawn(work(stores.clone(), gate.clone(), received.clone()));
         }
         Self { queue }
     }
@@ -57,7 +59,7 @@ impl Issuer {
 
 /// One worker: takes everything queued (up to [`MAX_BATCH`]), decides it, repeats. While it waits on Redis
 /// the next worker takes the queue, so up to [`WORKERS`] batches are in flight.
-async fn work(redis: Redis, queue: Arc<Mutex<mpsc::Receiver<Request>>>) {
+async fn work(stores: Stores, gate: ScriptGate, queue: Arc<Mutex<mpsc::Receiver<Request>>>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
         if queue.lock().await.recv_many(&mut batch, MAX_BATCH).await == 0 {
@@ -73,7 +75,7 @@ async fn work(redis: Redis, queue: Arc<Mutex<mpsc::Receiver<Request>>>) {
             let mut group = vec![first];
             group.extend(std::iter::from_fn(|| requests.next_if(|next| next.coupon == coupon)));
             let users: Vec<UserId> = group.iter().map(|request| request.user).collect();
-            answer(group, cache::issue(&redis, coupon, &users, now).await);
+            answer(group, gate.issue(&stores, coupon, &users, now).await);
         }
     }
 }
@@ -96,13 +98,17 @@ fn answer(group: Vec<Request>, decided: Result<Vec<IssueReply>, StoreError>) {
     }
 }
 
-/// The error of a shared call, for one of its requesters. A script call fails in Redis or in decoding its
-/// reply; anything else cannot come from it and is reported as an unexpected reply.
+/// The error of a shared call, for one of its requesters.
 fn copy_of(error: &StoreError) -> StoreError {
     match error {
         StoreError::Redis(e) => StoreError::Redis(e.clone()),
         StoreError::ScriptReply { script, reply } => StoreError::ScriptReply { script, reply: reply.clone() },
-        other => crate::lua::COUPON_ISSUE.unexpected(other),
+        // From the check after Redis lost its scripts (sqlx errors are not `Clone`): same class, same text.
+        StoreError::Mysql(e) if error.is_unavailable() => {
+            StoreError::Mysql(sqlx::Error::Io(std::io::Error::other(e.to_string())))
+        }
+        StoreError::Mysql(e) => StoreError::Mysql(sqlx::Error::Protocol(e.to_string())),
+        other => crate::store::scripts::COUPON_ISSUE.unexpected(other),
     }
 }
 

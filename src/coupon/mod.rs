@@ -2,11 +2,12 @@
 //!
 //! Issuance is decided in Redis by `lua/coupon_issue.lua` (see [`cache`]), called in batches by the
 //! [`issuer`], and persisted to MySQL by the background [`writer`]. MySQL is the durable record; Redis
-//! state that goes missing is rebuilt from it ([`restore`]), so a coupon is never issued beyond its
-//! quantity or twice to one user.
+//! state that goes missing, goes back in time or disagrees with it is rebuilt from it under a lock the
+//! writer also takes ([`fence`]), so a coupon is never persisted beyond its quantity or twice to one user.
 
 pub mod cache;
 pub mod db;
+pub mod fence;
 pub mod issuer;
 pub mod writer;
 
@@ -144,6 +145,9 @@ pub struct HeldCoupon {
     pub status: HeldStatus,
     pub issued_at: DateTime<Utc>,
     pub used_at: Option<DateTime<Utc>>,
+    /// `Some(g)`: known only to Redis state of generation `g`, not persisted yet; the pay transaction
+    /// inserts its row only while that generation is current ([`db::generation_is`]).
+    pub unpersisted_generation: Option<i64>,
 }
 
 /// The coupon `coupon_id` as held by `user_id`, or `None` when it was never issued to them.
@@ -164,9 +168,16 @@ pub async fn held_by(stores: &Stores, user_id: UserId, coupon_id: CouponId) -> R
     if let Some(held) = db::find_held(&stores.db, user_id, coupon_id).await? {
         return Ok(Some(held));
     }
-    let Some(at) = in_redis else { return Ok(None) };
+    let Some((at, generation)) = in_redis else { return Ok(None) };
     let Some(coupon) = db::find_coupon(&stores.db, coupon_id).await? else { return Ok(None) };
-    Ok(Some(HeldCoupon { coupon, user_id, status: HeldStatus::Available, issued_at: from_micros(at)?, used_at: None }))
+    Ok(Some(HeldCoupon {
+        coupon,
+        user_id,
+        status: HeldStatus::Available,
+        issued_at: from_micros(at)?,
+        used_at: None,
+        unpersisted_generation: Some(generation),
+    }))
 }
 
 /// Largest `totalQuantity` (the column is a signed INT).
@@ -218,7 +229,7 @@ fn to_micros_precision(at: DateTime<Utc>) -> DateTime<Utc> {
 
 fn from_micros(micros: i64) -> Result<DateTime<Utc>, StoreError> {
     DateTime::from_timestamp_micros(micros)
-        .ok_or_else(|| crate::lua::COUPON_ISSUE.unexpected(format_args!("issued_at {micros} out of range")))
+        .ok_or_else(|| crate::store::scripts::COUPON_ISSUE.unexpected(format_args!("issued_at {micros} out of range")))
 }
 
 /// Coupon campaigns cached in-process. Campaigns never change once created, so an entry never goes stale;
@@ -259,9 +270,7 @@ impl Catalog {
     /// Rebuilds the coupon's Redis state from MySQL unless another request did it first.
     async fn restore(&self, stores: &Stores, coupon: &Coupon) -> Result<(), Error> {
         let _one_at_a_time = self.inner.restoring.lock().await;
-        if !cache::is_loaded(&stores.redis, coupon.id).await? {
-            restore(stores, coupon).await?;
-        }
+        fence::verify(stores, coupon).await?;
         Ok(())
     }
 }
@@ -277,29 +286,16 @@ pub async fn create(stores: &Stores, catalog: &Catalog, new: NewCoupon) -> Resul
         starts_at: new.starts_at,
         ends_at: new.ends_at,
     };
-    cache::load(&stores.redis, &coupon, &[]).await?;
+    // A new campaign: generation 0 and nothing persisted, as its MySQL row says.
+    cache::load(&stores.redis, &coupon, &[], 0, cache::StreamId::default()).await?;
     Ok(catalog.remember(coupon))
 }
 
-/// Rebuilds a coupon's Redis state from MySQL: stock = total - rows, issued = the users with a row.
-/// Issuances Redis accepted but the writer had not persisted when Redis lost them are not in MySQL and
-/// so not restored; an append-only file (`appendfsync everysec`) bounds that window to about a second.
-pub async fn restore(stores: &Stores, coupon: &Coupon) -> Result<(), Error> {
-    let rows = db::issued_rows(&stores.db, coupon.id).await?;
-    let issued: Vec<(UserId, i64)> = rows.iter().map(|(user, at)| (*user, at.timestamp_micros())).collect();
-    if cache::load(&stores.redis, coupon, &issued).await? {
-        metrics::counter!("coupon_state_rebuilds_total").increment(1);
-        tracing::info!(coupon.id = %coupon.id, coupon.persisted = issued.len(), "coupon state rebuilt from MySQL");
-    }
-    Ok(())
-}
-
-/// At start-up: loads every campaign into the catalog and rebuilds the Redis state of those Redis lost.
+/// At start-up: checks every campaign's Redis state against MySQL, rebuilding those Redis lost or that went
+/// back in time, and loads the campaigns into the catalog.
 pub async fn restore_all(stores: &Stores, catalog: &Catalog) -> Result<(), Error> {
+    fence::verify_all(stores).await?;
     for coupon in db::all_coupons(&stores.db).await? {
-        if !cache::is_loaded(&stores.redis, coupon.id).await? {
-            restore(stores, &coupon).await?;
-        }
         catalog.remember(coupon);
     }
     Ok(())
@@ -340,7 +336,7 @@ pub async fn issue(
         IssueReply::SoldOut => ("sold_out", Err(Error::SoldOut(coupon_id))),
         IssueReply::NotActive => ("not_active", Err(Error::NotActive(coupon_id))),
         IssueReply::NotLoaded => {
-            ("not_loaded", Err(crate::lua::COUPON_ISSUE.unexpected("state missing after rebuild").into()))
+            ("not_loaded", Err(crate::store::scripts::COUPON_ISSUE.unexpected("state missing after rebuild").into()))
         }
     };
     metrics::counter!("coupon_issue_total", "result" => result).increment(1);
@@ -398,6 +394,8 @@ pub async fn held(
                 status: HeldStatus::Available,
                 issued_at: from_micros(at)?,
                 used_at: None,
+                // Listed, not paid with: the pay path reads it again through `held_by`.
+                unpersisted_generation: None,
             });
         }
     }

@@ -1,21 +1,25 @@
 //! The background writer: moves issuances from the per-coupon Redis streams into MySQL.
 //!
 //! Each step reads the busy coupons' streams (every registered one once a second) through the consumer
-//! group `writers`, one XREADGROUP per coupon, pipelined; inserts the batch with multi-row `INSERT IGNORE`;
-//! and only then acknowledges the entries and trims them from the streams (`lua/coupon_queue_ack.lua`).
+//! group `writers`, one XREADGROUP per coupon, pipelined; inserts the batch with multi-row `INSERT IGNORE`
+//! under a lock on its coupons' rows, only the entries decided by each coupon's current generation, and
+//! re-decides the others through the issue script ([`super::fence`]); and only then acknowledges the entries
+//! and trims them from the streams (`lua/coupon_queue_ack.lua`). A stream Redis lost meanwhile has nothing
+//! to acknowledge, which never stops the writer.
 //! Several instances run side by side: the group hands each entry to one consumer, and entries a dead
 //! consumer left pending are claimed with XAUTOCLAIM once idle for [`CLAIM_IDLE`]. A replayed entry is
 //! harmless: the `user_coupons` primary key makes its insert a no-op. While MySQL is down the batch in hand
 //! is retried with backoff and the streams grow; issuance goes on. A campaign that ended over
 //! [`UNREGISTER_AFTER_END`] ago leaves the registry once its stream is empty.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use super::cache::{self, Queued};
+use super::cache::{self, IssueReply, Queued};
 use super::db::{self, NewIssuance};
+use super::fence::{self, ScriptGate};
 use crate::id::CouponId;
 use crate::store::{StoreError, Stores};
 
@@ -58,8 +62,12 @@ pub enum Outcome {
 /// One writer instance: its consumer name and the batch it holds.
 pub struct Writer {
     consumer: String,
+    /// Runs the issue script for re-decisions, never on a Redis that forgot it unchecked.
+    gate: ScriptGate,
     /// Entries read but not yet acknowledged; kept across a failed step so it is retried first.
     in_hand: Vec<Queued>,
+    /// Whether `in_hand` is persisted (inserted or re-decided) and only waits for its acknowledgement.
+    persisted: Option<usize>,
     /// Whether the read that filled `in_hand` was full for some stream.
     backlog: bool,
     last_reclaim: Option<Instant>,
@@ -79,7 +87,15 @@ impl Writer {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "host".to_owned());
         let random = uuid::Uuid::new_v4().simple().to_string();
         let consumer = format!("{}-{}-{}", host.trim(), std::process::id(), &random[..8]);
-        Self { consumer, in_hand: Vec::new(), backlog: false, last_reclaim: None, busy: HashMap::new() }
+        Self {
+            consumer,
+            gate: ScriptGate::default(),
+            in_hand: Vec::new(),
+            persisted: None,
+            backlog: false,
+            last_reclaim: None,
+            busy: HashMap::new(),
+        }
     }
 
     pub fn consumer(&self) -> &str {
@@ -87,37 +103,112 @@ impl Writer {
     }
 
     /// Reads a batch (unless one is in hand), persists it and acknowledges it. On error the batch stays in
-    /// hand for the next call.
+    /// hand for the next call, which resumes where this one stopped.
     pub async fn drain_once(&mut self, stores: &Stores) -> Result<Outcome, StoreError> {
-        if self.in_hand.is_empty() {
-            self.in_hand = self.read(stores).await?;
-        }
-        if self.in_hand.is_empty() {
+        if self.take_batch(stores).await? == 0 {
             return Ok(Outcome::Idle);
         }
-        let mut rows: Vec<NewIssuance> = self
-            .in_hand
-            .iter()
-            .flat_map(|entry| {
+        let issuances = self.persist(stores).await?;
+        self.acknowledge(stores).await?;
+        Ok(Outcome::Persisted { issuances, backlog: self.backlog })
+    }
+
+    /// Step 1: reads a batch unless one is in hand; returns the entries in hand.
+    pub async fn take_batch(&mut self, stores: &Stores) -> Result<usize, StoreError> {
+        if self.in_hand.is_empty() {
+            self.in_hand = self.read(stores).await?;
+            self.persisted = None;
+        }
+        Ok(self.in_hand.len())
+    }
+
+    /// Step 2: in one transaction holding the coupons' rows, inserts the entries of each coupon's current
+    /// generation and raises its persisted mark; then re-decides the entries of older generations. Returns
+    /// the issuances inserted. Done once per batch: a retry after a failed acknowledgement skips it.
+    pub async fn persist(&mut self, stores: &Stores) -> Result<usize, StoreError> {
+        if let Some(inserted) = self.persisted {
+            return Ok(inserted);
+        }
+        let mut by_coupon: BTreeMap<CouponId, Vec<&Queued>> = BTreeMap::new();
+        for entry in &self.in_hand {
+            by_coupon.entry(entry.coupon_id).or_default().push(entry);
+        }
+        let ids: Vec<CouponId> = by_coupon.keys().copied().collect();
+        let mut tx = stores.db.begin().await?;
+        let fences: HashMap<CouponId, db::Fence> = db::lock_fences(&mut tx, &ids).await?.into_iter().collect();
+        let mut rows: Vec<NewIssuance> = Vec::new();
+        let mut stale: Vec<&Queued> = Vec::new();
+        for (coupon_id, entries) in &by_coupon {
+            let Some(fence) = fences.get(coupon_id) else {
+                tracing::error!(coupon.id = %coupon_id, entries = entries.len(), "queued issuances of a coupon MySQL does not have: dropped");
+                continue;
+            };
+            let (current, older): (Vec<&Queued>, Vec<&Queued>) =
+                entries.iter().partition(|entry| entry.generation == fence.generation);
+            stale.extend(older);
+            if let Some(highest) = current.iter().map(|entry| entry.stream_id).max() {
+                db::advance_persisted(&mut tx, *coupon_id, highest).await?;
+            }
+            rows.extend(current.iter().flat_map(|entry| {
                 let (coupon_id, issued_at) = (entry.coupon_id, entry.issued_at);
                 entry.user_ids.iter().map(move |&user_id| NewIssuance { coupon_id, user_id, issued_at })
-            })
-            .collect();
-        // In key order: neighbouring rows land on the same index pages (MariaDB's CPU during an issue run
-        // fell from 30% to 24% of a core), and two instances inserting overlapping batches (a reclaimed
-        // entry) take their row locks in the same order instead of deadlocking.
-        rows.sort_unstable_by_key(|row| (row.coupon_id, row.user_id));
-        db::insert_issued(&stores.db, &rows).await?;
-        cache::ack(&stores.redis, &self.in_hand).await?;
-
-        let now = chrono::Utc::now();
-        metrics::histogram!("coupon_writer_batch_size").record(rows.len() as f64);
-        let lag = metrics::histogram!("coupon_writer_lag_seconds");
-        for row in &rows {
-            lag.record((now - row.issued_at).to_std().unwrap_or_default());
+            }));
         }
+        // In key order: neighbouring rows land on the same index pages, and two instances inserting
+        // overlapping batches (a reclaimed entry) take their row locks in the same order.
+        rows.sort_unstable_by_key(|row| (row.coupon_id, row.user_id));
+        db::insert_issued(&mut tx, &rows).await?;
+        tx.commit().await?;
+        record_lag(&rows);
+
+        let stale: Vec<Queued> = stale.into_iter().cloned().collect();
+        for entry in &stale {
+            self.redecide(stores, entry).await?;
+        }
+        self.persisted = Some(rows.len());
+        Ok(rows.len())
+    }
+
+    /// Step 3: acknowledges and trims the batch in hand, then lets it go.
+    pub async fn acknowledge(&mut self, stores: &Stores) -> Result<(), StoreError> {
+        cache::ack(&stores.redis, &self.in_hand).await?;
         self.in_hand.clear();
-        Ok(Outcome::Persisted { issuances: rows.len(), backlog: self.backlog })
+        self.persisted = None;
+        Ok(())
+    }
+
+    /// Decides again, against the coupon's current state, an entry that an older state decided: its users
+    /// keep their original `issued_at` and are honoured while stock lasts; the rest are refused, counted and
+    /// logged.
+    async fn redecide(&self, stores: &Stores, entry: &Queued) -> Result<(), StoreError> {
+        let Some(coupon) = db::find_coupon(&stores.db, entry.coupon_id).await? else { return Ok(()) };
+        let at = entry.issued_at.timestamp_micros();
+        let mut replies = Vec::new();
+        for _ in 0..2 {
+            // A state Redis holds but MySQL does not know is rebuilt first, or the winners would be queued
+            // with a generation the next step re-decides again.
+            fence::verify(stores, &coupon).await?;
+            replies = self.gate.issue(stores, coupon.id, &entry.user_ids, at).await?;
+            if !replies.contains(&IssueReply::NotLoaded) {
+                break;
+            }
+        }
+        if replies.contains(&IssueReply::NotLoaded) {
+            return Err(crate::store::scripts::COUPON_ISSUE.unexpected("state missing after rebuild"));
+        }
+        for (user, reply) in entry.user_ids.iter().zip(&replies) {
+            let result = match reply {
+                IssueReply::Issued(_) => "honoured",
+                IssueReply::AlreadyIssued(_) => "already_held",
+                IssueReply::SoldOut | IssueReply::NotActive | IssueReply::NotLoaded => {
+                    // Redis had answered 201 before it lost the state that said so.
+                    tracing::warn!(coupon.id = %coupon.id, user.id = %user, ?reply, entry.generation = entry.generation, "issuance lost with Redis state refused on re-decision");
+                    "refused"
+                }
+            };
+            metrics::counter!("coupon_redecided_total", "result" => result).increment(1);
+        }
+        Ok(())
     }
 
     /// Reads the busy streams, or on the reclaim step every registered one. A coupon that wakes up after
@@ -169,6 +260,16 @@ impl Writer {
             }
             Err(error) => tracing::warn!(%error, "unregistering finished campaigns failed"),
         }
+    }
+}
+
+/// Records how long the persisted issuances waited in Redis.
+fn record_lag(rows: &[NewIssuance]) {
+    let now = chrono::Utc::now();
+    metrics::histogram!("coupon_writer_batch_size").record(rows.len() as f64);
+    let lag = metrics::histogram!("coupon_writer_lag_seconds");
+    for row in rows {
+        lag.record((now - row.issued_at).to_std().unwrap_or_default());
     }
 }
 

@@ -8,8 +8,8 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::error::{ErrorBody, Result};
 use super::extract::{Admin, Json};
-use crate::app::AppState;
 use crate::product::{self, NewProduct, Product};
+use crate::state::AppState;
 use crate::user::{self, User, UserName};
 
 pub fn router() -> OpenApiRouter<AppState> {

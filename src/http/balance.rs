@@ -8,9 +8,9 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::error::{ErrorBody, Result};
 use super::extract::{Json, Path, Query};
-use crate::app::AppState;
 use crate::balance::{self, Balance, ChargeAmount, Charged, Entry, IdempotencyKey};
 use crate::id::UserId;
+use crate::state::AppState;
 
 /// The optional header that makes a charge safe to retry.
 const IDEMPOTENCY_KEY: &str = "idempotency-key";

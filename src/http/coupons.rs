@@ -9,9 +9,9 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::error::{ErrorBody, Result};
 use super::extract::{Admin, Json, Path, Query};
-use crate::app::AppState;
 use crate::coupon::{self, Coupon, DiscountType, HeldCoupon, HeldStatus, NewCoupon};
 use crate::id::{CouponId, UserId};
+use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

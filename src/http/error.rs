@@ -130,6 +130,10 @@ impl Error {
     }
 }
 
+/// What every 503 tells the client to wait before retrying: the stores reconnect within about a second
+/// (see `store::redis`), and a longer hint would only idle clients once they are back.
+const RETRY_AFTER_SECONDS: u32 = 1;
+
 /// A store failure never leaks details to the client; it is logged once here, inside the request span.
 fn store_parts(error: &StoreError) -> (StatusCode, &'static str, String) {
     metrics::counter!("store_errors_total", "store" => error.store()).increment(1);
@@ -149,7 +153,11 @@ fn store_parts(error: &StoreError) -> (StatusCode, &'static str, String) {
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let (status, code, message) = self.parts();
-        (status, Json(ErrorBody { code, message })).into_response()
+        let mut response = (status, Json(ErrorBody { code, message })).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, RETRY_AFTER_SECONDS.into());
+        }
+        response
     }
 }
 

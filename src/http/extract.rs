@@ -5,7 +5,7 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 
 use super::error::Error;
-use crate::app::AppState;
+use crate::state::AppState;
 
 /// `axum::Json` with the contract's 400/413/415 envelope.
 #[derive(FromRequest)]

@@ -10,7 +10,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use crate::app::AppState;
+use crate::state::AppState;
 
 /// A readiness check that takes longer than this counts as failed: a load balancer must not wait on us.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(1);

@@ -27,7 +27,7 @@ use tracing::Instrument;
 use utoipa_axum::router::OpenApiRouter;
 
 pub use self::error::{Error, Result};
-use crate::app::AppState;
+use crate::state::AppState;
 
 /// Largest accepted request body; larger gets 413 PAYLOAD_TOO_LARGE.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;

@@ -8,9 +8,9 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::error::{ErrorBody, Result};
 use super::extract::{Json, Path};
-use crate::app::AppState;
 use crate::id::{CouponId, OrderId, UserId};
 use crate::order::{self, ItemRequest, NewOrder, Order, Paid};
+use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(create_order)).routes(routes!(pay_order)).routes(routes!(get_order))

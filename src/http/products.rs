@@ -9,10 +9,10 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::error::{ErrorBody, Result};
 use super::extract::{Admin, Path, Query};
-use crate::app::AppState;
 use crate::id::ProductId;
 use crate::product::{self, PageRequest, ProductDetail, ProductPage};
 use crate::ranking::{self, TopProducts, Window};
+use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
     // `/products/top` is a static segment, which axum matches before the `{productId}` capture.

@@ -298,7 +298,7 @@ async fn pay_in_transaction(
     let outcome = mysql::retry_on_conflict(
         || async {
             let now = Utc::now().trunc_subsecs(6);
-            pay_once(&stores.db, order, held.map(|h| h.issued_at), existing, now).await
+            pay_once(&stores.db, order, held, existing, now).await
         },
         mysql::is_lock_conflict,
     )
@@ -309,6 +309,7 @@ async fn pay_in_transaction(
         Ok(PayOutcome::CouponUsed) => {
             Err(Error::CouponUnavailable(order.coupon_id.expect("only an order with a coupon uses one")))
         }
+        Ok(PayOutcome::CouponStateRebuilt) => Err(Error::Contended),
         Ok(PayOutcome::InsufficientBalance) => Err(Error::InsufficientBalance(order.final_amount)),
         Ok(PayOutcome::OutOfStock(product_id)) => Err(Error::OutOfStock(product_id)),
         Err(e) if mysql::is_lock_conflict(&e) => {
@@ -324,6 +325,9 @@ enum PayOutcome {
     Paid(Paid),
     NotPayable,
     CouponUsed,
+    /// The coupon was known only to a Redis state that has been rebuilt since: whether it is still held is
+    /// for the writer to decide, so the client retries.
+    CouponStateRebuilt,
     InsufficientBalance,
     OutOfStock(ProductId),
 }
@@ -332,7 +336,7 @@ enum PayOutcome {
 async fn pay_once(
     pool: &MySqlPool,
     order: &Order,
-    coupon_issued_at: Option<DateTime<Utc>>,
+    held: Option<&HeldCoupon>,
     existing: Option<OrderId>,
     now: DateTime<Utc>,
 ) -> Result<PayOutcome, sqlx::Error> {
@@ -347,11 +351,19 @@ async fn pay_once(
         }
         None => db::insert_paid(&mut tx, order, now).await?,
     };
-    if let (Some(coupon_id), Some(issued_at)) = (order.coupon_id, coupon_issued_at) {
+    if let (Some(coupon_id), Some(held)) = (order.coupon_id, held) {
+        // An issuance only Redis knows is inserted here, so it is fenced like the writer's (coupon::fence):
+        // the campaign row first, shared, then the user's row.
+        if let Some(generation) = held.unpersisted_generation
+            && !coupon::db::generation_is(&mut tx, coupon_id, generation).await?
+        {
+            tx.rollback().await?;
+            return Ok(PayOutcome::CouponStateRebuilt);
+        }
         // Lock the coupon row before `mark_used` reads it, so concurrent users of one coupon queue on an
         // exclusive lock instead of deadlocking on shared ones (its INSERT IGNORE takes S on a duplicate).
         db::lock_coupon(&mut tx, order.user_id, coupon_id).await?;
-        if !coupon::db::mark_used(&mut tx, order.user_id, coupon_id, issued_at, order_id, now).await? {
+        if !coupon::db::mark_used(&mut tx, order.user_id, coupon_id, held.issued_at, order_id, now).await? {
             tx.rollback().await?;
             return Ok(PayOutcome::CouponUsed);
         }

@@ -14,7 +14,6 @@ use tokio_util::sync::CancellationToken;
 use super::OrderEvent;
 use super::db::{self, OutboxRow};
 use super::sink::Sink;
-use crate::app::AppState;
 use crate::ranking::{self, sales};
 use crate::store::{StoreError, Stores};
 
@@ -158,15 +157,14 @@ pub fn backoff(attempts: i32) -> chrono::Duration {
 
 /// Runs passes until `shutdown`: at once again after a full batch, else after [`POLL_INTERVAL`]. Only the
 /// idle wait races the shutdown, so a pass in progress always finishes.
-pub async fn run(state: AppState, shutdown: CancellationToken) {
-    let relay = Relay::new(state.config.data_platform_url.as_deref(), state.config.business_tz);
+pub async fn run(stores: Stores, relay: Relay, shutdown: CancellationToken) {
     let mut backlog_reported: Option<Instant> = None;
     loop {
         if backlog_reported.is_none_or(|at| at.elapsed() >= BACKLOG_PERIOD) {
-            report_backlog(&state.stores).await;
+            report_backlog(&stores).await;
             backlog_reported = Some(Instant::now());
         }
-        let pause = match relay.drain_once(&state.stores).await {
+        let pause = match relay.drain_once(&stores).await {
             Ok(outcome) if outcome.claimed == BATCH as usize => None,
             Ok(_) => Some(POLL_INTERVAL),
             Err(e) => {

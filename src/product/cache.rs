@@ -92,7 +92,7 @@ pub struct ViewBatch {
 
 /// The batch to flush: an unfinished one again, else everything pending; `None` when there is nothing.
 pub async fn take_batch(redis: &Redis) -> Result<Option<ViewBatch>, StoreError> {
-    let script = &crate::lua::PRODUCT_VIEWS_TAKE;
+    let script = &crate::store::scripts::PRODUCT_VIEWS_TAKE;
     let new_id = uuid::Uuid::new_v4().to_string();
     let flat: Vec<String> = script.call(redis, vec![pending_key(redis), batch_key(redis)], vec![new_id]).await?;
     if flat.is_empty() {
@@ -120,6 +120,7 @@ pub async fn take_batch(redis: &Redis) -> Result<Option<ViewBatch>, StoreError> 
 
 /// Drops the batch once MySQL holds it; `false` when another flusher already did.
 pub async fn ack_batch(redis: &Redis, batch_id: &str) -> Result<bool, StoreError> {
-    let acked: i64 = crate::lua::PRODUCT_VIEWS_ACK.call(redis, vec![batch_key(redis)], vec![batch_id]).await?;
+    let acked: i64 =
+        crate::store::scripts::PRODUCT_VIEWS_ACK.call(redis, vec![batch_key(redis)], vec![batch_id]).await?;
     Ok(acked == 1)
 }

@@ -145,7 +145,7 @@ impl TempDay {
     /// Swaps the copies in for the live day (see `lua/ranking_replace_day.lua`). Returns the orders the live
     /// day counts that the copies lack; when that is empty the swap happened.
     pub async fn replace_live(&self, redis: &Redis, ttl_secs: i64) -> Result<Vec<OrderId>, StoreError> {
-        let script = &crate::lua::RANKING_REPLACE_DAY;
+        let script = &crate::store::scripts::RANKING_REPLACE_DAY;
         let keys = vec![
             day_key(&redis.keys, self.day),
             applied_key(&redis.keys, self.day),

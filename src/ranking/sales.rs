@@ -35,7 +35,7 @@ pub async fn record(
         args.push(product_id.get().to_string());
         args.push(quantity.to_string());
     }
-    let script = &*crate::lua::RANKING_RECORD_SALES;
+    let script = &*crate::store::scripts::RANKING_RECORD_SALES;
     let reply: i64 = script.call(redis, keys, args).await?;
     match reply {
         1 => Ok(Recorded::Applied),

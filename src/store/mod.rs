@@ -3,6 +3,7 @@
 
 pub mod mysql;
 pub mod redis;
+pub mod scripts;
 
 use thiserror::Error;
 
@@ -22,7 +23,7 @@ impl Stores {
     pub async fn connect(config: &StoreConfig) -> Result<Self, StoreError> {
         let db = mysql::connect(&config.database_url, config.database_pool_size).await?;
         let redis = Redis::connect(&config.redis_url, &config.redis_prefix, config.redis_pool_size).await?;
-        crate::lua::load_all(&redis).await?;
+        scripts::load_all(&redis).await?;
         Ok(Self { db, redis })
     }
 
@@ -54,14 +55,16 @@ impl StoreError {
                 e,
                 sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_)
             ),
-            StoreError::Redis(e) => matches!(
-                e.kind(),
-                fred::error::ErrorKind::IO
-                    | fred::error::ErrorKind::Timeout
-                    | fred::error::ErrorKind::Canceled
-                    | fred::error::ErrorKind::Cluster
-                    | fred::error::ErrorKind::Backpressure
-            ),
+            StoreError::Redis(e) => {
+                matches!(
+                    e.kind(),
+                    fred::error::ErrorKind::IO
+                        | fred::error::ErrorKind::Timeout
+                        | fred::error::ErrorKind::Canceled
+                        | fred::error::ErrorKind::Cluster
+                        | fred::error::ErrorKind::Backpressure
+                ) || is_redis_busy(e)
+            }
             StoreError::Migrate(_) | StoreError::ScriptReply { .. } => false,
         }
     }
@@ -73,6 +76,17 @@ impl StoreError {
             StoreError::Redis(_) | StoreError::ScriptReply { .. } => "redis",
         }
     }
+}
+
+/// Replies of a Redis that is up but cannot serve now: loading its data set after a restart, busy with a
+/// long script, refusing writes after a failed save, or a cluster moving slots or without a majority. fred
+/// reports them as unknown errors; they are the operator's problem (503), not a bug.
+const REDIS_BUSY_REPLIES: [&str; 7] =
+    ["LOADING", "BUSY", "MISCONF", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "READONLY"];
+
+fn is_redis_busy(error: &fred::error::Error) -> bool {
+    let details = error.details();
+    REDIS_BUSY_REPLIES.iter().any(|reply| details.starts_with(reply))
 }
 
 /// Lets a domain error enum with a `Store(StoreError)` variant take sqlx and fred errors with `?`.

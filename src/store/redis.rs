@@ -115,6 +115,27 @@ impl Script {
         Ok(result?)
     }
 
+    /// Runs the script if Redis still has it; `Ok(None)` on NOSCRIPT, which means Redis restarted or its
+    /// scripts were flushed. A gated script (the coupon issue script) is loaded again only after the caller
+    /// has checked what such a Redis may also have lost.
+    pub async fn call_if_loaded<R, K, V>(&self, redis: &Redis, keys: K, args: V) -> Result<Option<R>, StoreError>
+    where
+        R: FromValue,
+        K: Into<MultipleKeys> + Send,
+        V: TryInto<MultipleValues> + Send,
+        V::Error: Into<fred::error::Error> + Send,
+    {
+        match self.script.evalsha(redis.client(), keys, args).await {
+            Ok(reply) => Ok(Some(reply)),
+            Err(error) if error.details().starts_with("NOSCRIPT") => Ok(None),
+            Err(error) => {
+                metrics::counter!("redis_script_errors_total", "script" => self.name).increment(1);
+                tracing::debug!(script = self.name, %error, "script failed");
+                Err(error.into())
+            }
+        }
+    }
+
     /// Wraps an undecodable reply into an error naming this script.
     pub fn unexpected(&self, reply: impl std::fmt::Debug) -> StoreError {
         StoreError::ScriptReply { script: self.name, reply: format!("{reply:?}") }

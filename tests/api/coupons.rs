@@ -9,10 +9,11 @@ use fred::prelude::*;
 use futures::{StreamExt, stream};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use stampede::app::{App, AppState};
+use stampede::app::App;
 use stampede::coupon::writer::{Outcome, Writer};
 use stampede::coupon::{self, HeldStatus};
 use stampede::id::{CouponId, OrderId, UserId};
+use stampede::state::AppState;
 use stampede::store::Stores;
 
 use crate::support::{ADMIN_TOKEN, MariaDb, RedisServer, TestApp, create_database, isolated_store, serve_config};
@@ -215,7 +216,8 @@ async fn one_script_call_decides_a_batch_in_order_as_single_calls_would() {
     let [a, b, c] = [1, 2, 3].map(|id| UserId::new(id).unwrap());
     let now = chrono::Utc::now().timestamp_micros();
 
-    let replies = coupon::cache::issue(&stores.redis, campaign, &[a, b, a, c, b], now).await.unwrap();
+    let gate = coupon::fence::ScriptGate::default();
+    let replies = gate.issue(stores, campaign, &[a, b, a, c, b], now).await.unwrap();
     use coupon::cache::IssueReply::*;
     assert_eq!(replies, vec![Issued(now), Issued(now), AlreadyIssued(now), SoldOut, AlreadyIssued(now)]);
     let (issued, remaining) = coupon::cache::counts(&stores.redis, campaign).await.unwrap();
@@ -242,7 +244,7 @@ async fn one_script_call_decides_a_batch_in_order_as_single_calls_would() {
         chrono::Utc::now(),
     );
     let later = coupon::create(stores, &app.state().coupons, early.unwrap()).await.unwrap();
-    let replies = coupon::cache::issue(&stores.redis, later.id, &[a, b], now).await.unwrap();
+    let replies = gate.issue(stores, later.id, &[a, b], now).await.unwrap();
     assert_eq!(replies, vec![NotActive, NotActive]);
 }
 
@@ -382,7 +384,8 @@ async fn campaign(state: &AppState, quantity: i64) -> CouponId {
 /// Runs the issue script itself for `users`, in one call, now.
 async fn script_issue(stores: &Stores, coupon: CouponId, users: &[i64]) -> Vec<coupon::cache::IssueReply> {
     let users: Vec<UserId> = users.iter().map(|id| UserId::new(*id).unwrap()).collect();
-    coupon::cache::issue(&stores.redis, coupon, &users, chrono::Utc::now().timestamp_micros()).await.unwrap()
+    let gate = coupon::fence::ScriptGate::default();
+    gate.issue(stores, coupon, &users, chrono::Utc::now().timestamp_micros()).await.unwrap()
 }
 
 /// The coupon's issuance stream.

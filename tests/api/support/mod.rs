@@ -10,8 +10,9 @@ use std::sync::OnceLock;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use stampede::app::{App, AppState};
+use stampede::app::App;
 use stampede::config::{BalanceLimits, ServeConfig, StoreConfig};
+use stampede::state::AppState;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 

@@ -1,0 +1,174 @@
+//! Keeps "exactly Q" when Redis loses data (docs/coupons.md, "Redis losing data").
+//!
+//! MySQL is the record; Redis decides. When Redis loses the coupon's state (a wipe, lost keys), goes back in
+//! time (restarted from an older file) or holds a state MySQL does not know, the state is rebuilt from
+//! MySQL's rows under a lock on the coupon row, and gets a new generation:
+//!
+//! - The writer inserts a batch under the same lock (`FOR UPDATE`) and only the entries decided by the
+//!   current generation; so a rebuild counts either all of a batch or none of it, and an entry decided by an
+//!   older state is re-decided through the issue script against the rebuilt one (honoured while stock lasts,
+//!   refused and counted otherwise) instead of being inserted beside rows the rebuild never counted.
+//! - The writer records the highest stream id it persisted in the same transaction; a stream whose last id is
+//!   below it, or a state whose generation is not MySQL's, is stale and rebuilt before it issues again.
+//! - Redis forgets its scripts when it restarts: the issue script answering NOSCRIPT makes every coupon be
+//!   checked before the script is loaded again ([`ScriptGate`]), so nothing issues from a restored file first.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use chrono::Utc;
+use futures::{StreamExt, TryStreamExt, stream};
+
+use super::Coupon;
+use super::cache::{self, IssueReply, State};
+use super::db::{self, Fence};
+use crate::id::{CouponId, UserId};
+use crate::store::{StoreError, Stores};
+
+/// Coupons checked at once after Redis forgot its scripts.
+const CHECK_CONCURRENCY: usize = 16;
+
+/// Why a coupon's Redis state was rebuilt; the `cause` label of `coupon_state_rebuilds_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// Its `meta` is gone: a wipe, an eviction, deleted keys, or a new Redis.
+    Missing,
+    /// Its generation is not MySQL's: it predates the last rebuild (an older file) or a rebuild whose
+    /// commit failed.
+    Generation,
+    /// Its stream is behind what MySQL persisted: Redis went back in time.
+    Rollback,
+}
+
+impl Cause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::Missing => "missing",
+            Cause::Generation => "generation",
+            Cause::Rollback => "rollback",
+        }
+    }
+}
+
+/// Why the Redis state cannot be trusted, or `None` when it can.
+fn stale(state: &State, fence: &Fence) -> Option<Cause> {
+    if !state.loaded {
+        Some(Cause::Missing)
+    } else if state.generation != fence.generation {
+        Some(Cause::Generation)
+    } else if state.last_id < fence.persisted {
+        Some(Cause::Rollback)
+    } else {
+        None
+    }
+}
+
+/// Checks the coupon's Redis state against MySQL and rebuilds it if stale. Returns the cause of a rebuild
+/// this call made.
+pub async fn verify(stores: &Stores, coupon: &Coupon) -> Result<Option<Cause>, StoreError> {
+    let state = cache::state(&stores.redis, coupon.id).await?;
+    let Some(fence) = db::fence(&stores.db, coupon.id).await? else { return Ok(None) };
+    if stale(&state, &fence).is_none() {
+        return Ok(None);
+    }
+    rebuild(stores, coupon).await
+}
+
+/// Rebuilds the coupon's Redis state from MySQL under the coupon row's lock, if it is still stale once the
+/// lock is held (another request or instance may have rebuilt it meanwhile).
+///
+/// Issuances Redis accepted and lost before the writer persisted them are not in MySQL and so not restored;
+/// the persistence setting bounds them (docs/operations.md).
+pub async fn rebuild(stores: &Stores, coupon: &Coupon) -> Result<Option<Cause>, StoreError> {
+    let mut tx = stores.db.begin().await?;
+    let Some((_, fence)) = db::lock_fences(&mut tx, &[coupon.id]).await?.pop() else { return Ok(None) };
+    let state = cache::state(&stores.redis, coupon.id).await?;
+    let Some(cause) = stale(&state, &fence) else { return Ok(None) };
+    let rows = db::issued_rows(&mut tx, coupon.id).await?;
+    let issued: Vec<(UserId, i64)> = rows.iter().map(|(user, at)| (*user, at.timestamp_micros())).collect();
+    // Never a generation used before, even one whose commit failed: entries it decided must not pass as current.
+    let generation = fence.generation.saturating_add(1).max(Utc::now().timestamp_micros());
+    db::set_generation(&mut tx, coupon.id, generation).await?;
+    cache::unload(&stores.redis, coupon.id).await?;
+    cache::load(&stores.redis, coupon, &issued, generation, fence.persisted).await?;
+    if let Err(error) = tx.commit().await {
+        // Redis now holds a generation MySQL does not: unload it so the next request rebuilds again.
+        if let Err(unload) = cache::unload(&stores.redis, coupon.id).await {
+            tracing::error!(coupon.id = %coupon.id, error = %unload, "unloading an uncommitted rebuild failed");
+        }
+        return Err(error.into());
+    }
+    metrics::counter!("coupon_state_rebuilds_total", "cause" => cause.as_str()).increment(1);
+    metrics::gauge!("coupon_generation", "coupon" => coupon.id.to_string()).set(generation as f64);
+    tracing::warn!(
+        coupon.id = %coupon.id,
+        coupon.persisted = issued.len(),
+        coupon.generation = generation,
+        cause = cause.as_str(),
+        redis.last_id = %state.last_id,
+        mysql.persisted = %fence.persisted,
+        "coupon state rebuilt from MySQL"
+    );
+    Ok(Some(cause))
+}
+
+/// Checks every campaign (at start-up, and when Redis forgot its scripts); returns how many were rebuilt.
+pub async fn verify_all(stores: &Stores) -> Result<usize, StoreError> {
+    let coupons = db::all_coupons(&stores.db).await?;
+    // Owned futures: one borrowing `stores` and a coupon trips the compiler's `Send` check when spawned.
+    let checks = coupons.into_iter().map(|coupon| {
+        let stores = stores.clone();
+        async move { verify(&stores, &coupon).await }
+    });
+    let rebuilt: Vec<Option<Cause>> = stream::iter(checks).buffer_unordered(CHECK_CONCURRENCY).try_collect().await?;
+    Ok(rebuilt.iter().flatten().count())
+}
+
+/// Runs the issue script, and when Redis answers that it does not have it, checks every coupon before
+/// loading it again. Cheap to clone; clones share one check.
+#[derive(Clone, Default)]
+pub struct ScriptGate {
+    inner: Arc<GateInner>,
+}
+
+#[derive(Default)]
+struct GateInner {
+    /// Bumped after each reload, so callers that saw the same NOSCRIPT skip the check that already ran.
+    reloads: AtomicU64,
+    checking: tokio::sync::Mutex<()>,
+}
+
+impl ScriptGate {
+    /// `lua/coupon_issue.lua` for `users` at `now_micros`, as [`cache::issue`], never on unchecked state.
+    pub async fn issue(
+        &self,
+        stores: &Stores,
+        id: CouponId,
+        users: &[UserId],
+        now_micros: i64,
+    ) -> Result<Vec<IssueReply>, StoreError> {
+        loop {
+            let reloads = self.inner.reloads.load(Ordering::Acquire);
+            if let Some(replies) = cache::issue(&stores.redis, id, users, now_micros).await? {
+                return Ok(replies);
+            }
+            self.check_and_reload(stores, reloads).await?;
+        }
+    }
+
+    async fn check_and_reload(&self, stores: &Stores, seen: u64) -> Result<(), StoreError> {
+        let _one_at_a_time = self.inner.checking.lock().await;
+        if self.inner.reloads.load(Ordering::Acquire) != seen {
+            return Ok(());
+        }
+        let rebuilt = verify_all(stores).await?;
+        crate::store::scripts::COUPON_ISSUE.load(&stores.redis).await?;
+        self.inner.reloads.fetch_add(1, Ordering::Release);
+        metrics::counter!("coupon_script_reloads_total").increment(1);
+        tracing::warn!(
+            coupons.rebuilt = rebuilt,
+            "Redis lost its scripts: every coupon checked, issue script reloaded"
+        );
+        Ok(())
+    }
+}
