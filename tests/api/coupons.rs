@@ -26,7 +26,7 @@ const CATCH_UP: Duration = Duration::from_secs(40);
 const IN_FLIGHT: usize = 200;
 
 /// Creates a coupon through the admin API; returns its id.
-async fn create_coupon(app: &TestApp, quantity: i64) -> i64 {
+pub(crate) async fn create_coupon(app: &TestApp, quantity: i64) -> i64 {
     let body = json!({ "name": "flash", "discountType": "FIXED", "discountValue": 1000, "totalQuantity": quantity });
     let (status, body) = app.admin_post("/api/v1/admin/coupons", body).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
@@ -34,21 +34,21 @@ async fn create_coupon(app: &TestApp, quantity: i64) -> i64 {
 }
 
 /// `count` users inserted in one statement and marked known in Redis, as `stampede seed` does.
-async fn create_users(stores: &Stores, count: usize) -> Vec<i64> {
+pub(crate) async fn create_users(stores: &Stores, count: usize) -> Vec<i64> {
     let names: Vec<String> = (0..count).map(|n| format!("u{n}")).collect();
     let ids = stampede::user::db::insert_batch(&stores.db, &names).await.unwrap();
     stampede::user::cache::remember(&stores.redis, &ids).await.unwrap();
     ids.into_iter().map(UserId::get).collect()
 }
 
-async fn progress(app: &TestApp, coupon: i64) -> Value {
+pub(crate) async fn progress(app: &TestApp, coupon: i64) -> Value {
     let (status, body) = app.call(reqwest::Method::GET, &format!("/api/v1/admin/coupons/{coupon}"), None, true).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     body
 }
 
 /// Polls the admin progress until `persisted` reaches `expected`, or fails after [`CATCH_UP`].
-async fn wait_persisted(app: &TestApp, coupon: i64, expected: i64) -> Value {
+pub(crate) async fn wait_persisted(app: &TestApp, coupon: i64, expected: i64) -> Value {
     let started = Instant::now();
     loop {
         let body = progress(app, coupon).await;
@@ -62,7 +62,7 @@ async fn wait_persisted(app: &TestApp, coupon: i64, expected: i64) -> Value {
 
 /// Sends every `(coupon, user)` issuance with [`IN_FLIGHT`] at once, spread over `apps`; returns
 /// `(user, status)` per request.
-async fn stampede(apps: &[&TestApp], requests: Vec<(i64, i64)>) -> Vec<(i64, StatusCode)> {
+pub(crate) async fn stampede(apps: &[&TestApp], requests: Vec<(i64, i64)>) -> Vec<(i64, StatusCode)> {
     stream::iter(requests.into_iter().enumerate())
         .map(|(n, (coupon, user))| {
             let app = apps[n % apps.len()];
@@ -81,7 +81,7 @@ async fn stampede(apps: &[&TestApp], requests: Vec<(i64, i64)>) -> Vec<(i64, Sta
         .await
 }
 
-fn winners(results: &[(i64, StatusCode)]) -> Vec<i64> {
+pub(crate) fn winners(results: &[(i64, StatusCode)]) -> Vec<i64> {
     results.iter().filter(|(_, s)| *s == StatusCode::CREATED).map(|(u, _)| *u).collect()
 }
 
@@ -305,7 +305,7 @@ async fn malformed_coupon_requests_get_400_and_the_envelope() {
 }
 
 /// An app built but not run: no writer drains the queues, so a test decides when persistence happens.
-async fn app_without_writer() -> App {
+pub(crate) async fn app_without_writer() -> App {
     App::build(serve_config(isolated_store().await)).await.expect("build app")
 }
 
@@ -376,20 +376,20 @@ async fn my_coupons_lists_them_over_http_with_the_status_filter() {
 }
 
 /// A campaign of `quantity` created in-process: FIXED 1 won off, active now, no end.
-async fn campaign(state: &AppState, quantity: i64) -> CouponId {
+pub(crate) async fn campaign(state: &AppState, quantity: i64) -> CouponId {
     let new = coupon::NewCoupon::parse("c", coupon::DiscountType::Fixed, 1, quantity, None, None, chrono::Utc::now());
     coupon::create(&state.stores, &state.coupons, new.unwrap()).await.unwrap().id
 }
 
 /// Runs the issue script itself for `users`, in one call, now.
-async fn script_issue(stores: &Stores, coupon: CouponId, users: &[i64]) -> Vec<coupon::cache::IssueReply> {
+pub(crate) async fn script_issue(stores: &Stores, coupon: CouponId, users: &[i64]) -> Vec<coupon::cache::IssueReply> {
     let users: Vec<UserId> = users.iter().map(|id| UserId::new(*id).unwrap()).collect();
     let gate = coupon::fence::ScriptGate::default();
     gate.issue(stores, coupon, &users, chrono::Utc::now().timestamp_micros()).await.unwrap()
 }
 
 /// The coupon's issuance stream.
-fn queue_key(stores: &Stores, coupon: CouponId) -> String {
+pub(crate) fn queue_key(stores: &Stores, coupon: CouponId) -> String {
     format!("{}coupon:{{{coupon}}}:queue", stores.redis.keys.prefix())
 }
 

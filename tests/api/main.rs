@@ -12,4 +12,5 @@ mod orders;
 mod outbox;
 mod products;
 mod ranking;
+mod redis_loss;
 mod users;

@@ -53,30 +53,63 @@ fn wait_for_port(port: u16, what: &str, child: &mut Child) {
     }
 }
 
-/// A Redis server owned by the tests.
+/// A Redis server owned by the tests; it can be killed and started again on the same data folder and port,
+/// with other persistence settings, to test what the service does when Redis loses data.
 pub struct RedisServer {
     pub port: u16,
-    _child: Child,
+    /// Its data folder (`dump.rdb`, `appendonlydir/`).
+    pub dir: PathBuf,
+    child: Option<Child>,
 }
 
 impl RedisServer {
+    /// A server without persistence.
     pub fn start() -> Self {
+        Self::start_with(&["--save", "", "--appendonly", "no"])
+    }
+
+    /// A server with these extra arguments (persistence settings).
+    pub fn start_with(args: &[&str]) -> Self {
         let dir = tempfile::Builder::new().prefix("stampede-redis-").tempdir().unwrap().keep();
-        let port = free_port();
+        let mut server = Self { port: free_port(), dir, child: None };
+        server.resume(args);
+        // The pid changes when a test restarts the server, so the watchdog reads the pid file.
+        watch(&format!("$(cat '{}/redis.pid')", server.dir.display()), &server.dir);
+        server
+    }
+
+    /// Starts redis-server on this server's data folder and port.
+    pub fn resume(&mut self, args: &[&str]) {
         let mut child = Command::new(binary("redis-server"))
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
             .arg("--dir")
-            .arg(&dir)
+            .arg(&self.dir)
+            .arg("--pidfile")
+            .arg(self.dir.join("redis.pid"))
+            .args(args)
             .stdout(Stdio::null())
             .spawn()
             .expect("start redis-server");
-        watch(&child.id().to_string(), &dir);
-        wait_for_port(port, "redis-server", &mut child);
-        Self { port, _child: child }
+        wait_for_port(self.port, "redis-server", &mut child);
+        self.child = Some(child);
+    }
+
+    /// SIGKILL, as a crash would: nothing is saved beyond what the persistence setting already wrote.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 
