@@ -325,3 +325,79 @@ async fn redis_brought_back_from_an_older_file_is_detected_and_rebuilt_before_it
     let metrics = app.http.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("coupon_state_rebuilds_total{cause=\"rollback\"}"), "{metrics}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_busy_redis_answers_503_with_retry_after_and_ready_says_why() {
+    let redis = RedisServer::start();
+    let app = app_on(&redis).await;
+    let user = app.create_user("busy").await;
+    let coupon = create_coupon(&app, 10).await;
+    let port = redis.port.to_string();
+    let cli = |args: &[&str]| Command::new("redis-cli").args(["-p", &port]).args(args).output().expect("redis-cli");
+    cli(&["CONFIG", "SET", "busy-reply-threshold", "50"]);
+    // A script that never ends holds Redis until SCRIPT KILL; Redis answers everyone else BUSY meanwhile.
+    let mut endless = Command::new("redis-cli")
+        .args(["-p", &port, "EVAL", "while true do end", "0"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    eventually("Redis answers BUSY", NOTICE, || async {
+        String::from_utf8_lossy(&cli(&["PING"]).stdout).starts_with("BUSY")
+    })
+    .await;
+
+    let response = app.http.post(app.url(&format!("/api/v1/coupons/{coupon}/issue")));
+    let response = response.json(&serde_json::json!({ "userId": user })).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(response.headers().get("retry-after").map(|v| v.to_str().unwrap()), Some("1"));
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "SERVICE_UNAVAILABLE", "{body}");
+    let (status, ready) = app.get("/health/ready").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(ready["checks"]["redis"].as_str().unwrap().contains("BUSY"), "{ready}");
+
+    cli(&["SCRIPT", "KILL"]);
+    endless.wait().unwrap();
+    let (status, body) =
+        app.post(&format!("/api/v1/coupons/{coupon}/issue"), serde_json::json!({ "userId": user })).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sweep_of_restore_points_never_issues_twice_or_beyond_the_quantity() {
+    const ROUNDS: usize = 6;
+    const PER_ROUND: usize = 30;
+    let args = ["--save", "", "--appendonly", "no"];
+    let mut redis = RedisServer::start_with(&args);
+    let app = app_on(&redis).await;
+    let users = create_users(&app.state.stores, 400).await;
+    let coupon = create_coupon(&app, 300).await;
+    let port = redis.port.to_string();
+    // A snapshot right after each round of a burst: the last ones are taken before the writer caught up.
+    let mut snapshots = Vec::new();
+    for round in 0..ROUNDS {
+        let asking = &users[round * PER_ROUND..(round + 1) * PER_ROUND];
+        stampede(&[&app], asking.iter().map(|user| (coupon, *user)).collect()).await;
+        assert!(Command::new("redis-cli").args(["-p", &port, "SAVE"]).status().unwrap().success());
+        let snapshot = redis.dir.join(format!("round-{round}.rdb"));
+        std::fs::copy(redis.dir.join("dump.rdb"), &snapshot).unwrap();
+        snapshots.push(snapshot);
+    }
+    wait_persisted(&app, coupon, (ROUNDS * PER_ROUND) as i64).await;
+
+    // Newest first, then ever older: each restore goes further back than the rebuild before it.
+    for snapshot in snapshots.iter().rev() {
+        redis.kill();
+        std::fs::copy(snapshot, redis.dir.join("dump.rdb")).unwrap();
+        redis.resume(&args);
+        eventually("ready again", NOTICE, || async { app.get("/health/ready").await.0 == StatusCode::OK }).await;
+        let holders = rows_within_quantity(app.db(), coupon, 300).await;
+        assert_eq!(holders.len(), ROUNDS * PER_ROUND, "{}", snapshot.display());
+        holders_are_refused_again(&app, coupon, &holders).await;
+    }
+    let rest = stampede(&[&app], users.iter().map(|user| (coupon, *user)).collect()).await;
+    assert_eq!(winners(&rest).len(), 300 - ROUNDS * PER_ROUND);
+    wait_persisted(&app, coupon, 300).await;
+    rows_within_quantity(app.db(), coupon, 300).await;
+}
