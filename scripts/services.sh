@@ -23,6 +23,10 @@ REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
 DB_NAME=stampede
+# How often the dev Redis fsyncs its append-only file: `everysec` (the default) can lose about the last
+# second of issuances if the machine or Redis dies, `always` loses none and costs issue throughput
+# (docs/operations.md#redis-persistence has the measured cost). The test profile runs without AOF.
+REDIS_APPENDFSYNC="${REDIS_APPENDFSYNC:-everysec}"
 DB_USER=stampede
 DB_PASSWORD=stampede
 STOP_TIMEOUT=30
@@ -223,7 +227,7 @@ start_redis() {
         --pidfile "$REDIS_PID" \
         --logfile "$REDIS_LOG" \
         --appendonly "$appendonly" \
-        --appendfsync everysec \
+        --appendfsync "$REDIS_APPENDFSYNC" \
         --maxmemory-policy noeviction \
         --save "" \
         9>&-
