@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Compares stampede builds on the coupon issue endpoint, side by side in one run, each beside its own
+# /health/live, since this machine's speed drifts between runs (docs/performance.md).
+#
+#   loadtest/compare-issue.sh <label>=<stampede binary>[:<appendfsync>] ...
+#
+# e.g. loadtest/compare-issue.sh before=/tmp/before-target/release/stampede after=target/release/stampede \
+#          always=target/release/stampede:always
+#
+# For each build, in turn and for ROUNDS rounds: a fresh database `bench_<label>_<round>` and Redis prefix on
+# the dev services (`scripts/services.sh start dev`), USERS seeded by that build, the server started on
+# PORT, a coupon of 2,000,000,000 created (so every request is a 201), then wrk against /health/live and
+# against the issue endpoint (loadtest/wrk/issue.lua). The dev Redis's appendfsync is set per build
+# (default everysec) and put back to everysec at the end. Prints one line per run.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+ROUNDS="${ROUNDS:-2}"
+DURATION="${DURATION:-10s}"
+CONNECTIONS="${CONNECTIONS:-128}"
+USERS="${USERS:-1000000}"
+PORT="${PORT:-18080}"
+TOKEN=bench-admin-token
+HOST="http://127.0.0.1:$PORT"
+
+(($# > 0)) || { sed -n 2,16p "$0"; exit 2; }
+scripts/services.sh start dev >/dev/null
+eval "$(scripts/services.sh env dev)"
+server_url="${DATABASE_URL%/*}"
+redis_port="${REDIS_URL##*:}"
+trap 'redis-cli -p "$redis_port" CONFIG SET appendfsync everysec >/dev/null; [[ -n "${pid:-}" ]] && kill "$pid" 2>/dev/null || true' EXIT
+
+requests_per_second() { awk '/^Requests\/sec:/ { printf "%d", $2 }'; }
+p99() { awk '$1 == "99%" { print $2 }'; }
+
+for round in $(seq "$ROUNDS"); do
+    for spec in "$@"; do
+        label="${spec%%=*}"
+        rest="${spec#*=}"
+        binary="${rest%%:*}"
+        fsync=everysec
+        [[ "$rest" == *:* ]] && fsync="${rest##*:}"
+        database="bench_${label}_${round}"
+        export DATABASE_URL="$server_url/$database" REDIS_PREFIX="bench:${label}:${round}:" ADMIN_TOKEN="$TOKEN"
+        export BIND_ADDR="127.0.0.1:$PORT" RUST_LOG=warn
+        redis-cli -p "$redis_port" CONFIG SET appendfsync "$fsync" >/dev/null
+        mariadb --no-defaults -h127.0.0.1 -P"${server_url##*:}" -ustampede -pstampede \
+            -e "DROP DATABASE IF EXISTS $database; CREATE DATABASE $database CHARACTER SET utf8mb4"
+        "$binary" migrate >/dev/null
+        "$binary" seed --users "$USERS" >/dev/null
+        "$binary" serve >/dev/null 2>&1 &
+        pid=$!
+        until curl -fs "$HOST/health/ready" >/dev/null; do sleep 0.2; done
+        coupon="$(curl -fs -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
+            -d '{"name":"bench","discountType":"FIXED","discountValue":1,"totalQuantity":2000000000}' \
+            "$HOST/api/v1/admin/coupons" | sed -E 's/.*"id":([0-9]+).*/\1/')"
+        live="$(wrk -t2 -c"$CONNECTIONS" -d"$DURATION" --latency "$HOST/health/live")"
+        issue="$(COUPON="$coupon" FIRST_USER=1 USERS="$USERS" THREADS=2 \
+            wrk -t2 -c"$CONNECTIONS" -d"$DURATION" --latency -s loadtest/wrk/issue.lua "$HOST")"
+        live_rps="$(requests_per_second <<<"$live")"
+        issue_rps="$(requests_per_second <<<"$issue")"
+        statuses="$(grep -E '^status' <<<"$issue" | tr '\n' ' ' || true)"
+        printf '%-10s round %s appendfsync %-8s live %6d req/s  issue %6d req/s (%.2f of live) p99 %s  [%s]\n' \
+            "$label" "$round" "$fsync" "$live_rps" "$issue_rps" "$(echo "$issue_rps / $live_rps" | bc -l)" \
+            "$(p99 <<<"$issue")" "$statuses"
+        kill "$pid"
+        wait "$pid" 2>/dev/null || true
+        pid=
+    done
+done
