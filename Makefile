@@ -12,8 +12,10 @@ CARGO ?= cargo
 SERVICES := scripts/services.sh
 DEV_DATA := .data/dev
 REPORTS := .data/reports
-STAMPEDE := ./target/release/stampede
-LOADTEST := ./target/release/loadtest
+# Where cargo puts binaries: it honours CARGO_TARGET_DIR and .cargo/config.toml, so ask it.
+TARGET_DIR := $(shell $(CARGO) metadata --format-version 1 --no-deps 2>/dev/null | sed -E 's/.*"target_directory":"([^"]*)".*/\1/')
+STAMPEDE := $(TARGET_DIR)/release/stampede
+LOADTEST := $(TARGET_DIR)/release/loadtest
 HOST := http://127.0.0.1:8080
 DEV_ADMIN_TOKEN := dev-admin-token
 
