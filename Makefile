@@ -28,7 +28,7 @@ USERS ?= 100000
 PRODUCTS ?= 1000
 
 # `make load LOAD_USERS=... LOAD_RUN_TIME=...`; scenarios: flash-sale checkout checkout-hot browse mixed.
-# The load test's own knobs are environment variables (FLASH_QUANTITY, FLASH_USERS, ...; see the README),
+# The load test's own knobs are environment variables (FLASH_QUANTITY, FLASH_USERS, ...; see docs/load-tests.md),
 # given on the make command line or exported.
 LOAD_SCENARIOS ?= flash-sale mixed
 LOAD_USERS ?= 200
