@@ -172,3 +172,38 @@ impl ScriptGate {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::coupon::cache::StreamId;
+
+    fn state(loaded: bool, generation: i64, ms: i64, seq: i64) -> State {
+        State { loaded, generation, last_id: StreamId { ms, seq } }
+    }
+
+    fn fence(generation: i64, ms: i64, seq: i64) -> Fence {
+        Fence { generation, persisted: StreamId { ms, seq } }
+    }
+
+    #[test]
+    fn a_state_is_trusted_only_when_loaded_of_the_current_generation_and_not_behind_mysql() {
+        assert_eq!(stale(&state(true, 7, 100, 2), &fence(7, 100, 2)), None);
+        assert_eq!(stale(&state(true, 7, 101, 0), &fence(7, 100, 2)), None);
+        assert_eq!(stale(&state(false, 0, 0, 0), &fence(0, 0, 0)), Some(Cause::Missing));
+        assert_eq!(stale(&state(true, 6, 200, 0), &fence(7, 100, 2)), Some(Cause::Generation));
+        assert_eq!(stale(&state(true, 8, 200, 0), &fence(7, 100, 2)), Some(Cause::Generation));
+        assert_eq!(stale(&state(true, 7, 100, 1), &fence(7, 100, 2)), Some(Cause::Rollback));
+        assert_eq!(stale(&state(true, 7, 99, 9), &fence(7, 100, 0)), Some(Cause::Rollback));
+    }
+
+    #[test]
+    fn stream_ids_order_as_redis_orders_them_and_round_trip() {
+        let parse = |raw| StreamId::parse(raw).unwrap();
+        assert!(parse("1700000000000-10") > parse("1700000000000-9"));
+        assert!(parse("1700000000001-0") > parse("1700000000000-99"));
+        assert_eq!(parse("12-3").to_string(), "12-3");
+        assert_eq!(StreamId::parse("12"), None);
+        assert_eq!(StreamId::parse("a-1"), None);
+    }
+}

@@ -5,6 +5,7 @@ mod support;
 mod admin;
 mod balance;
 mod coupons;
+mod docs;
 mod errors;
 mod health;
 mod journey;
