@@ -18,9 +18,11 @@ async fn live_and_ready_answer_200_when_both_stores_are_up() {
 #[tokio::test]
 async fn ready_answers_503_naming_mysql_when_it_is_down() {
     let mut mariadb = crate::support::MariaDb::start();
+    // Bound for the whole test: a dropped server is killed.
+    let redis = crate::support::RedisServer::start();
     let store = crate::support::store_config(
         crate::support::create_database(mariadb.url("").trim_end_matches('/')).await,
-        crate::support::RedisServer::start().url(),
+        redis.url(),
     );
     let app = TestApp::spawn_with(crate::support::serve_config(store)).await;
     mariadb.kill();
