@@ -216,12 +216,26 @@ impl NewCoupon {
         }
         let starts_at = to_micros_precision(starts_at.unwrap_or(now));
         let ends_at = ends_at.map(to_micros_precision);
+        if !accepted_instant(starts_at) || ends_at.is_some_and(|end| !accepted_instant(end)) {
+            return Err(Error::Invalid(
+                "startsAt and endsAt must be within 1970-01-01T00:00:00Z..=9999-12-31T23:59:59.999999Z",
+            ));
+        }
         if ends_at.is_some_and(|end| end <= starts_at) {
             return Err(Error::Invalid("endsAt must be after startsAt"));
         }
         Ok(Self { name: name.to_owned(), discount, total_quantity, starts_at, ends_at })
     }
 }
+
+/// Whether the contract accepts `at` (API.md: every instant from 1970-01-01 to 9999-12-31, in UTC): what
+/// a DATETIME(6) column stores, and what the Redis window holds as non-negative microseconds.
+fn accepted_instant(at: DateTime<Utc>) -> bool {
+    (0..=LAST_ACCEPTED_MICROS).contains(&at.timestamp_micros())
+}
+
+/// 9999-12-31T23:59:59.999999Z in microseconds since the epoch.
+const LAST_ACCEPTED_MICROS: i64 = 253_402_300_799_999_999;
 
 fn to_micros_precision(at: DateTime<Utc>) -> DateTime<Utc> {
     at.duration_trunc(TimeDelta::microseconds(1)).unwrap_or(at)

@@ -3,6 +3,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
+use chrono::{DateTime, NaiveDateTime, Utc};
 use sqlx::MySqlPool;
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
 
@@ -23,6 +24,17 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<MySqlPool, Store
         .connect_with(options)
         .await?;
     Ok(pool)
+}
+
+/// An instant as a query parameter: every instant bound to a query goes through here.
+///
+/// sqlx sends a `DateTime<Utc>` typed TIMESTAMP, and MariaDB converts such a parameter through TIMESTAMP's
+/// range, which ends at 2038-01-19T03:14:07Z: a later instant arrived as NULL (a 500 for a NOT NULL column,
+/// and silently "no end" for a coupon's `ends_at`). A `NaiveDateTime` is sent typed DATETIME, which holds
+/// every instant up to 9999-12-31T23:59:59.999999 exactly. Sessions run in UTC (see [`connect`]), so the UTC
+/// wall time is the instant.
+pub fn datetime(at: DateTime<Utc>) -> NaiveDateTime {
+    at.naive_utc()
 }
 
 /// Applies pending migrations; safe to run from several instances at once (sqlx takes a lock).

@@ -486,3 +486,56 @@ async fn order_endpoints_reject_malformed_input_with_the_envelope() {
     assert_eq!((status, code(&body)), (StatusCode::BAD_REQUEST, Some("INVALID_ORDER")), "{body}");
     assert_eq!(count(&app, "SELECT COUNT(*) FROM orders").await, 0);
 }
+
+#[tokio::test]
+async fn orders_payments_used_coupons_and_history_keep_every_instant_from_1970_to_9999() {
+    use stampede::id::{CouponId, OrderId, ProductId, UserId};
+    use stampede::order::{Item, Order, Status};
+
+    let app = TestApp::spawn().await;
+    let db = app.db();
+    let user = app.create_user("kim").await;
+    let user_id = UserId::new(user).unwrap();
+    let product = ProductId::new(app.create_product("socks", 100, 10).await).unwrap();
+    for edge in crate::coupons::EDGES {
+        let at = chrono::DateTime::parse_from_rfc3339(edge).unwrap().to_utc();
+        let coupon = crate::coupons::create_coupon(&app, 1).await;
+        let coupon = CouponId::new(coupon).unwrap();
+        let order = Order {
+            order_id: OrderId::new(i64::MAX).unwrap(),
+            user_id,
+            status: Status::Pending,
+            items: vec![Item { product_id: product, quantity: 1, unit_price: 100, amount: 100 }],
+            total_amount: 100,
+            discount_amount: 0,
+            final_amount: 100,
+            coupon_id: Some(coupon),
+            created_at: at,
+            paid_at: None,
+        };
+        // Written as the pay transaction writes them, at that instant.
+        let mut tx = db.begin().await.unwrap();
+        let id = stampede::order::db::insert_paid(&mut tx, &order, at).await.unwrap();
+        stampede::order::db::insert_payment(&mut tx, id, user_id, 100, at).await.unwrap();
+        assert!(stampede::coupon::db::mark_used(&mut tx, user_id, coupon, at, id, at).await.unwrap());
+        tx.commit().await.unwrap();
+
+        let (status, body) = app.get(&format!("/api/v1/orders/{id}")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let read = |field: &str| chrono::DateTime::parse_from_rfc3339(body[field].as_str().unwrap()).unwrap();
+        assert_eq!((read("createdAt"), read("paidAt")), (at.fixed_offset(), at.fixed_offset()), "{edge}: {body}");
+        let paid_at: chrono::DateTime<chrono::Utc> =
+            sqlx::query_scalar("SELECT paid_at FROM payments WHERE order_id = ?").bind(id).fetch_one(db).await.unwrap();
+        assert_eq!(paid_at, at, "{edge}");
+        let held = stampede::coupon::db::find_held(db, user_id, coupon).await.unwrap().unwrap();
+        assert_eq!((held.issued_at, held.used_at), (at, Some(at)), "{edge}");
+
+        let charged = stampede::balance::db::charge(db, user_id, 1, 100_000_000, None, at).await.unwrap();
+        assert!(
+            matches!(charged, stampede::balance::db::ChargeOutcome::Charged(ref c) if c.charged_at == at),
+            "{charged:?}"
+        );
+        let newest = stampede::balance::db::history(db, user_id, 1).await.unwrap();
+        assert_eq!(newest[0].created_at, at, "{edge}");
+    }
+}
