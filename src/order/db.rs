@@ -93,13 +93,14 @@ pub async fn mark_paid(
     Ok(done.rows_affected() == 1)
 }
 
-/// `PENDING -> FAILED`, outside any transaction; a no-op for an order paid or failed meanwhile.
-pub async fn mark_failed(db: &MySqlPool, order_id: OrderId) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE orders SET status = 'FAILED' WHERE id = ? AND status = 'PENDING'")
+/// `PENDING -> FAILED`, outside any transaction; `false` (nothing changed) for an order paid or failed
+/// meanwhile.
+pub async fn mark_failed(db: &MySqlPool, order_id: OrderId) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query("UPDATE orders SET status = 'FAILED' WHERE id = ? AND status = 'PENDING'")
         .bind(order_id)
         .execute(db)
         .await?;
-    Ok(())
+    Ok(done.rows_affected() == 1)
 }
 
 /// Takes the exclusive lock on the user's coupon row, if it is persisted yet.

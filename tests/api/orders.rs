@@ -2,6 +2,7 @@
 //! for real over stock, coupons and locks.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::future::join_all;
 use reqwest::{Method, StatusCode};
@@ -538,4 +539,62 @@ async fn orders_payments_used_coupons_and_history_keep_every_instant_from_1970_t
         let newest = stampede::balance::db::history(db, user_id, 1).await.unwrap();
         assert_eq!(newest[0].created_at, at, "{edge}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_loser_of_each_of_three_hundred_double_clicked_pays_gets_409_order_not_payable() {
+    const PER_KIND: usize = 100;
+    let app = TestApp::spawn().await;
+    let shared = app.create_product("shared", 1_000, 10_000).await;
+    // Three kinds of orders, each with one thing that suffices for exactly one payment: the coupon, the
+    // product's stock, or the balance. A loser that checked it after the winner committed would find it
+    // gone and answer COUPON_UNAVAILABLE, OUT_OF_STOCK or INSUFFICIENT_BALANCE.
+    let setups = (0..3 * PER_KIND).map(|n| {
+        let app = &app;
+        async move {
+            let user = app.create_user(&format!("u{n}")).await;
+            let kind = n % 3;
+            let product = if kind == 1 { app.create_product(&format!("p{n}"), 1_000, 1).await } else { shared };
+            let coupon = if kind == 0 { Some(app.insert_held_coupon(user, "FIXED", 100).await) } else { None };
+            let charged = if kind == 2 { 1_000 } else { 10_000_000 };
+            app.charge(user, charged).await;
+            let body =
+                json!({ "userId": user, "items": [{ "productId": product, "quantity": 1 }], "couponId": coupon });
+            let (status, body) = create(app, body).await;
+            assert_eq!(status, StatusCode::CREATED, "{body}");
+            (user, body["orderId"].as_i64().unwrap(), charged)
+        }
+    });
+    let orders = join_all(setups).await;
+    let charged: i64 = orders.iter().map(|(_, _, charged)| charged).sum();
+
+    // The second click lands a little later, by a different delay per order, so across the orders it
+    // arrives at every point of the first one's payment, the commit included.
+    let clicks = orders.iter().enumerate().flat_map(|(n, &(user, order, _))| {
+        let app = &app;
+        let late = Duration::from_micros((n as u64 * 397) % 12_000);
+        [
+            Box::pin(pay(app, user, order)) as std::pin::Pin<Box<dyn Future<Output = _> + Send>>,
+            Box::pin(async move {
+                tokio::time::sleep(late).await;
+                pay(app, user, order).await
+            }),
+        ]
+    });
+    let results = join_all(clicks).await;
+    for (pair, &(_, order, _)) in results.chunks(2).zip(&orders) {
+        let mut outcomes: Vec<(StatusCode, Option<&str>)> = pair.iter().map(|(s, b)| (*s, code(b))).collect();
+        outcomes.sort();
+        assert_eq!(
+            outcomes,
+            [(StatusCode::OK, None), (StatusCode::CONFLICT, Some("ORDER_NOT_PAYABLE"))],
+            "order {order}: {pair:?}"
+        );
+        assert_eq!(order_status(&app, order).await, "PAID");
+    }
+    assert_eq!(count(&app, "SELECT COUNT(*) FROM payments").await, 3 * PER_KIND as i64);
+    assert_eq!(count(&app, "SELECT COUNT(*) FROM user_coupons WHERE status = 'USED'").await, PER_KIND as i64);
+    let money =
+        count(&app, "SELECT CAST((SELECT SUM(amount) FROM balances) + (SELECT SUM(amount) FROM payments) AS SIGNED)");
+    assert_eq!(money.await, charged);
 }
