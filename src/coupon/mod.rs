@@ -155,20 +155,15 @@ pub struct HeldCoupon {
 /// Read-your-writes: an issuance the writer has not persisted yet is found in Redis and reported
 /// AVAILABLE with its real `issued_at`, which `db::mark_used` then inserts exactly as the writer would.
 /// Redis is read before MySQL: a row only ever appears and moves from AVAILABLE to USED, so reading MySQL
-/// second can only give the newer answer. If Redis does not answer, MySQL alone decides (issuance is down
-/// then anyway, and orders should not be).
+/// second can only give the newer answer. If Redis does not answer, a persisted issuance is still found in
+/// MySQL (issuance is down then anyway, and orders should not be); without one, whether the user holds the
+/// coupon is unknown, and that is Redis's error, not a "no": an order must not turn FAILED because of it.
 pub async fn held_by(stores: &Stores, user_id: UserId, coupon_id: CouponId) -> Result<Option<HeldCoupon>, Error> {
-    let in_redis = match cache::issued_at(&stores.redis, coupon_id, user_id).await {
-        Ok(at) => at,
-        Err(error) => {
-            tracing::warn!(coupon.id = %coupon_id, user.id = %user_id, %error, "held_by without Redis");
-            None
-        }
-    };
+    let in_redis = cache::issued_at(&stores.redis, coupon_id, user_id).await;
     if let Some(held) = db::find_held(&stores.db, user_id, coupon_id).await? {
         return Ok(Some(held));
     }
-    let Some((at, generation)) = in_redis else { return Ok(None) };
+    let Some((at, generation)) = in_redis? else { return Ok(None) };
     let Some(coupon) = db::find_coupon(&stores.db, coupon_id).await? else { return Ok(None) };
     Ok(Some(HeldCoupon {
         coupon,

@@ -8,7 +8,13 @@ use futures::future::join_all;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::support::TestApp;
+use axum::response::IntoResponse;
+use stampede::coupon;
+use stampede::id::UserId;
+use stampede::order;
+
+use crate::coupons::create_users;
+use crate::support::{RedisServer, TestApp, isolated_store, serve_config};
 
 async fn create(app: &TestApp, body: Value) -> (StatusCode, Value) {
     app.post("/api/v1/orders", body).await
@@ -597,4 +603,77 @@ async fn the_loser_of_each_of_three_hundred_double_clicked_pays_gets_409_order_n
     let money =
         count(&app, "SELECT CAST((SELECT SUM(amount) FROM balances) + (SELECT SUM(amount) FROM payments) AS SIGNED)");
     assert_eq!(money.await, charged);
+}
+
+/// Sends SIGSTOP or SIGCONT to a test Redis: a stopped Redis keeps its connections open and answers
+/// nothing, so every command times out as against a Redis stuck or cut off by the network.
+fn signal_redis(redis: &RedisServer, signal: &str) {
+    let pid = std::fs::read_to_string(redis.dir.join("redis.pid")).unwrap();
+    let sent = std::process::Command::new("kill").args([signal, pid.trim()]).status().unwrap();
+    assert!(sent.success(), "kill {signal} {pid}");
+}
+
+/// Status and code a domain error is answered with, through the one mapping of the HTTP layer.
+fn answer(error: order::Error) -> (StatusCode, Option<String>) {
+    let response = stampede::http::Error::from(error).into_response();
+    let retry_after = response.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+    (StatusCode::from_u16(response.status().as_u16()).unwrap(), retry_after)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_timing_out_while_two_hundred_orders_pay_with_unpersisted_coupons_answers_503_and_keeps_them_pending() {
+    const ORDERS: usize = 200;
+    let redis = RedisServer::start();
+    let mut store = isolated_store().await;
+    store.redis_url = redis.url();
+    // Built, not run: no writer persists the issuances, so every coupon is known to Redis only.
+    let app = stampede::app::App::build(serve_config(store)).await.unwrap();
+    let (state, now) = (app.state(), chrono::Utc::now());
+    let stores = &state.stores;
+    let limits = stampede::config::BalanceLimits::default();
+    let new = stampede::product::NewProduct::parse("socks", 1_000, 10_000).unwrap();
+    let product = stampede::product::create(&stores.db, new).await.unwrap().id;
+    let new = coupon::NewCoupon::parse("flash", coupon::DiscountType::Fixed, 100, ORDERS as i64, None, None, now);
+    let campaign = coupon::create(stores, &state.coupons, new.unwrap()).await.unwrap().id;
+    let items = vec![order::ItemRequest { product_id: product, quantity: 1 }];
+    let mut orders = Vec::new();
+    for user in create_users(stores, ORDERS).await {
+        let user = UserId::new(user).unwrap();
+        coupon::issue(stores, &state.coupons, &state.issuer, &state.users, campaign, user).await.unwrap();
+        let amount = stampede::balance::ChargeAmount::parse(10_000, &limits).unwrap();
+        stampede::balance::charge(stores, &limits, user, amount, None).await.unwrap();
+        let new = order::NewOrder { user_id: user, items: items.clone(), coupon_id: Some(campaign) };
+        orders.push((user, order::create(stores, new, false).await.unwrap().order_id));
+    }
+    let persisted: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM user_coupons").fetch_one(&stores.db).await.unwrap();
+    assert_eq!(persisted, 0);
+
+    signal_redis(&redis, "-STOP");
+    let pays = join_all(orders.iter().map(|&(user, id)| order::pay(stores, user, id)));
+    let creates = join_all(orders.iter().take(20).map(|&(user, _)| {
+        order::create(stores, order::NewOrder { user_id: user, items: items.clone(), coupon_id: Some(campaign) }, false)
+    }));
+    let (pays, creates) = tokio::join!(pays, creates);
+    signal_redis(&redis, "-CONT");
+    let service_unavailable = (StatusCode::SERVICE_UNAVAILABLE, Some("1".to_owned()));
+    let outcomes = pays.into_iter().map(|r| r.map(drop)).chain(creates.into_iter().map(|r| r.map(drop)));
+    for outcome in outcomes {
+        assert_eq!(answer(outcome.expect_err("Redis is stopped")), service_unavailable);
+    }
+    for &(_, id) in &orders {
+        assert_eq!(order::get(stores, id).await.unwrap().status, order::Status::Pending, "order {id}");
+    }
+    let stored: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM orders").fetch_one(&stores.db).await.unwrap();
+    assert_eq!(stored, ORDERS as i64, "a create during the outage stored an order");
+
+    // Redis back: every order pays with its coupon, and no won was made or lost.
+    let paid = join_all(orders.iter().map(|&(user, id)| order::pay(stores, user, id))).await;
+    assert_eq!(paid.iter().filter(|p| p.as_ref().is_ok_and(|p| p.final_amount == 900)).count(), ORDERS, "{paid:?}");
+    let money: i64 = sqlx::query_scalar(
+        "SELECT CAST((SELECT SUM(amount) FROM balances) + (SELECT SUM(amount) FROM payments) AS SIGNED)",
+    )
+    .fetch_one(&stores.db)
+    .await
+    .unwrap();
+    assert_eq!(money, 10_000 * ORDERS as i64);
 }
