@@ -5,6 +5,7 @@ use sqlx::{Connection, MySqlConnection, MySqlPool};
 
 use super::{Charged, Entry, EntryType, IdempotencyKey};
 use crate::id::{OrderId, UserId};
+use crate::store::mysql;
 
 /// What a charge transaction did.
 #[derive(Debug)]
@@ -50,7 +51,7 @@ pub async fn charge(
             .bind(user_id)
             .bind(key.as_str())
             .bind(amount)
-            .bind(now)
+            .bind(mysql::datetime(now))
             .execute(&mut *tx)
             .await;
             match claimed {
@@ -157,7 +158,7 @@ async fn insert_entry(
     .bind(amount)
     .bind(balance_after)
     .bind(order_id)
-    .bind(now)
+    .bind(mysql::datetime(now))
     .execute(&mut *tx)
     .await?;
     Ok(done.last_insert_id() as i64)

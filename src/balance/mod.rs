@@ -15,7 +15,7 @@ use crate::id::UserId;
 use crate::store::{StoreError, Stores, mysql};
 use crate::user;
 
-/// Longest accepted `Idempotency-Key`, in characters (the column is VARCHAR(128)).
+/// Longest accepted `Idempotency-Key`, in characters (the column is VARBINARY(128); keys are ASCII).
 pub const IDEMPOTENCY_KEY_MAX: usize = 128;
 /// Largest `limit` of a history page.
 pub const HISTORY_LIMIT_MAX: u32 = 1000;
@@ -119,6 +119,9 @@ pub struct Entry {
 }
 
 /// A client-chosen key that makes a charge safe to retry: 1..=128 printable ASCII characters.
+///
+/// Stored as bytes (migration 0050), so keys differing only in case or trailing spaces are different keys.
+/// No job prunes them yet: a key is remembered for good, which covers the contract's 24 hours.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdempotencyKey(String);
 

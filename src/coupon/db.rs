@@ -6,6 +6,7 @@ use sqlx::{MySqlConnection, MySqlPool, QueryBuilder};
 use super::cache::StreamId;
 use super::{Coupon, Discount, DiscountType, HeldCoupon, HeldStatus, NewCoupon};
 use crate::id::{CouponId, OrderId, UserId};
+use crate::store::mysql;
 
 /// An issuance joined with its campaign; the campaign's columns decode as a [`CouponRow`].
 #[derive(sqlx::FromRow)]
@@ -78,14 +79,14 @@ pub async fn mark_used(
     )
     .bind(coupon_id)
     .bind(user_id)
-    .bind(issued_at)
+    .bind(mysql::datetime(issued_at))
     .execute(&mut *tx)
     .await?;
     let done = sqlx::query(
         "UPDATE user_coupons SET status = 'USED', used_at = ?, order_id = ?
          WHERE coupon_id = ? AND user_id = ? AND status = 'AVAILABLE'",
     )
-    .bind(now)
+    .bind(mysql::datetime(now))
     .bind(order_id)
     .bind(coupon_id)
     .bind(user_id)
@@ -135,8 +136,8 @@ pub async fn insert_coupon(db: &MySqlPool, new: &NewCoupon) -> Result<CouponId, 
     .bind(new.discount.kind().as_str())
     .bind(new.discount.value())
     .bind(new.total_quantity)
-    .bind(new.starts_at)
-    .bind(new.ends_at)
+    .bind(mysql::datetime(new.starts_at))
+    .bind(new.ends_at.map(mysql::datetime))
     .execute(db)
     .await?;
     Ok(CouponId::new(done.last_insert_id() as i64).expect("AUTO_INCREMENT ids are positive"))
@@ -289,7 +290,9 @@ pub async fn insert_issued(tx: &mut MySqlConnection, issuances: &[NewIssuance]) 
         // `status` takes its default, AVAILABLE.
         let mut query = QueryBuilder::new("INSERT IGNORE INTO user_coupons (coupon_id, user_id, issued_at) ");
         query.push_values(chunk.iter().chain(padding), |mut row, issuance| {
-            row.push_bind(issuance.coupon_id).push_bind(issuance.user_id).push_bind(issuance.issued_at);
+            row.push_bind(issuance.coupon_id)
+                .push_bind(issuance.user_id)
+                .push_bind(mysql::datetime(issuance.issued_at));
         });
         query.build().execute(&mut *tx).await?;
         rest = tail;

@@ -155,20 +155,15 @@ pub struct HeldCoupon {
 /// Read-your-writes: an issuance the writer has not persisted yet is found in Redis and reported
 /// AVAILABLE with its real `issued_at`, which `db::mark_used` then inserts exactly as the writer would.
 /// Redis is read before MySQL: a row only ever appears and moves from AVAILABLE to USED, so reading MySQL
-/// second can only give the newer answer. If Redis does not answer, MySQL alone decides (issuance is down
-/// then anyway, and orders should not be).
+/// second can only give the newer answer. If Redis does not answer, a persisted issuance is still found in
+/// MySQL (issuance is down then anyway, and orders should not be); without one, whether the user holds the
+/// coupon is unknown, and that is Redis's error, not a "no": an order must not turn FAILED because of it.
 pub async fn held_by(stores: &Stores, user_id: UserId, coupon_id: CouponId) -> Result<Option<HeldCoupon>, Error> {
-    let in_redis = match cache::issued_at(&stores.redis, coupon_id, user_id).await {
-        Ok(at) => at,
-        Err(error) => {
-            tracing::warn!(coupon.id = %coupon_id, user.id = %user_id, %error, "held_by without Redis");
-            None
-        }
-    };
+    let in_redis = cache::issued_at(&stores.redis, coupon_id, user_id).await;
     if let Some(held) = db::find_held(&stores.db, user_id, coupon_id).await? {
         return Ok(Some(held));
     }
-    let Some((at, generation)) = in_redis else { return Ok(None) };
+    let Some((at, generation)) = in_redis? else { return Ok(None) };
     let Some(coupon) = db::find_coupon(&stores.db, coupon_id).await? else { return Ok(None) };
     Ok(Some(HeldCoupon {
         coupon,
@@ -216,12 +211,26 @@ impl NewCoupon {
         }
         let starts_at = to_micros_precision(starts_at.unwrap_or(now));
         let ends_at = ends_at.map(to_micros_precision);
+        if !accepted_instant(starts_at) || ends_at.is_some_and(|end| !accepted_instant(end)) {
+            return Err(Error::Invalid(
+                "startsAt and endsAt must be within 1970-01-01T00:00:00Z..=9999-12-31T23:59:59.999999Z",
+            ));
+        }
         if ends_at.is_some_and(|end| end <= starts_at) {
             return Err(Error::Invalid("endsAt must be after startsAt"));
         }
         Ok(Self { name: name.to_owned(), discount, total_quantity, starts_at, ends_at })
     }
 }
+
+/// Whether the contract accepts `at` (API.md: every instant from 1970-01-01 to 9999-12-31, in UTC): what
+/// a DATETIME(6) column stores, and what the Redis window holds as non-negative microseconds.
+fn accepted_instant(at: DateTime<Utc>) -> bool {
+    (0..=LAST_ACCEPTED_MICROS).contains(&at.timestamp_micros())
+}
+
+/// 9999-12-31T23:59:59.999999Z in microseconds since the epoch.
+const LAST_ACCEPTED_MICROS: i64 = 253_402_300_799_999_999;
 
 fn to_micros_precision(at: DateTime<Utc>) -> DateTime<Utc> {
     at.duration_trunc(TimeDelta::microseconds(1)).unwrap_or(at)

@@ -7,6 +7,7 @@ use sqlx::{Connection, MySqlConnection, MySqlPool, QueryBuilder};
 use super::{Item, Order, Status};
 use crate::id::{CouponId, OrderId, ProductId, UserId};
 use crate::platform::OrderEvent;
+use crate::store::mysql;
 
 /// What pricing and the stock check need of a product.
 #[derive(Debug, sqlx::FromRow)]
@@ -57,8 +58,8 @@ async fn insert(
     .bind(order.discount_amount)
     .bind(order.final_amount)
     .bind(order.coupon_id)
-    .bind(order.created_at)
-    .bind(paid_at)
+    .bind(mysql::datetime(order.created_at))
+    .bind(paid_at.map(mysql::datetime))
     .execute(&mut *tx)
     .await?;
     let id = OrderId::new(done.last_insert_id() as i64).expect("AUTO_INCREMENT ids are positive");
@@ -84,7 +85,7 @@ pub async fn mark_paid(
     let done = sqlx::query(
         "UPDATE orders SET status = 'PAID', paid_at = ? WHERE id = ? AND user_id = ? AND status = 'PENDING'",
     )
-    .bind(now)
+    .bind(mysql::datetime(now))
     .bind(order_id)
     .bind(user_id)
     .execute(&mut *tx)
@@ -92,13 +93,14 @@ pub async fn mark_paid(
     Ok(done.rows_affected() == 1)
 }
 
-/// `PENDING -> FAILED`, outside any transaction; a no-op for an order paid or failed meanwhile.
-pub async fn mark_failed(db: &MySqlPool, order_id: OrderId) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE orders SET status = 'FAILED' WHERE id = ? AND status = 'PENDING'")
+/// `PENDING -> FAILED`, outside any transaction; `false` (nothing changed) for an order paid or failed
+/// meanwhile.
+pub async fn mark_failed(db: &MySqlPool, order_id: OrderId) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query("UPDATE orders SET status = 'FAILED' WHERE id = ? AND status = 'PENDING'")
         .bind(order_id)
         .execute(db)
         .await?;
-    Ok(())
+    Ok(done.rows_affected() == 1)
 }
 
 /// Takes the exclusive lock on the user's coupon row, if it is persisted yet.
@@ -139,7 +141,7 @@ pub async fn insert_payment(
         .bind(order_id)
         .bind(user_id)
         .bind(amount)
-        .bind(now)
+        .bind(mysql::datetime(now))
         .execute(&mut *tx)
         .await?;
     Ok(())
@@ -152,8 +154,8 @@ pub async fn insert_outbox(tx: &mut MySqlConnection, event: &OrderEvent) -> Resu
         .bind(&event.event_id)
         .bind(event.order_id)
         .bind(payload)
-        .bind(event.paid_at)
-        .bind(event.paid_at)
+        .bind(mysql::datetime(event.paid_at))
+        .bind(mysql::datetime(event.paid_at))
         .execute(&mut *tx)
         .await?;
     Ok(())

@@ -12,6 +12,9 @@
 //!
 //! Every check that can be made without locks (order state, coupon, stock, balance) is made first, so a
 //! doomed payment fails without taking a lock; the guards make the outcome right under any concurrency.
+//! Those checks may run after a concurrent pay of the same order (a double click) committed and took what
+//! they check, so a refusal is answered only while the order is still PENDING; otherwise the request lost
+//! that race and gets ORDER_NOT_PAYABLE, as it would inside the transaction.
 
 pub mod db;
 
@@ -230,11 +233,22 @@ pub async fn pay(stores: &Stores, user_id: UserId, order_id: OrderId) -> Result<
     }
     let balance = balance::db::amount(&stores.db, user_id).await?.unwrap_or(0);
     if balance < order.final_amount {
-        return Err(Error::InsufficientBalance(order.final_amount));
+        return short_of_balance(stores, &order).await;
     }
     match pay_in_transaction(stores, &order, held.as_ref(), Some(order_id)).await {
         Err(e @ (Error::OutOfStock(_) | Error::CouponUnavailable(_))) => fail(stores, order_id, e).await,
         result => result,
+    }
+}
+
+/// INSUFFICIENT_BALANCE, unless the order stopped being PENDING since it was read: then a concurrent pay of
+/// the same order (a double click) won, and its payment is what made the balance short, so this request is
+/// the loser and gets ORDER_NOT_PAYABLE. The order is read after the balance, so a payment the balance
+/// check saw is one whose PAID status this read sees too (both committed together).
+async fn short_of_balance<T>(stores: &Stores, order: &Order) -> Result<T, Error> {
+    match db::find(&stores.db, order.order_id).await? {
+        Some(now) if now.status != Status::Pending => Err(Error::NotPayable(order.order_id)),
+        _ => Err(Error::InsufficientBalance(order.final_amount)),
     }
 }
 
@@ -243,10 +257,11 @@ pub async fn get(stores: &Stores, order_id: OrderId) -> Result<Order, Error> {
     db::find(&stores.db, order_id).await?.ok_or(Error::NotFound(order_id))
 }
 
-/// Marks a PENDING order FAILED after an OUT_OF_STOCK or COUPON_UNAVAILABLE, and returns that error.
+/// Marks a PENDING order FAILED after an OUT_OF_STOCK or COUPON_UNAVAILABLE, and returns that error; or
+/// ORDER_NOT_PAYABLE when the order is not PENDING any more. That is the loser of a double click: it read
+/// the order PENDING, then checked stock or coupon after the winner's payment had taken them.
 async fn fail<T>(stores: &Stores, order_id: OrderId, error: Error) -> Result<T, Error> {
-    db::mark_failed(&stores.db, order_id).await?;
-    Err(error)
+    if db::mark_failed(&stores.db, order_id).await? { Err(error) } else { Err(Error::NotPayable(order_id)) }
 }
 
 fn too_large() -> Error {

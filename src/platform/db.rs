@@ -3,6 +3,8 @@
 use chrono::{DateTime, Utc};
 use sqlx::{MySqlConnection, MySqlPool};
 
+use crate::store::mysql;
+
 /// An outbox row the relay still owes something.
 #[derive(Debug, sqlx::FromRow)]
 pub struct OutboxRow {
@@ -28,7 +30,7 @@ pub async fn claim_due(
          ORDER BY next_attempt_at LIMIT ?
          FOR UPDATE SKIP LOCKED",
     )
-    .bind(now)
+    .bind(mysql::datetime(now))
     .bind(limit)
     .fetch_all(&mut *tx)
     .await
@@ -48,10 +50,10 @@ pub async fn record(
         "UPDATE outbox SET delivered_at = ?, sales_applied_at = ?, attempts = ?, next_attempt_at = ?, last_error = ?
          WHERE id = ?",
     )
-    .bind(delivered_at)
-    .bind(sales_applied_at)
+    .bind(delivered_at.map(mysql::datetime))
+    .bind(sales_applied_at.map(mysql::datetime))
     .bind(attempts)
-    .bind(next_attempt_at)
+    .bind(mysql::datetime(next_attempt_at))
     .bind(last_error)
     .bind(id)
     .execute(&mut *tx)

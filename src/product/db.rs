@@ -5,6 +5,7 @@ use sqlx::{MySqlPool, QueryBuilder};
 
 use super::{Product, Status, StoredProduct};
 use crate::id::ProductId;
+use crate::store::mysql;
 
 /// Products per UPDATE when adding views; each statement stays far below MySQL's placeholder limit.
 const VIEW_UPDATE_CHUNK: usize = 500;
@@ -96,7 +97,7 @@ pub async fn add_views(
     // A concurrent flusher of the same batch waits on this row's lock, then finds it and skips.
     let recorded = sqlx::query("INSERT IGNORE INTO product_view_flushes (batch_id, flushed_at) VALUES (?, ?)")
         .bind(batch_id)
-        .bind(now)
+        .bind(mysql::datetime(now))
         .execute(&mut *tx)
         .await?;
     if recorded.rows_affected() == 0 {
@@ -124,7 +125,7 @@ pub async fn add_views(
 /// Forgets batch ids recorded before `before`; a batch is retried within seconds, never days later.
 pub async fn prune_view_flushes(db: &MySqlPool, before: DateTime<Utc>) -> Result<u64, sqlx::Error> {
     let done = sqlx::query("DELETE FROM product_view_flushes WHERE flushed_at < ? LIMIT 1000")
-        .bind(before)
+        .bind(mysql::datetime(before))
         .execute(db)
         .await?;
     Ok(done.rows_affected())

@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{MySqlPool, QueryBuilder};
 
 use crate::id::{OrderId, ProductId};
+use crate::store::mysql;
 
 /// Ids per `IN (...)` list.
 const IN_CHUNK: usize = 1_000;
@@ -26,8 +27,8 @@ pub async fn paid_lines(db: &MySqlPool, from: DateTime<Utc>, to: DateTime<Utc>) 
          FROM orders o JOIN order_items i ON i.order_id = o.id
          WHERE o.status = 'PAID' AND o.paid_at >= ? AND o.paid_at < ?",
     )
-    .bind(from)
-    .bind(to)
+    .bind(mysql::datetime(from))
+    .bind(mysql::datetime(to))
     .fetch_all(db)
     .await
 }
@@ -46,7 +47,11 @@ pub async fn paid_lines_of(
              FROM orders o JOIN order_items i ON i.order_id = o.id
              WHERE o.status = 'PAID' AND o.paid_at >= ",
         );
-        query.push_bind(from).push(" AND o.paid_at < ").push_bind(to).push(" AND o.id IN (");
+        query
+            .push_bind(mysql::datetime(from))
+            .push(" AND o.paid_at < ")
+            .push_bind(mysql::datetime(to))
+            .push(" AND o.id IN (");
         let mut ids = query.separated(", ");
         for id in chunk {
             ids.push_bind(*id);
@@ -61,8 +66,8 @@ pub async fn paid_lines_of(
 pub async fn any_paid(db: &MySqlPool, from: DateTime<Utc>, to: DateTime<Utc>) -> Result<bool, sqlx::Error> {
     let found: Option<i64> =
         sqlx::query_scalar("SELECT id FROM orders WHERE status = 'PAID' AND paid_at >= ? AND paid_at < ? LIMIT 1")
-            .bind(from)
-            .bind(to)
+            .bind(mysql::datetime(from))
+            .bind(mysql::datetime(to))
             .fetch_optional(db)
             .await?;
     Ok(found.is_some())

@@ -47,14 +47,16 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// True when the store could not be reached (an operator problem, answered with 503), as opposed to a
-    /// bug such as a malformed query (500).
+    /// True when the store could not be reached or cannot serve now (an operator problem, answered with 503),
+    /// as opposed to a bug such as a malformed query (500).
     pub fn is_unavailable(&self) -> bool {
         match self {
-            StoreError::Mysql(e) => matches!(
-                e,
-                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_)
-            ),
+            StoreError::Mysql(e) => {
+                matches!(
+                    e,
+                    sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_)
+                ) || mysql::is_busy(e)
+            }
             StoreError::Redis(e) => {
                 matches!(
                     e.kind(),

@@ -3,6 +3,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
+use chrono::{DateTime, NaiveDateTime, Utc};
 use sqlx::MySqlPool;
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
 
@@ -25,6 +26,17 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<MySqlPool, Store
     Ok(pool)
 }
 
+/// An instant as a query parameter: every instant bound to a query goes through here.
+///
+/// sqlx sends a `DateTime<Utc>` typed TIMESTAMP, and MariaDB converts such a parameter through TIMESTAMP's
+/// range, which ends at 2038-01-19T03:14:07Z: a later instant arrived as NULL (a 500 for a NOT NULL column,
+/// and silently "no end" for a coupon's `ends_at`). A `NaiveDateTime` is sent typed DATETIME, which holds
+/// every instant up to 9999-12-31T23:59:59.999999 exactly. Sessions run in UTC (see [`connect`]), so the UTC
+/// wall time is the instant.
+pub fn datetime(at: DateTime<Utc>) -> NaiveDateTime {
+    at.naive_utc()
+}
+
 /// Applies pending migrations; safe to run from several instances at once (sqlx takes a lock).
 pub async fn migrate(pool: &MySqlPool) -> Result<(), StoreError> {
     MIGRATOR.run(pool).await?;
@@ -41,12 +53,28 @@ const ER_LOCK_DEADLOCK: u16 = 1213;
 /// `ER_LOCK_WAIT_TIMEOUT`: a row lock was not granted within `innodb_lock_wait_timeout`.
 const ER_LOCK_WAIT_TIMEOUT: u16 = 1205;
 
+/// `ER_CON_COUNT_ERROR`: the server is at `max_connections` and refused a new connection.
+const ER_CON_COUNT_ERROR: u16 = 1040;
+/// `ER_SERVER_SHUTDOWN`: the server is shutting down.
+const ER_SERVER_SHUTDOWN: u16 = 1053;
+/// `ER_TOO_MANY_USER_CONNECTIONS`: the account is at its `max_user_connections`.
+const ER_TOO_MANY_USER_CONNECTIONS: u16 = 1203;
+
+/// The server's error number, for errors the server sent.
+fn error_number(error: &sqlx::Error) -> Option<u16> {
+    error.as_database_error().and_then(|e| e.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()).map(|e| e.number())
+}
+
 /// True for a deadlock or lock-wait timeout: the transaction did nothing and may simply be run again.
 pub fn is_lock_conflict(error: &sqlx::Error) -> bool {
-    error
-        .as_database_error()
-        .and_then(|e| e.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>())
-        .is_some_and(|e| matches!(e.number(), ER_LOCK_DEADLOCK | ER_LOCK_WAIT_TIMEOUT))
+    matches!(error_number(error), Some(ER_LOCK_DEADLOCK | ER_LOCK_WAIT_TIMEOUT))
+}
+
+/// True for a server that cannot serve now but may in a moment: at its connection limit, shutting down, or
+/// a statement outside [`retry_on_conflict`] that lost a lock conflict. The client is told to retry (503).
+pub fn is_busy(error: &sqlx::Error) -> bool {
+    is_lock_conflict(error)
+        || matches!(error_number(error), Some(ER_CON_COUNT_ERROR | ER_SERVER_SHUTDOWN | ER_TOO_MANY_USER_CONNECTIONS))
 }
 
 /// Runs `transaction` until it succeeds, fails for another reason, or lost [`CONFLICT_ATTEMPTS`] lock

@@ -265,3 +265,57 @@ async fn balance_endpoints_reject_malformed_input_with_the_envelope() {
     }
     assert_eq!(balance_of(&app, user).await, 0);
 }
+
+#[tokio::test]
+async fn keys_differing_in_case_or_a_trailing_space_are_three_charges_and_are_remembered_past_a_day() {
+    let app = TestApp::spawn().await;
+    let user = app.create_user("kim").await;
+    let (status, lower) = charge_with_key(&app, user, 100, "abc").await;
+    assert_eq!((status, lower["balance"].as_i64()), (StatusCode::OK, Some(100)), "{lower}");
+    let (status, upper) = charge_with_key(&app, user, 100, "ABC").await;
+    assert_eq!((status, upper["balance"].as_i64()), (StatusCode::OK, Some(200)), "{upper}");
+    // HTTP drops a header value's trailing whitespace before any server sees it (RFC 9110 section 5.5), so
+    // `abc ` can only reach the charge through the domain call; there it is a key of its own.
+    let stores = &app.state.stores;
+    let limits = stampede::config::BalanceLimits::default();
+    let user_id = stampede::id::UserId::new(user).unwrap();
+    let amount = stampede::balance::ChargeAmount::parse(100, &limits).unwrap();
+    let spaced = stampede::balance::IdempotencyKey::parse("abc ").unwrap();
+    let charged = stampede::balance::charge(stores, &limits, user_id, amount, Some(&spaced)).await.unwrap();
+    assert_eq!(charged.balance, 300);
+    assert_eq!(balance_of(&app, user).await, 300);
+    assert_eq!(history_rows(&app, user).await, 3);
+
+    // Each key replays its own first response, also two days later.
+    sqlx::query("UPDATE idempotency_keys SET created_at = created_at - INTERVAL 2 DAY")
+        .execute(app.db())
+        .await
+        .unwrap();
+    assert_eq!(charge_with_key(&app, user, 100, "abc").await, (StatusCode::OK, lower));
+    assert_eq!(charge_with_key(&app, user, 100, "ABC").await, (StatusCode::OK, upper));
+    let replayed = stampede::balance::charge(stores, &limits, user_id, amount, Some(&spaced)).await.unwrap();
+    assert_eq!(replayed, charged);
+    assert_eq!(balance_of(&app, user).await, 300);
+    assert_eq!(history_rows(&app, user).await, 3);
+}
+
+#[tokio::test]
+async fn a_key_of_128_printable_characters_is_accepted_and_non_ascii_is_refused() {
+    let app = TestApp::spawn().await;
+    let user = app.create_user("kim").await;
+    let longest: String = (0..128u8).map(|i| char::from(b' ' + 1 + i % 94)).collect();
+    let (status, body) = charge_with_key(&app, user, 100, &longest).await;
+    assert_eq!((status, body["balance"].as_i64()), (StatusCode::OK, Some(100)), "{body}");
+    let response = app
+        .http
+        .post(app.url(&charge_path(user)))
+        .header("Idempotency-Key", reqwest::header::HeaderValue::from_bytes("키".as_bytes()).unwrap())
+        .json(&json!({ "amount": 100 }))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!((status, body["code"].as_str()), (StatusCode::BAD_REQUEST, Some("INVALID_REQUEST")), "{body}");
+    assert_eq!(balance_of(&app, user).await, 100);
+}

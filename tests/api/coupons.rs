@@ -756,3 +756,43 @@ async fn seed_creates_coupons_that_are_issuable_at_once() {
         assert_eq!(winners(&results).len(), 2, "coupon {coupon}");
     }
 }
+
+/// The edges of what the contract accepts: the epoch, the first second past 32-bit TIMESTAMP, 2099 in the
+/// business offset, and the last microsecond of 9999.
+pub(crate) const EDGES: [&str; 4] =
+    ["1970-01-01T00:00:00Z", "2038-01-19T03:14:08Z", "2099-01-01T00:00:00+09:00", "9999-12-31T23:59:59.999999Z"];
+
+#[tokio::test]
+async fn coupon_windows_from_1970_to_9999_are_stored_and_returned_exactly() {
+    let app = TestApp::spawn().await;
+    let user = app.create_user("kim").await;
+    let instant = |raw: &str| chrono::DateTime::parse_from_rfc3339(raw).unwrap().to_utc();
+    for window in EDGES.windows(2) {
+        let (starts, ends) = (window[0], window[1]);
+        let body = json!({ "name": "edge", "discountType": "FIXED", "discountValue": 100, "totalQuantity": 5,
+            "startsAt": starts, "endsAt": ends });
+        let (status, created) = app.admin_post("/api/v1/admin/coupons", body).await;
+        assert_eq!(status, StatusCode::CREATED, "{starts}..{ends}: {created}");
+        let at = |field: &str| instant(created[field].as_str().unwrap());
+        assert_eq!((at("startsAt"), at("endsAt")), (instant(starts), instant(ends)), "{created}");
+        let id = CouponId::new(created["id"].as_i64().unwrap()).unwrap();
+        let stored = coupon::db::find_coupon(app.db(), id).await.unwrap().unwrap();
+        assert_eq!((stored.starts_at, stored.ends_at), (instant(starts), Some(instant(ends))), "{starts}..{ends}");
+        // Only the first window contains today.
+        let (status, body) = app.post(&format!("/api/v1/coupons/{id}/issue"), json!({ "userId": user })).await;
+        let expected = if starts.starts_with("1970") { StatusCode::CREATED } else { StatusCode::UNPROCESSABLE_ENTITY };
+        assert_eq!(status, expected, "{starts}..{ends}: {body}");
+    }
+    for (starts, ends) in
+        [("1969-12-31T23:59:59.999999Z", "2000-01-01T00:00:00Z"), ("2000-01-01T00:00:00Z", "9999-12-31T23:59:59-00:01")]
+    {
+        let body = json!({ "name": "out", "discountType": "FIXED", "discountValue": 100, "totalQuantity": 5,
+            "startsAt": starts, "endsAt": ends });
+        let (status, body) = app.admin_post("/api/v1/admin/coupons", body).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("INVALID_REQUEST")),
+            "{starts}..{ends}: {body}"
+        );
+    }
+}

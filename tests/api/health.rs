@@ -1,8 +1,9 @@
 //! Probes, metrics and the OpenAPI document.
 
 use reqwest::StatusCode;
+use serde_json::{Value, json};
 
-use crate::support::TestApp;
+use crate::support::{MariaDb, TestApp, create_database, isolated_store, serve_config};
 
 #[tokio::test]
 async fn live_and_ready_answer_200_when_both_stores_are_up() {
@@ -86,4 +87,78 @@ async fn openapi_document_lists_every_route() {
     for path in ["/health/live", "/health/ready", "/metrics", "/api/v1/admin/users", "/api/v1/admin/products"] {
         assert!(spec["paths"][path].is_object(), "{path} missing from the OpenAPI document");
     }
+}
+
+/// A 503 with the envelope and `Retry-After: 1`.
+fn assert_unavailable(status: StatusCode, retry_after: Option<&str>, body: &Value, what: &str) {
+    assert_eq!(
+        (status, retry_after, body["code"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("1"), Some("SERVICE_UNAVAILABLE")),
+        "{what}: {body}"
+    );
+}
+
+async fn send(request: reqwest::RequestBuilder) -> (StatusCode, Option<String>, Value) {
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    let retry_after = response.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+    (status, retry_after, response.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mysql_at_its_connection_limit_or_timing_out_a_lock_wait_answers_503_with_retry_after() {
+    use sqlx::{Connection, Executor, MySqlConnection};
+
+    let mariadb = MariaDb::start();
+    let server = mariadb.url("").trim_end_matches('/').to_owned();
+    let mut admin = MySqlConnection::connect(&server).await.unwrap();
+    admin.execute("SET GLOBAL innodb_lock_wait_timeout = 1").await.unwrap();
+    let mut store = isolated_store().await;
+    store.database_url = create_database(&server).await;
+    let database = store.database_url.rsplit('/').next().unwrap().to_owned();
+    let app = TestApp::spawn_with(serve_config(store)).await;
+    let user = app.create_user("kim").await;
+    let product = app.create_product("socks", 100, 10).await;
+    let order = json!({ "userId": user, "items": [{ "productId": product, "quantity": 1 }] });
+    let create = || app.http.post(app.url("/api/v1/orders")).json(&order);
+
+    // The order's INSERT checks its user's row, which another transaction holds: 1205 after a second.
+    let mut locker = admin.begin().await.unwrap();
+    let locked = format!("SELECT id FROM {database}.users WHERE id = {user} FOR UPDATE");
+    locker.execute(sqlx::AssertSqlSafe(locked)).await.unwrap();
+    let (status, retry_after, body) = send(create()).await;
+    assert_unavailable(status, retry_after.as_deref(), &body, "lock wait timeout");
+    locker.rollback().await.unwrap();
+    let (status, _, body) = send(create()).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let order_id = body["orderId"].as_i64().unwrap();
+
+    // The server full: the app's connections are killed and every slot is taken, so it gets 1040.
+    admin.execute("SET GLOBAL max_connections = 10").await.unwrap();
+    let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM information_schema.processlist WHERE db = ?")
+        .bind(&database)
+        .fetch_all(&mut admin)
+        .await
+        .unwrap();
+    for id in ids {
+        admin.execute(sqlx::AssertSqlSafe(format!("KILL CONNECTION {id}"))).await.unwrap();
+    }
+    let mut held = Vec::new();
+    let refused = loop {
+        match MySqlConnection::connect(&server).await {
+            Ok(connection) => held.push(connection),
+            Err(error) => break error,
+        }
+    };
+    let number = refused.as_database_error().and_then(|e| e.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>());
+    assert_eq!(number.map(|e| e.number()), Some(1040), "{refused}");
+    let read = || app.http.get(app.url(&format!("/api/v1/orders/{order_id}")));
+    let started = std::time::Instant::now();
+    let (status, retry_after, body) = send(read()).await;
+    assert_unavailable(status, retry_after.as_deref(), &body, "too many connections");
+    assert!(started.elapsed() < std::time::Duration::from_secs(2), "answered after {:?}", started.elapsed());
+    drop(held);
+    admin.execute("SET GLOBAL max_connections = 2000").await.unwrap();
+    let (status, _, body) = send(read()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
 }

@@ -2,12 +2,19 @@
 //! for real over stock, coupons and locks.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::future::join_all;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::support::TestApp;
+use axum::response::IntoResponse;
+use stampede::coupon;
+use stampede::id::UserId;
+use stampede::order;
+
+use crate::coupons::create_users;
+use crate::support::{RedisServer, TestApp, isolated_store, serve_config};
 
 async fn create(app: &TestApp, body: Value) -> (StatusCode, Value) {
     app.post("/api/v1/orders", body).await
@@ -485,4 +492,188 @@ async fn order_endpoints_reject_malformed_input_with_the_envelope() {
     let (status, body) = create(&app, json!({ "userId": user, "items": too_many })).await;
     assert_eq!((status, code(&body)), (StatusCode::BAD_REQUEST, Some("INVALID_ORDER")), "{body}");
     assert_eq!(count(&app, "SELECT COUNT(*) FROM orders").await, 0);
+}
+
+#[tokio::test]
+async fn orders_payments_used_coupons_and_history_keep_every_instant_from_1970_to_9999() {
+    use stampede::id::{CouponId, OrderId, ProductId, UserId};
+    use stampede::order::{Item, Order, Status};
+
+    let app = TestApp::spawn().await;
+    let db = app.db();
+    let user = app.create_user("kim").await;
+    let user_id = UserId::new(user).unwrap();
+    let product = ProductId::new(app.create_product("socks", 100, 10).await).unwrap();
+    for edge in crate::coupons::EDGES {
+        let at = chrono::DateTime::parse_from_rfc3339(edge).unwrap().to_utc();
+        let coupon = crate::coupons::create_coupon(&app, 1).await;
+        let coupon = CouponId::new(coupon).unwrap();
+        let order = Order {
+            order_id: OrderId::new(i64::MAX).unwrap(),
+            user_id,
+            status: Status::Pending,
+            items: vec![Item { product_id: product, quantity: 1, unit_price: 100, amount: 100 }],
+            total_amount: 100,
+            discount_amount: 0,
+            final_amount: 100,
+            coupon_id: Some(coupon),
+            created_at: at,
+            paid_at: None,
+        };
+        // Written as the pay transaction writes them, at that instant.
+        let mut tx = db.begin().await.unwrap();
+        let id = stampede::order::db::insert_paid(&mut tx, &order, at).await.unwrap();
+        stampede::order::db::insert_payment(&mut tx, id, user_id, 100, at).await.unwrap();
+        assert!(stampede::coupon::db::mark_used(&mut tx, user_id, coupon, at, id, at).await.unwrap());
+        tx.commit().await.unwrap();
+
+        let (status, body) = app.get(&format!("/api/v1/orders/{id}")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let read = |field: &str| chrono::DateTime::parse_from_rfc3339(body[field].as_str().unwrap()).unwrap();
+        assert_eq!((read("createdAt"), read("paidAt")), (at.fixed_offset(), at.fixed_offset()), "{edge}: {body}");
+        let paid_at: chrono::DateTime<chrono::Utc> =
+            sqlx::query_scalar("SELECT paid_at FROM payments WHERE order_id = ?").bind(id).fetch_one(db).await.unwrap();
+        assert_eq!(paid_at, at, "{edge}");
+        let held = stampede::coupon::db::find_held(db, user_id, coupon).await.unwrap().unwrap();
+        assert_eq!((held.issued_at, held.used_at), (at, Some(at)), "{edge}");
+
+        let charged = stampede::balance::db::charge(db, user_id, 1, 100_000_000, None, at).await.unwrap();
+        assert!(
+            matches!(charged, stampede::balance::db::ChargeOutcome::Charged(ref c) if c.charged_at == at),
+            "{charged:?}"
+        );
+        let newest = stampede::balance::db::history(db, user_id, 1).await.unwrap();
+        assert_eq!(newest[0].created_at, at, "{edge}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_loser_of_each_of_three_hundred_double_clicked_pays_gets_409_order_not_payable() {
+    const PER_KIND: usize = 100;
+    let app = TestApp::spawn().await;
+    let shared = app.create_product("shared", 1_000, 10_000).await;
+    // Three kinds of orders, each with one thing that suffices for exactly one payment: the coupon, the
+    // product's stock, or the balance. A loser that checked it after the winner committed would find it
+    // gone and answer COUPON_UNAVAILABLE, OUT_OF_STOCK or INSUFFICIENT_BALANCE.
+    let setups = (0..3 * PER_KIND).map(|n| {
+        let app = &app;
+        async move {
+            let user = app.create_user(&format!("u{n}")).await;
+            let kind = n % 3;
+            let product = if kind == 1 { app.create_product(&format!("p{n}"), 1_000, 1).await } else { shared };
+            let coupon = if kind == 0 { Some(app.insert_held_coupon(user, "FIXED", 100).await) } else { None };
+            let charged = if kind == 2 { 1_000 } else { 10_000_000 };
+            app.charge(user, charged).await;
+            let body =
+                json!({ "userId": user, "items": [{ "productId": product, "quantity": 1 }], "couponId": coupon });
+            let (status, body) = create(app, body).await;
+            assert_eq!(status, StatusCode::CREATED, "{body}");
+            (user, body["orderId"].as_i64().unwrap(), charged)
+        }
+    });
+    let orders = join_all(setups).await;
+    let charged: i64 = orders.iter().map(|(_, _, charged)| charged).sum();
+
+    // The second click lands a little later, by a different delay per order, so across the orders it
+    // arrives at every point of the first one's payment, the commit included.
+    let clicks = orders.iter().enumerate().flat_map(|(n, &(user, order, _))| {
+        let app = &app;
+        let late = Duration::from_micros((n as u64 * 397) % 12_000);
+        [
+            Box::pin(pay(app, user, order)) as std::pin::Pin<Box<dyn Future<Output = _> + Send>>,
+            Box::pin(async move {
+                tokio::time::sleep(late).await;
+                pay(app, user, order).await
+            }),
+        ]
+    });
+    let results = join_all(clicks).await;
+    for (pair, &(_, order, _)) in results.chunks(2).zip(&orders) {
+        let mut outcomes: Vec<(StatusCode, Option<&str>)> = pair.iter().map(|(s, b)| (*s, code(b))).collect();
+        outcomes.sort();
+        assert_eq!(
+            outcomes,
+            [(StatusCode::OK, None), (StatusCode::CONFLICT, Some("ORDER_NOT_PAYABLE"))],
+            "order {order}: {pair:?}"
+        );
+        assert_eq!(order_status(&app, order).await, "PAID");
+    }
+    assert_eq!(count(&app, "SELECT COUNT(*) FROM payments").await, 3 * PER_KIND as i64);
+    assert_eq!(count(&app, "SELECT COUNT(*) FROM user_coupons WHERE status = 'USED'").await, PER_KIND as i64);
+    let money =
+        count(&app, "SELECT CAST((SELECT SUM(amount) FROM balances) + (SELECT SUM(amount) FROM payments) AS SIGNED)");
+    assert_eq!(money.await, charged);
+}
+
+/// Sends SIGSTOP or SIGCONT to a test Redis: a stopped Redis keeps its connections open and answers
+/// nothing, so every command times out as against a Redis stuck or cut off by the network.
+fn signal_redis(redis: &RedisServer, signal: &str) {
+    let pid = std::fs::read_to_string(redis.dir.join("redis.pid")).unwrap();
+    let sent = std::process::Command::new("kill").args([signal, pid.trim()]).status().unwrap();
+    assert!(sent.success(), "kill {signal} {pid}");
+}
+
+/// Status and code a domain error is answered with, through the one mapping of the HTTP layer.
+fn answer(error: order::Error) -> (StatusCode, Option<String>) {
+    let response = stampede::http::Error::from(error).into_response();
+    let retry_after = response.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+    (StatusCode::from_u16(response.status().as_u16()).unwrap(), retry_after)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_timing_out_while_two_hundred_orders_pay_with_unpersisted_coupons_answers_503_and_keeps_them_pending() {
+    const ORDERS: usize = 200;
+    let redis = RedisServer::start();
+    let mut store = isolated_store().await;
+    store.redis_url = redis.url();
+    // Built, not run: no writer persists the issuances, so every coupon is known to Redis only.
+    let app = stampede::app::App::build(serve_config(store)).await.unwrap();
+    let (state, now) = (app.state(), chrono::Utc::now());
+    let stores = &state.stores;
+    let limits = stampede::config::BalanceLimits::default();
+    let new = stampede::product::NewProduct::parse("socks", 1_000, 10_000).unwrap();
+    let product = stampede::product::create(&stores.db, new).await.unwrap().id;
+    let new = coupon::NewCoupon::parse("flash", coupon::DiscountType::Fixed, 100, ORDERS as i64, None, None, now);
+    let campaign = coupon::create(stores, &state.coupons, new.unwrap()).await.unwrap().id;
+    let items = vec![order::ItemRequest { product_id: product, quantity: 1 }];
+    let mut orders = Vec::new();
+    for user in create_users(stores, ORDERS).await {
+        let user = UserId::new(user).unwrap();
+        coupon::issue(stores, &state.coupons, &state.issuer, &state.users, campaign, user).await.unwrap();
+        let amount = stampede::balance::ChargeAmount::parse(10_000, &limits).unwrap();
+        stampede::balance::charge(stores, &limits, user, amount, None).await.unwrap();
+        let new = order::NewOrder { user_id: user, items: items.clone(), coupon_id: Some(campaign) };
+        orders.push((user, order::create(stores, new, false).await.unwrap().order_id));
+    }
+    let persisted: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM user_coupons").fetch_one(&stores.db).await.unwrap();
+    assert_eq!(persisted, 0);
+
+    signal_redis(&redis, "-STOP");
+    let pays = join_all(orders.iter().map(|&(user, id)| order::pay(stores, user, id)));
+    let creates = join_all(orders.iter().take(20).map(|&(user, _)| {
+        order::create(stores, order::NewOrder { user_id: user, items: items.clone(), coupon_id: Some(campaign) }, false)
+    }));
+    let (pays, creates) = tokio::join!(pays, creates);
+    signal_redis(&redis, "-CONT");
+    let service_unavailable = (StatusCode::SERVICE_UNAVAILABLE, Some("1".to_owned()));
+    let outcomes = pays.into_iter().map(|r| r.map(drop)).chain(creates.into_iter().map(|r| r.map(drop)));
+    for outcome in outcomes {
+        assert_eq!(answer(outcome.expect_err("Redis is stopped")), service_unavailable);
+    }
+    for &(_, id) in &orders {
+        assert_eq!(order::get(stores, id).await.unwrap().status, order::Status::Pending, "order {id}");
+    }
+    let stored: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM orders").fetch_one(&stores.db).await.unwrap();
+    assert_eq!(stored, ORDERS as i64, "a create during the outage stored an order");
+
+    // Redis back: every order pays with its coupon, and no won was made or lost.
+    let paid = join_all(orders.iter().map(|&(user, id)| order::pay(stores, user, id))).await;
+    assert_eq!(paid.iter().filter(|p| p.as_ref().is_ok_and(|p| p.final_amount == 900)).count(), ORDERS, "{paid:?}");
+    let money: i64 = sqlx::query_scalar(
+        "SELECT CAST((SELECT SUM(amount) FROM balances) + (SELECT SUM(amount) FROM payments) AS SIGNED)",
+    )
+    .fetch_one(&stores.db)
+    .await
+    .unwrap();
+    assert_eq!(money, 10_000 * ORDERS as i64);
 }
