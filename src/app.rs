@@ -25,6 +25,11 @@ pub enum StartError {
     Store(#[from] StoreError),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
+    #[error(
+        "ADMIN_TOKEN is the well-known development token and BIND_ADDR {0} is not a loopback address: \
+         set ADMIN_TOKEN to a secret, or bind to 127.0.0.1"
+    )]
+    DevTokenExposed(SocketAddr),
     #[error("server failed: {0}")]
     Serve(std::io::Error),
     #[error("cannot load coupon state: {0}")]
@@ -36,6 +41,10 @@ pub enum StartError {
 impl App {
     /// Connects, migrates and binds (port 0 picks a free one, as tests do).
     pub async fn build(config: ServeConfig) -> Result<Self, StartError> {
+        if config.admin_token.as_deref() == Some(crate::config::DEV_ADMIN_TOKEN) && !config.bind_addr.ip().is_loopback()
+        {
+            return Err(StartError::DevTokenExposed(config.bind_addr));
+        }
         let stores = Stores::connect(&config.store).await?;
         mysql::migrate(&stores.db).await?;
         let coupons = crate::coupon::Catalog::default();

@@ -30,6 +30,9 @@ pub struct StoreConfig {
     pub redis_pool_size: usize,
 }
 
+/// The admin token `make run` and `make load` use: well known, so only acceptable on loopback.
+pub const DEV_ADMIN_TOKEN: &str = "dev-admin-token";
+
 /// Everything `stampede serve` needs.
 #[derive(Debug, Clone, Args)]
 pub struct ServeConfig {
@@ -40,7 +43,8 @@ pub struct ServeConfig {
     #[command(flatten)]
     pub store: StoreConfig,
 
-    /// Bearer token of the admin endpoints; unset means they refuse everything.
+    /// Bearer token of the admin endpoints; unset means they refuse everything. The development token
+    /// (`dev-admin-token`) is refused on an address other than loopback.
     #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
 

@@ -55,9 +55,33 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { Error::RouteNotFound })
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(limit_body))
         .layer(CatchPanicLayer::custom(|_| Error::Panic.into_response()))
         .layer(middleware::from_fn(observe))
         .with_state(state)
+}
+
+/// The body limit on every route, also those that never read a body (axum's [`DefaultBodyLimit`] acts only
+/// where an extractor reads one): a declared length over the limit is refused at once, and a body of unknown
+/// length (chunked) is read up to the limit before the handler runs.
+async fn limit_body(request: Request, next: Next) -> Response {
+    let declared = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .map(|length| length.to_str().ok().and_then(|length| length.parse::<u64>().ok()).unwrap_or(u64::MAX));
+    match declared {
+        Some(length) if length > MAX_BODY_BYTES as u64 => Error::PayloadTooLarge.into_response(),
+        Some(_) => next.run(request).await,
+        None if axum::body::HttpBody::is_end_stream(request.body()) => next.run(request).await,
+        None => {
+            let (parts, body) = request.into_parts();
+            match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
+                Ok(bytes) => next.run(Request::from_parts(parts, axum::body::Body::from(bytes))).await,
+                // Over the limit, or the client broke off its body: either way nothing to serve.
+                Err(_) => Error::PayloadTooLarge.into_response(),
+            }
+        }
+    }
 }
 
 /// Request id, span, metrics and log line of one request, in one middleware.

@@ -146,3 +146,48 @@ async fn wrong_admin_token_gets_401() {
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["code"], "UNAUTHORIZED");
 }
+
+#[tokio::test]
+async fn a_body_over_64_kib_gets_413_on_every_route_even_one_that_reads_no_body() {
+    let app = TestApp::spawn().await;
+    let huge = vec![b'x'; 1024 * 1024];
+    let declared = app
+        .http
+        .post(app.url("/api/v1/admin/ranking/refresh"))
+        .bearer_auth(crate::support::ADMIN_TOKEN)
+        .body(huge.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(declared.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let body: serde_json::Value = declared.json().await.unwrap();
+    assert_eq!(body["code"], "PAYLOAD_TOO_LARGE", "{body}");
+
+    // Chunked: no Content-Length, the limit is found by reading.
+    let frames: Vec<Result<http_body::Frame<bytes::Bytes>, std::io::Error>> =
+        huge.chunks(8 * 1024).map(|chunk| Ok(http_body::Frame::data(bytes::Bytes::copy_from_slice(chunk)))).collect();
+    let chunks = http_body_util::StreamBody::new(futures::stream::iter(frames));
+    let chunked = app
+        .http
+        .post(app.url("/api/v1/admin/ranking/refresh"))
+        .bearer_auth(crate::support::ADMIN_TOKEN)
+        .body(reqwest::Body::wrap(chunks))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(chunked.status(), StatusCode::PAYLOAD_TOO_LARGE);
+
+    let small = app.http.post(app.url("/api/v1/admin/ranking/refresh")).bearer_auth(crate::support::ADMIN_TOKEN);
+    assert_eq!(small.body("x").send().await.unwrap().status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn serve_refuses_the_development_token_on_an_address_other_than_loopback() {
+    let mut config = crate::support::serve_config(crate::support::isolated_store().await);
+    config.admin_token = Some(stampede::config::DEV_ADMIN_TOKEN.to_owned());
+    config.bind_addr = "0.0.0.0:0".parse().unwrap();
+    let refused = stampede::app::App::build(config.clone()).await.err().expect("refused");
+    assert!(refused.to_string().contains("ADMIN_TOKEN"), "{refused}");
+    config.bind_addr = "127.0.0.1:0".parse().unwrap();
+    assert!(stampede::app::App::build(config).await.is_ok(), "loopback with the dev token is fine");
+}
