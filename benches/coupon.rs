@@ -19,7 +19,7 @@ use fred::types::{ClusterHash, CustomCommand};
 use stampede::app::App;
 use stampede::config::ServeConfig;
 use stampede::coupon::cache::IssueReply;
-use stampede::coupon::{self, DiscountType, NewCoupon};
+use stampede::coupon::{CouponSpec, DiscountType, NewCoupon};
 use stampede::id::{CouponId, UserId};
 use stampede::state::AppState;
 use tower::ServiceExt;
@@ -54,9 +54,19 @@ impl Bench {
     /// all the issue path checks).
     async fn batch(&self, quantity: u64) -> (CouponId, Vec<UserId>) {
         let quantity = quantity.max(1) as i64;
-        let new = NewCoupon::parse("bench", DiscountType::Fixed, 100, quantity, None, None, chrono::Utc::now())
-            .expect("valid coupon");
-        let coupon = coupon::create(&self.state.stores, &self.state.coupons, new).await.expect("create coupon");
+        let new = NewCoupon::parse(
+            CouponSpec {
+                name: "bench",
+                discount_type: DiscountType::Fixed,
+                discount_value: 100,
+                total_quantity: quantity,
+                starts_at: None,
+                ends_at: None,
+            },
+            chrono::Utc::now(),
+        )
+        .expect("valid coupon");
+        let coupon = self.state.coupons.create(new).await.expect("create coupon");
         let first = self.next_user.fetch_add(quantity, Ordering::Relaxed);
         let users: Vec<UserId> = (first..first + quantity).filter_map(UserId::new).collect();
         let known = self.known_below.load(Ordering::Relaxed);
@@ -70,7 +80,7 @@ impl Bench {
 }
 
 async fn issue_script(bench: &Bench, coupon: CouponId, user: UserId) {
-    let reply = bench.state.issuer.issue(coupon, user).await.expect("script runs");
+    let reply = bench.state.coupons.issuer().issue(coupon, user).await.expect("script runs");
     assert!(matches!(reply, IssueReply::Issued(_)), "{reply:?}");
 }
 

@@ -47,10 +47,10 @@ impl App {
         }
         let stores = Stores::connect(&config.store).await?;
         mysql::migrate(&stores.db).await?;
-        let coupons = crate::coupon::Catalog::default();
+        let catalog = crate::coupon::Catalog::default();
         let users = crate::user::cache::KnownUsers::default();
         users.refresh(&stores.redis).await.map_err(StoreError::from)?;
-        crate::coupon::restore_all(&stores, &coupons).await?;
+        crate::coupon::restore_all(&stores, &catalog).await?;
         for day in ranking::rebuild_missing(&stores, config.business_tz, chrono::Utc::now()).await? {
             tracing::info!(day = %day.day, orders = day.orders, units = day.units, "ranking day rebuilt from MySQL");
         }
@@ -58,12 +58,11 @@ impl App {
             .await
             .map_err(|source| StartError::Bind { addr: config.bind_addr, source })?;
         crate::telemetry::metrics();
-        let issuer = crate::coupon::Issuer::start(stores.clone(), crate::coupon::fence::ScriptGate::default());
+        let coupons = crate::coupon::Coupons::start(stores.clone(), catalog, users.clone());
         let state = AppState(Arc::new(Shared {
             stores,
             config: Arc::new(config),
             coupons,
-            issuer,
             users,
             product_gate: product::LoadGate::default(),
             ranking_gate: ranking::ComputeGate::default(),

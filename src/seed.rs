@@ -76,19 +76,18 @@ pub async fn run(config: &SeedConfig) -> Result<Seeded, coupon::Error> {
     report("products", config.products, started);
 
     // Through the domain, so each coupon's Redis state is loaded as on the admin endpoint.
-    let catalog = coupon::Catalog::default();
-    let discount = coupon::Discount::new(coupon::DiscountType::Fixed, 1_000)?;
+    let coupons = coupon::Coupons::start(stores.clone(), coupon::Catalog::default(), Default::default());
     for n in 0..config.coupons {
-        let new = coupon::NewCoupon::parse(
-            &format!("coupon-{n}"),
-            discount.kind(),
-            discount.value(),
-            config.coupon_quantity,
-            None,
-            None,
-            chrono::Utc::now(),
-        )?;
-        seeded.coupons.push(coupon::create(&stores, &catalog, new).await?.id);
+        let name = format!("coupon-{n}");
+        let spec = coupon::CouponSpec {
+            name: &name,
+            discount_type: coupon::DiscountType::Fixed,
+            discount_value: 1_000,
+            total_quantity: config.coupon_quantity,
+            starts_at: None,
+            ends_at: None,
+        };
+        seeded.coupons.push(coupons.create(coupon::NewCoupon::parse(spec, chrono::Utc::now())?).await?.id);
     }
     Ok(seeded)
 }

@@ -24,11 +24,9 @@ impl std::ops::Deref for AppState {
 pub struct Shared {
     pub stores: Stores,
     pub config: Arc<ServeConfig>,
-    /// Coupon campaigns cached in-process, so the issue path needs no MySQL.
-    pub coupons: crate::coupon::Catalog,
-    /// Batches concurrent issuances into shared script calls.
-    pub issuer: crate::coupon::Issuer,
-    /// In-process mirror of the users known to exist, so the issue path skips a Redis round trip.
+    /// The coupon domain: campaigns, issuance, held coupons.
+    pub coupons: crate::coupon::Coupons,
+    /// In-process mirror of the users known to exist (shared with [`Shared::coupons`]), refreshed by a job.
     pub users: crate::user::cache::KnownUsers,
     /// Makes a burst of requests for an uncached product or listing page read MySQL once.
     pub product_gate: product::LoadGate,

@@ -188,19 +188,25 @@ pub struct NewCoupon {
     pub ends_at: Option<DateTime<Utc>>,
 }
 
+/// A campaign as asked for, not yet validated.
+#[derive(Debug, Clone)]
+pub struct CouponSpec<'a> {
+    pub name: &'a str,
+    pub discount_type: DiscountType,
+    pub discount_value: i64,
+    pub total_quantity: i64,
+    /// `None`: now.
+    pub starts_at: Option<DateTime<Utc>>,
+    /// `None`: no end.
+    pub ends_at: Option<DateTime<Utc>>,
+}
+
 impl NewCoupon {
     /// Validates a campaign: a 1..=200 character name, a valid discount, a quantity of 1..=2^31-1, and an
     /// end after the start. `starts_at` defaults to `now`; no `ends_at` means no end. Times are truncated
     /// to the microsecond MySQL keeps, so what the 201 says is what later reads say.
-    pub fn parse(
-        name: &str,
-        kind: DiscountType,
-        value: i64,
-        total_quantity: i64,
-        starts_at: Option<DateTime<Utc>>,
-        ends_at: Option<DateTime<Utc>>,
-        now: DateTime<Utc>,
-    ) -> Result<Self, Error> {
+    pub fn parse(spec: CouponSpec<'_>, now: DateTime<Utc>) -> Result<Self, Error> {
+        let CouponSpec { name, discount_type: kind, discount_value: value, total_quantity, starts_at, ends_at } = spec;
         let name = name.trim();
         if name.is_empty() || name.chars().count() > 200 {
             return Err(Error::Invalid("name must be 1..=200 characters"));
@@ -284,22 +290,6 @@ impl Catalog {
     }
 }
 
-/// Stores a campaign in MySQL, then loads its state into Redis, so it is issuable when this returns.
-pub async fn create(stores: &Stores, catalog: &Catalog, new: NewCoupon) -> Result<Arc<Coupon>, Error> {
-    let id = db::insert_coupon(&stores.db, &new).await?;
-    let coupon = Coupon {
-        id,
-        name: new.name,
-        discount: new.discount,
-        total_quantity: new.total_quantity,
-        starts_at: new.starts_at,
-        ends_at: new.ends_at,
-    };
-    // A new campaign: generation 0 and nothing persisted, as its MySQL row says.
-    cache::load(&stores.redis, &coupon, &[], 0, cache::StreamId::default()).await?;
-    Ok(catalog.remember(coupon))
-}
-
 /// At start-up: checks every campaign's Redis state against MySQL, rebuilding those Redis lost or that went
 /// back in time, and loads the campaigns into the catalog.
 pub async fn restore_all(stores: &Stores, catalog: &Catalog) -> Result<(), Error> {
@@ -318,40 +308,6 @@ pub struct Issued {
     pub issued_at: DateTime<Utc>,
 }
 
-/// Issues `coupon_id` to `user_id`, first come first served. In steady state this is a share of one Redis
-/// round trip (the script, batched by the [`Issuer`]) and no MySQL query: the campaign comes from the
-/// catalog and the user from the in-process mirror of known users (a user it has not seen yet costs one
-/// more round trip).
-pub async fn issue(
-    stores: &Stores,
-    catalog: &Catalog,
-    issuer: &Issuer,
-    known: &user::cache::KnownUsers,
-    coupon_id: CouponId,
-    user_id: UserId,
-) -> Result<Issued, Error> {
-    let coupon = catalog.coupon(stores, coupon_id).await?;
-    user::ensure_known(stores, known, user_id).await?;
-    let mut reply = issuer.issue(coupon_id, user_id).await?;
-    if reply == IssueReply::NotLoaded {
-        catalog.restore(stores, &coupon).await?;
-        reply = issuer.issue(coupon_id, user_id).await?;
-    }
-    let (result, outcome) = match reply {
-        IssueReply::Issued(at) => ("issued", Ok(Issued { coupon_id, user_id, issued_at: from_micros(at)? })),
-        IssueReply::AlreadyIssued(_) => {
-            ("already_issued", Err(Error::AlreadyIssued { coupon: coupon_id, user: user_id }))
-        }
-        IssueReply::SoldOut => ("sold_out", Err(Error::SoldOut(coupon_id))),
-        IssueReply::NotActive => ("not_active", Err(Error::NotActive(coupon_id))),
-        IssueReply::NotLoaded => {
-            ("not_loaded", Err(crate::store::scripts::COUPON_ISSUE.unexpected("state missing after rebuild").into()))
-        }
-    };
-    metrics::counter!("coupon_issue_total", "result" => result).increment(1);
-    outcome
-}
-
 /// A campaign with its live counts, for operators.
 #[derive(Debug, Clone)]
 pub struct Progress {
@@ -364,51 +320,121 @@ pub struct Progress {
     pub persisted: i64,
 }
 
-/// The campaign and how far its sale and persistence have come.
-pub async fn progress(stores: &Stores, catalog: &Catalog, id: CouponId) -> Result<Progress, Error> {
-    let coupon = catalog.coupon(stores, id).await?;
-    if !cache::is_loaded(&stores.redis, id).await? {
-        catalog.restore(stores, &coupon).await?;
-    }
-    let (issued, remaining) = cache::counts(&stores.redis, id).await?;
-    let persisted = db::count_persisted(&stores.db, id).await?;
-    Ok(Progress { coupon, issued, remaining, persisted })
+/// The coupon domain's handle: what a request needs to create, issue, list and follow coupons. Cheap to
+/// clone (every part is shared).
+#[derive(Clone)]
+pub struct Coupons {
+    stores: Stores,
+    /// Campaigns cached in-process, so the issue path needs no MySQL.
+    catalog: Catalog,
+    /// Batches concurrent issuances into shared script calls.
+    issuer: Issuer,
+    /// In-process mirror of the users known to exist, so the issue path skips a Redis round trip.
+    known: user::cache::KnownUsers,
 }
 
-/// The coupons `user_id` holds, optionally only those with `status`, newest issuance first; includes
-/// issuances not yet persisted (read-your-writes). Redis is read first for the reason given at
-/// [`held_by`].
-pub async fn held(
-    stores: &Stores,
-    catalog: &Catalog,
-    user_id: UserId,
-    status: Option<HeldStatus>,
-) -> Result<Vec<HeldCoupon>, Error> {
-    user::ensure_exists(stores, user_id).await?;
-    let coupons = cache::registered(&stores.redis).await?;
-    let in_redis = cache::issued_to(&stores.redis, user_id, &coupons).await?;
-    let mut held = db::list_held(&stores.db, user_id).await?;
-    for (coupon_id, at) in in_redis {
-        if held.iter().all(|h| h.coupon.id != coupon_id) {
-            let coupon = match catalog.coupon(stores, coupon_id).await {
-                Ok(coupon) => coupon,
-                // A registry entry MySQL does not know (a database restored from an older backup): nothing
-                // the user can hold.
-                Err(Error::NotFound(_)) => continue,
-                Err(e) => return Err(e),
-            };
-            held.push(HeldCoupon {
-                coupon: Coupon::clone(&coupon),
-                user_id,
-                status: HeldStatus::Available,
-                issued_at: from_micros(at)?,
-                used_at: None,
-                // Listed, not paid with: the pay path reads it again through `held_by`.
-                unpersisted_generation: None,
-            });
-        }
+impl Coupons {
+    /// The handle over `stores`, its issuer's workers started on the current runtime. `catalog` and `known`
+    /// may already be filled (start-up loads them before serving).
+    pub fn start(stores: Stores, catalog: Catalog, known: user::cache::KnownUsers) -> Self {
+        let issuer = Issuer::start(stores.clone(), fence::ScriptGate::default());
+        Self { stores, catalog, issuer, known }
     }
-    held.retain(|h| status.is_none_or(|s| h.status == s));
-    held.sort_by_key(|h| std::cmp::Reverse((h.issued_at, h.coupon.id)));
-    Ok(held)
+
+    /// The batching issuer alone, for benches that measure it.
+    pub fn issuer(&self) -> &Issuer {
+        &self.issuer
+    }
+
+    /// Stores a campaign in MySQL, then loads its state into Redis, so it is issuable when this returns.
+    pub async fn create(&self, new: NewCoupon) -> Result<Arc<Coupon>, Error> {
+        let stores = &self.stores;
+        let id = db::insert_coupon(&stores.db, &new).await?;
+        let coupon = Coupon {
+            id,
+            name: new.name,
+            discount: new.discount,
+            total_quantity: new.total_quantity,
+            starts_at: new.starts_at,
+            ends_at: new.ends_at,
+        };
+        // A new campaign: generation 0 and nothing persisted, as its MySQL row says.
+        cache::load(&stores.redis, &coupon, &[], 0, cache::StreamId::default()).await?;
+        Ok(self.catalog.remember(coupon))
+    }
+
+    /// Issues `coupon_id` to `user_id`, first come first served. In steady state this is a share of one
+    /// Redis round trip (the script, batched by the [`Issuer`]) and no MySQL query: the campaign comes from
+    /// the catalog and the user from the in-process mirror of known users (a user it has not seen yet costs
+    /// one more round trip).
+    pub async fn issue(&self, coupon_id: CouponId, user_id: UserId) -> Result<Issued, Error> {
+        let (stores, catalog, issuer) = (&self.stores, &self.catalog, &self.issuer);
+        let coupon = catalog.coupon(stores, coupon_id).await?;
+        user::ensure_known(stores, &self.known, user_id).await?;
+        let mut reply = issuer.issue(coupon_id, user_id).await?;
+        if reply == IssueReply::NotLoaded {
+            catalog.restore(stores, &coupon).await?;
+            reply = issuer.issue(coupon_id, user_id).await?;
+        }
+        let (result, outcome) = match reply {
+            IssueReply::Issued(at) => ("issued", Ok(Issued { coupon_id, user_id, issued_at: from_micros(at)? })),
+            IssueReply::AlreadyIssued(_) => {
+                ("already_issued", Err(Error::AlreadyIssued { coupon: coupon_id, user: user_id }))
+            }
+            IssueReply::SoldOut => ("sold_out", Err(Error::SoldOut(coupon_id))),
+            IssueReply::NotActive => ("not_active", Err(Error::NotActive(coupon_id))),
+            IssueReply::NotLoaded => (
+                "not_loaded",
+                Err(crate::store::scripts::COUPON_ISSUE.unexpected("state missing after rebuild").into()),
+            ),
+        };
+        metrics::counter!("coupon_issue_total", "result" => result).increment(1);
+        outcome
+    }
+
+    /// The campaign and how far its sale and persistence have come.
+    pub async fn progress(&self, id: CouponId) -> Result<Progress, Error> {
+        let (stores, catalog) = (&self.stores, &self.catalog);
+        let coupon = catalog.coupon(stores, id).await?;
+        if !cache::is_loaded(&stores.redis, id).await? {
+            catalog.restore(stores, &coupon).await?;
+        }
+        let (issued, remaining) = cache::counts(&stores.redis, id).await?;
+        let persisted = db::count_persisted(&stores.db, id).await?;
+        Ok(Progress { coupon, issued, remaining, persisted })
+    }
+
+    /// The coupons `user_id` holds, optionally only those with `status`, newest issuance first; includes
+    /// issuances not yet persisted (read-your-writes). Redis is read first for the reason given at
+    /// [`held_by`].
+    pub async fn held(&self, user_id: UserId, status: Option<HeldStatus>) -> Result<Vec<HeldCoupon>, Error> {
+        let stores = &self.stores;
+        user::ensure_exists(stores, user_id).await?;
+        let coupons = cache::registered(&stores.redis).await?;
+        let in_redis = cache::issued_to(&stores.redis, user_id, &coupons).await?;
+        let mut held = db::list_held(&stores.db, user_id).await?;
+        for (coupon_id, at) in in_redis {
+            if held.iter().all(|h| h.coupon.id != coupon_id) {
+                let coupon = match self.catalog.coupon(stores, coupon_id).await {
+                    Ok(coupon) => coupon,
+                    // A registry entry MySQL does not know (a database restored from an older backup):
+                    // nothing the user can hold.
+                    Err(Error::NotFound(_)) => continue,
+                    Err(e) => return Err(e),
+                };
+                held.push(HeldCoupon {
+                    coupon: Coupon::clone(&coupon),
+                    user_id,
+                    status: HeldStatus::Available,
+                    issued_at: from_micros(at)?,
+                    used_at: None,
+                    // Listed, not paid with: the pay path reads it again through `held_by`.
+                    unpersisted_generation: None,
+                });
+            }
+        }
+        held.retain(|h| status.is_none_or(|s| h.status == s));
+        held.sort_by_key(|h| std::cmp::Reverse((h.issued_at, h.coupon.id)));
+        Ok(held)
+    }
 }

@@ -9,16 +9,16 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::error::{ErrorBody, Result};
 use super::extract::{Admin, Json, Path, Query};
-use crate::coupon::{self, Coupon, DiscountType, HeldCoupon, HeldStatus, NewCoupon};
+use crate::coupon::{Coupon, CouponSpec, DiscountType, HeldCoupon, HeldStatus, NewCoupon};
 use crate::id::{CouponId, UserId};
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
-        .routes(routes!(issue))
-        .routes(routes!(list_held))
-        .routes(routes!(create))
-        .routes(routes!(progress))
+        .routes(routes!(issue_coupon))
+        .routes(routes!(list_user_coupons))
+        .routes(routes!(create_coupon))
+        .routes(routes!(get_coupon_progress))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -46,12 +46,12 @@ pub struct IssuedCoupon {
         (status = 410, description = "SOLD_OUT", body = ErrorBody),
         (status = 422, description = "COUPON_NOT_ACTIVE", body = ErrorBody),
         (status = 503, body = ErrorBody)))]
-async fn issue(
+async fn issue_coupon(
     State(app): State<AppState>,
     Path(coupon_id): Path<CouponId>,
     Json(req): Json<IssueRequest>,
 ) -> Result<(StatusCode, axum::Json<IssuedCoupon>)> {
-    let issued = coupon::issue(&app.stores, &app.coupons, &app.issuer, &app.users, coupon_id, req.user_id).await?;
+    let issued = app.coupons.issue(coupon_id, req.user_id).await?;
     let body = IssuedCoupon {
         coupon_id: issued.coupon_id,
         user_id: issued.user_id,
@@ -105,12 +105,12 @@ pub struct HeldList {
     params(("userId" = i64, Path, description = "user id"), ListQuery),
     responses((status = 200, body = HeldList), (status = 400, body = ErrorBody),
         (status = 404, description = "USER_NOT_FOUND", body = ErrorBody), (status = 503, body = ErrorBody)))]
-async fn list_held(
+async fn list_user_coupons(
     State(app): State<AppState>,
     Path(user_id): Path<UserId>,
     Query(query): Query<ListQuery>,
 ) -> Result<axum::Json<HeldList>> {
-    let held = coupon::held(&app.stores, &app.coupons, user_id, query.status).await?;
+    let held = app.coupons.held(user_id, query.status).await?;
     Ok(axum::Json(HeldList { coupons: held.into_iter().map(HeldItem::from).collect() }))
 }
 
@@ -160,21 +160,20 @@ impl From<&Coupon> for CouponBody {
 #[utoipa::path(post, path = "/admin/coupons", tag = "admin", security(("admin" = [])), request_body = CreateCoupon,
     responses((status = 201, body = CouponBody), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 503, body = ErrorBody)))]
-async fn create(
+async fn create_coupon(
     _: Admin,
     State(app): State<AppState>,
     Json(req): Json<CreateCoupon>,
 ) -> Result<(StatusCode, axum::Json<CouponBody>)> {
-    let new = NewCoupon::parse(
-        &req.name,
-        req.discount_type,
-        req.discount_value,
-        req.total_quantity,
-        req.starts_at,
-        req.ends_at,
-        Utc::now(),
-    )?;
-    let coupon = coupon::create(&app.stores, &app.coupons, new).await?;
+    let spec = CouponSpec {
+        name: &req.name,
+        discount_type: req.discount_type,
+        discount_value: req.discount_value,
+        total_quantity: req.total_quantity,
+        starts_at: req.starts_at,
+        ends_at: req.ends_at,
+    };
+    let coupon = app.coupons.create(NewCoupon::parse(spec, Utc::now())?).await?;
     Ok((StatusCode::CREATED, axum::Json(CouponBody::from(&*coupon))))
 }
 
@@ -198,12 +197,12 @@ pub struct CouponProgress {
     params(("couponId" = i64, Path, description = "coupon id")),
     responses((status = 200, body = CouponProgress), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 404, description = "COUPON_NOT_FOUND", body = ErrorBody), (status = 503, body = ErrorBody)))]
-async fn progress(
+async fn get_coupon_progress(
     _: Admin,
     State(app): State<AppState>,
     Path(coupon_id): Path<CouponId>,
 ) -> Result<axum::Json<CouponProgress>> {
-    let p = coupon::progress(&app.stores, &app.coupons, coupon_id).await?;
+    let p = app.coupons.progress(coupon_id).await?;
     Ok(axum::Json(CouponProgress {
         id: p.coupon.id,
         name: p.coupon.name.clone(),

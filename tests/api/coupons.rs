@@ -235,15 +235,17 @@ async fn one_script_call_decides_a_batch_in_order_as_single_calls_would() {
     assert_eq!(rows, vec![(a.get(), issued_at), (b.get(), issued_at)]);
 
     let early = coupon::NewCoupon::parse(
-        "later",
-        coupon::DiscountType::Fixed,
-        100,
-        5,
-        Some(chrono::Utc::now() + chrono::TimeDelta::hours(1)),
-        None,
+        coupon::CouponSpec {
+            name: "later",
+            discount_type: coupon::DiscountType::Fixed,
+            discount_value: 100,
+            total_quantity: 5,
+            starts_at: Some(chrono::Utc::now() + chrono::TimeDelta::hours(1)),
+            ends_at: None,
+        },
         chrono::Utc::now(),
     );
-    let later = coupon::create(stores, &app.state().coupons, early.unwrap()).await.unwrap();
+    let later = app.state().coupons.create(early.unwrap()).await.unwrap();
     let replies = gate.issue(stores, later.id, &[a, b], now).await.unwrap();
     assert_eq!(replies, vec![NotActive, NotActive]);
 }
@@ -315,12 +317,32 @@ async fn a_coupon_is_listed_and_usable_right_after_its_201_before_the_writer_per
     let state = app.state();
     let stores = &state.stores;
     let user = UserId::new(create_users(stores, 1).await[0]).unwrap();
-    let new = coupon::NewCoupon::parse("now", coupon::DiscountType::Fixed, 700, 5, None, None, chrono::Utc::now());
-    let campaign = coupon::create(stores, &state.coupons, new.unwrap()).await.unwrap();
-    let later = coupon::NewCoupon::parse("later", coupon::DiscountType::Rate, 5, 5, None, None, chrono::Utc::now());
-    let second = coupon::create(stores, &state.coupons, later.unwrap()).await.unwrap();
+    let new = coupon::NewCoupon::parse(
+        coupon::CouponSpec {
+            name: "now",
+            discount_type: coupon::DiscountType::Fixed,
+            discount_value: 700,
+            total_quantity: 5,
+            starts_at: None,
+            ends_at: None,
+        },
+        chrono::Utc::now(),
+    );
+    let campaign = state.coupons.create(new.unwrap()).await.unwrap();
+    let later = coupon::NewCoupon::parse(
+        coupon::CouponSpec {
+            name: "later",
+            discount_type: coupon::DiscountType::Rate,
+            discount_value: 5,
+            total_quantity: 5,
+            starts_at: None,
+            ends_at: None,
+        },
+        chrono::Utc::now(),
+    );
+    let second = state.coupons.create(later.unwrap()).await.unwrap();
 
-    let issued = coupon::issue(stores, &state.coupons, &state.issuer, &state.users, campaign.id, user).await.unwrap();
+    let issued = state.coupons.issue(campaign.id, user).await.unwrap();
     let persisted: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM user_coupons").fetch_one(&stores.db).await.unwrap();
     assert_eq!(persisted, 0);
     let held = coupon::held_by(stores, user, campaign.id).await.unwrap().expect("held before persistence");
@@ -329,7 +351,7 @@ async fn a_coupon_is_listed_and_usable_right_after_its_201_before_the_writer_per
         (HeldStatus::Available, issued.issued_at, 700)
     );
     assert!(coupon::held_by(stores, user, second.id).await.unwrap().is_none());
-    let listed = coupon::held(stores, &state.coupons, user, Some(HeldStatus::Available)).await.unwrap();
+    let listed = state.coupons.held(user, Some(HeldStatus::Available)).await.unwrap();
     assert_eq!(listed.iter().map(|h| h.coupon.id).collect::<Vec<_>>(), vec![campaign.id]);
 
     // The order's pay transaction inserts the row first; the writer's later insert changes nothing.
@@ -338,15 +360,15 @@ async fn a_coupon_is_listed_and_usable_right_after_its_201_before_the_writer_per
         coupon::db::mark_used(&mut tx, user, campaign.id, held.issued_at, OrderId::new(9).unwrap(), chrono::Utc::now());
     assert!(used.await.unwrap());
     tx.commit().await.unwrap();
-    coupon::issue(stores, &state.coupons, &state.issuer, &state.users, second.id, user).await.unwrap();
+    state.coupons.issue(second.id, user).await.unwrap();
     let mut writer = Writer::new();
     assert_eq!(writer.drain_once(stores).await.unwrap(), Outcome::Persisted { issuances: 2, backlog: false });
     assert_eq!(writer.drain_once(stores).await.unwrap(), Outcome::Idle);
 
-    let all = coupon::held(stores, &state.coupons, user, None).await.unwrap();
+    let all = state.coupons.held(user, None).await.unwrap();
     let summary: Vec<(CouponId, HeldStatus)> = all.iter().map(|h| (h.coupon.id, h.status)).collect();
     assert_eq!(summary, vec![(second.id, HeldStatus::Available), (campaign.id, HeldStatus::Used)]);
-    let used = coupon::held(stores, &state.coupons, user, Some(HeldStatus::Used)).await.unwrap();
+    let used = state.coupons.held(user, Some(HeldStatus::Used)).await.unwrap();
     assert_eq!(used.len(), 1);
     assert_eq!(used[0].issued_at, issued.issued_at);
 }
@@ -377,8 +399,18 @@ async fn my_coupons_lists_them_over_http_with_the_status_filter() {
 
 /// A campaign of `quantity` created in-process: FIXED 1 won off, active now, no end.
 pub(crate) async fn campaign(state: &AppState, quantity: i64) -> CouponId {
-    let new = coupon::NewCoupon::parse("c", coupon::DiscountType::Fixed, 1, quantity, None, None, chrono::Utc::now());
-    coupon::create(&state.stores, &state.coupons, new.unwrap()).await.unwrap().id
+    let new = coupon::NewCoupon::parse(
+        coupon::CouponSpec {
+            name: "c",
+            discount_type: coupon::DiscountType::Fixed,
+            discount_value: 1,
+            total_quantity: quantity,
+            starts_at: None,
+            ends_at: None,
+        },
+        chrono::Utc::now(),
+    );
+    state.coupons.create(new.unwrap()).await.unwrap().id
 }
 
 /// Runs the issue script itself for `users`, in one call, now.
@@ -485,13 +517,24 @@ async fn an_ended_campaign_leaves_the_registry_once_everything_it_issued_is_pers
     let now = chrono::Utc::now();
     let ended = |name: &str, end: chrono::DateTime<chrono::Utc>| {
         let start = end - chrono::TimeDelta::hours(1);
-        coupon::NewCoupon::parse(name, coupon::DiscountType::Fixed, 1, 10, Some(start), Some(end), now).unwrap()
+        coupon::NewCoupon::parse(
+            coupon::CouponSpec {
+                name,
+                discount_type: coupon::DiscountType::Fixed,
+                discount_value: 1,
+                total_quantity: 10,
+                starts_at: Some(start),
+                ends_at: Some(end),
+            },
+            now,
+        )
+        .unwrap()
     };
     let long_ago = now - chrono::TimeDelta::hours(1);
-    let drained = coupon::create(stores, &state.coupons, ended("drained", long_ago)).await.unwrap().id;
-    let queued = coupon::create(stores, &state.coupons, ended("queued", long_ago)).await.unwrap().id;
+    let drained = state.coupons.create(ended("drained", long_ago)).await.unwrap().id;
+    let queued = state.coupons.create(ended("queued", long_ago)).await.unwrap().id;
     let just_ended = now - chrono::TimeDelta::seconds(10);
-    let recent = coupon::create(stores, &state.coupons, ended("recent", just_ended)).await.unwrap().id;
+    let recent = state.coupons.create(ended("recent", just_ended)).await.unwrap().id;
     let running = campaign(state, 10).await;
     // An issuance decided just before `queued` ended, still waiting in its stream.
     let user = UserId::new(create_users(stores, 1).await[0]).unwrap();
@@ -513,7 +556,7 @@ async fn an_ended_campaign_leaves_the_registry_once_everything_it_issued_is_pers
     assert_eq!(registered().await, vec![recent, running], "`recent` ended within the margin");
 
     // The user still sees the coupon, now from MySQL alone.
-    let held = coupon::held(stores, &state.coupons, user, None).await.unwrap();
+    let held = state.coupons.held(user, None).await.unwrap();
     let held: Vec<(CouponId, i64)> = held.iter().map(|h| (h.coupon.id, h.issued_at.timestamp_micros())).collect();
     assert_eq!(held, vec![(queued, at)]);
 }
@@ -526,9 +569,7 @@ async fn the_writer_reclaims_entries_a_dead_consumer_left_pending() {
     let users = create_users(stores, 3).await;
     let campaign = campaign(state, 10).await;
     for user in &users {
-        coupon::issue(stores, &state.coupons, &state.issuer, &state.users, campaign, UserId::new(*user).unwrap())
-            .await
-            .unwrap();
+        state.coupons.issue(campaign, UserId::new(*user).unwrap()).await.unwrap();
     }
     // A consumer takes the entries and dies before acknowledging them.
     let taken = coupon::cache::read_queues(&stores.redis, &[campaign], "dead", 10, None).await.unwrap();

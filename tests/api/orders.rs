@@ -633,13 +633,23 @@ async fn redis_timing_out_while_two_hundred_orders_pay_with_unpersisted_coupons_
     let limits = stampede::config::BalanceLimits::default();
     let new = stampede::product::NewProduct::parse("socks", 1_000, 10_000).unwrap();
     let product = stampede::product::create(&stores.db, new).await.unwrap().id;
-    let new = coupon::NewCoupon::parse("flash", coupon::DiscountType::Fixed, 100, ORDERS as i64, None, None, now);
-    let campaign = coupon::create(stores, &state.coupons, new.unwrap()).await.unwrap().id;
+    let new = coupon::NewCoupon::parse(
+        coupon::CouponSpec {
+            name: "flash",
+            discount_type: coupon::DiscountType::Fixed,
+            discount_value: 100,
+            total_quantity: ORDERS as i64,
+            starts_at: None,
+            ends_at: None,
+        },
+        now,
+    );
+    let campaign = state.coupons.create(new.unwrap()).await.unwrap().id;
     let items = vec![order::ItemRequest { product_id: product, quantity: 1 }];
     let mut orders = Vec::new();
     for user in create_users(stores, ORDERS).await {
         let user = UserId::new(user).unwrap();
-        coupon::issue(stores, &state.coupons, &state.issuer, &state.users, campaign, user).await.unwrap();
+        state.coupons.issue(campaign, user).await.unwrap();
         let amount = stampede::balance::ChargeAmount::parse(10_000, &limits).unwrap();
         stampede::balance::charge(stores, &limits, user, amount, None).await.unwrap();
         let new = order::NewOrder { user_id: user, items: items.clone(), coupon_id: Some(campaign) };

@@ -168,9 +168,7 @@ async fn wipe_at(stop: Handover) {
     }
 
     delete_coupon_keys(stores, coupon.get()).await;
-    let asks = users[10..].iter().map(|user| {
-        coupon::issue(stores, &state.coupons, &state.issuer, &state.users, coupon, UserId::new(*user).unwrap())
-    });
+    let asks = users[10..].iter().map(|user| state.coupons.issue(coupon, UserId::new(*user).unwrap()));
     let late = futures::future::join_all(asks).await;
     let late_winners = late.iter().filter(|outcome| outcome.is_ok()).count();
     assert_eq!(late_winners, if stop == Handover::AfterRead { 4 } else { 0 }, "{stop:?}");
@@ -187,8 +185,7 @@ async fn wipe_at(stop: Handover) {
     assert_eq!(rows.len(), 10, "{stop:?}");
     assert_eq!(rows.iter().collect::<HashSet<_>>().len(), 10);
     for user in rows {
-        let again =
-            coupon::issue(stores, &state.coupons, &state.issuer, &state.users, coupon, UserId::new(user).unwrap());
+        let again = state.coupons.issue(coupon, UserId::new(user).unwrap());
         assert!(matches!(again.await, Err(coupon::Error::AlreadyIssued { .. })), "{stop:?}: user {user}");
     }
     let (issued, remaining) = coupon::cache::counts(&stores.redis, coupon).await.unwrap();
