@@ -18,12 +18,15 @@ const IDEMPOTENCY_KEY: &str = "idempotency-key";
 const DEFAULT_HISTORY_LIMIT: u32 = 20;
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(get_balance)).routes(routes!(charge)).routes(routes!(history))
+    OpenApiRouter::new()
+        .routes(routes!(get_balance))
+        .routes(routes!(charge_balance))
+        .routes(routes!(list_balance_history))
 }
 
 /// The balance; 0 for a user who never charged.
-#[utoipa::path(get, path = "/users/{user_id}/balance", tag = "balance",
-    params(("user_id" = i64, Path, description = "User id")),
+#[utoipa::path(get, path = "/users/{userId}/balance", tag = "balance",
+    params(("userId" = i64, Path, description = "User id")),
     responses((status = 200, body = Balance), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn get_balance(State(app): State<AppState>, Path(user_id): Path<UserId>) -> Result<axum::Json<Balance>> {
     Ok(axum::Json(balance::get(&app.stores, user_id).await?))
@@ -36,12 +39,12 @@ pub struct ChargeRequest {
 }
 
 /// Adds to the balance. With `Idempotency-Key`, a retry returns the first response and charges once.
-#[utoipa::path(post, path = "/users/{user_id}/balance/charge", tag = "balance", request_body = ChargeRequest,
-    params(("user_id" = i64, Path, description = "User id"),
+#[utoipa::path(post, path = "/users/{userId}/balance/charge", tag = "balance", request_body = ChargeRequest,
+    params(("userId" = i64, Path, description = "User id"),
         ("Idempotency-Key" = Option<String>, Header, description = "Up to 128 printable ASCII characters")),
     responses((status = 200, body = Charged), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
-async fn charge(
+async fn charge_balance(
     State(app): State<AppState>,
     Path(user_id): Path<UserId>,
     headers: HeaderMap,
@@ -69,10 +72,10 @@ pub struct History {
 }
 
 /// Balance changes, newest first.
-#[utoipa::path(get, path = "/users/{user_id}/balance/history", tag = "balance",
-    params(("user_id" = i64, Path, description = "User id"), HistoryQuery),
+#[utoipa::path(get, path = "/users/{userId}/balance/history", tag = "balance",
+    params(("userId" = i64, Path, description = "User id"), HistoryQuery),
     responses((status = 200, body = History), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
-async fn history(
+async fn list_balance_history(
     State(app): State<AppState>,
     Path(user_id): Path<UserId>,
     Query(query): Query<HistoryQuery>,

@@ -49,8 +49,8 @@ pub struct PayRequest {
 }
 
 /// Pays a PENDING order: stock, coupon, balance, payment and outbox event in one transaction.
-#[utoipa::path(post, path = "/orders/{order_id}/pay", tag = "orders", request_body = PayRequest,
-    params(("order_id" = i64, Path, description = "Order id")),
+#[utoipa::path(post, path = "/orders/{orderId}/pay", tag = "orders", request_body = PayRequest,
+    params(("orderId" = i64, Path, description = "Order id")),
     responses((status = 200, body = Paid), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody)))]
 async fn pay_order(
@@ -62,8 +62,8 @@ async fn pay_order(
 }
 
 /// The order with its current status.
-#[utoipa::path(get, path = "/orders/{order_id}", tag = "orders",
-    params(("order_id" = i64, Path, description = "Order id")),
+#[utoipa::path(get, path = "/orders/{orderId}", tag = "orders",
+    params(("orderId" = i64, Path, description = "Order id")),
     responses((status = 200, body = Order), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn get_order(State(app): State<AppState>, Path(order_id): Path<OrderId>) -> Result<axum::Json<Order>> {
     Ok(axum::Json(order::get(&app.stores, order_id).await?))

@@ -19,7 +19,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_products))
         .routes(routes!(top_products))
-        .routes(routes!(product_detail))
+        .routes(routes!(get_product))
         .routes(routes!(refresh_ranking))
 }
 
@@ -44,8 +44,11 @@ async fn list_products(State(app): State<AppState>, Query(query): Query<PageQuer
 #[utoipa::path(get, path = "/products/{productId}", tag = "products",
     params(("productId" = i64, Path, description = "product id")),
     responses((status = 200, body = ProductDetail), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
-async fn product_detail(State(app): State<AppState>, Path(id): Path<ProductId>) -> Result<axum::Json<ProductDetail>> {
-    Ok(axum::Json(product::view(&app.stores, &app.product_gate, id).await?))
+async fn get_product(
+    State(app): State<AppState>,
+    Path(product_id): Path<ProductId>,
+) -> Result<axum::Json<ProductDetail>> {
+    Ok(axum::Json(product::view(&app.stores, &app.product_gate, product_id).await?))
 }
 
 #[derive(Deserialize, IntoParams)]

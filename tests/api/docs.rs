@@ -1,5 +1,6 @@
-//! The docs hold together: every relative link of README.md and docs/*.md points at a file that exists, and
-//! every `#anchor` at a heading of that file (GitHub's slugs), so moving a section cannot leave a dead link.
+//! The docs and the layout they describe hold together: every relative link of README.md and docs/*.md
+//! points at a file that exists, and every `#anchor` at a heading of that file (GitHub's slugs); the OpenAPI
+//! names path parameters as the contract does; no module imports the composition root (docs/architecture.md).
 
 use std::path::{Path, PathBuf};
 
@@ -84,4 +85,38 @@ fn every_relative_link_and_anchor_of_the_docs_resolves() {
 fn the_readme_stays_a_front_door() {
     let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
     assert!(readme.lines().count() <= 200, "README.md has {} lines; depth belongs in docs/", readme.lines().count());
+}
+
+#[tokio::test]
+async fn the_openapi_names_path_parameters_as_the_contract_does() {
+    let app = crate::support::TestApp::spawn().await;
+    let (_, spec) = app.get("/openapi.json").await;
+    let paths: Vec<&String> = spec["paths"].as_object().unwrap().keys().collect();
+    for path in &paths {
+        assert!(!path.contains('_'), "{path}: path parameters are camelCase ({{orderId}}, {{userId}})");
+    }
+    for expected in ["/api/v1/orders/{orderId}/pay", "/api/v1/users/{userId}/balance/charge"] {
+        assert!(paths.iter().any(|p| *p == expected), "{expected} missing from {paths:?}");
+    }
+}
+
+#[test]
+fn no_module_but_main_imports_the_composition_root() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut offenders = Vec::new();
+    let mut folders = vec![src.clone()];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(&folder).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                folders.push(path);
+            } else if path.extension().is_some_and(|ext| ext == "rs") && path != src.join("main.rs") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                if text.contains("crate::app::") || text.contains("crate::app;") || text.contains("use crate::{app") {
+                    offenders.push(path.display().to_string());
+                }
+            }
+        }
+    }
+    assert!(offenders.is_empty(), "import crate::app (only main may): {offenders:?}");
 }
