@@ -71,21 +71,22 @@ stop: ## Stop the server started by `make load`, then the dev Redis/MariaDB
 status: ## Show whether the dev services are running
 	@$(SERVICES) status dev || true
 
-test: ## What CI runs: fmt check, clippy, all tests, bench smoke runs (tests spawn their own servers)
+test: ## What CI runs: fmt check, clippy, all tests, OpenAPI fuzzing, bench smoke runs
 	$(SERVICES) install
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) test --workspace
-	@# Benches need MySQL: they get the test-profile services (ports 3391/6391), stopped afterwards.
-	@if [[ -n "$(strip $(BENCHES))" ]]; then \
-	    $(SERVICES) start test; \
-	    trap '$(SERVICES) stop test' EXIT; \
-	    eval "$$($(SERVICES) env test)"; \
-	    for bench in $(BENCHES); do \
-	        echo "$(CARGO) bench --bench $$bench -- --test"; \
-	        $(CARGO) bench --bench "$$bench" -- --test; \
-	    done; \
-	fi
+	@# The OpenAPI fuzzing and the benches need MySQL: they get the test-profile services (ports 3391/6391),
+	@# stopped afterwards. The fuzzing serves the debug binary `cargo test` just built.
+	@$(SERVICES) start test; \
+	trap '$(SERVICES) stop test' EXIT; \
+	eval "$$($(SERVICES) env test)"; \
+	echo "loadtest/openapi-fuzz.sh $(TARGET_DIR)/debug/stampede"; \
+	loadtest/openapi-fuzz.sh $(TARGET_DIR)/debug/stampede; \
+	for bench in $(BENCHES); do \
+	    echo "$(CARGO) bench --bench $$bench -- --test"; \
+	    $(CARGO) bench --bench "$$bench" -- --test; \
+	done
 
 bench: ## Run the criterion benchmarks against the dev services
 	$(SERVICES) start dev

@@ -3,7 +3,7 @@
 #
 #   scripts/services.sh {install|start|stop|status|env} [dev|test]
 #
-#   install  install redis-server and mariadb-server with apt-get if missing
+#   install  install redis-server, mariadb-server and python3-venv with apt-get if missing
 #   start    install, then start (or reuse) both servers and create the stampede database/user
 #   stop     stop the servers this script started (only the pids in our pid files)
 #   status   show what is running; exit 0 if both are up, 3 otherwise
@@ -177,6 +177,8 @@ cmd_install() {
     local missing=()
     find_bin redis-server >/dev/null || missing+=(redis-server)
     find_bin mariadbd mysqld >/dev/null || missing+=(mariadbd)
+    # The OpenAPI fuzzing of `make test` runs schemathesis in a throw-away virtualenv.
+    python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
     if [[ ${#missing[@]} -eq 0 ]]; then
         return 0
     fi
@@ -190,9 +192,9 @@ services: error: ${missing[*]} not installed and this is not an apt-based system
 EOF
         exit 1
     fi
-    log "installing redis-server and mariadb-server with apt-get"
+    log "installing redis-server, mariadb-server and python3-venv with apt-get"
     as_root apt-get update
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server mariadb-server
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server mariadb-server python3-venv
     find_bin redis-server >/dev/null || die "redis-server still missing after apt-get install"
     find_bin mariadbd mysqld >/dev/null || die "mariadbd still missing after apt-get install"
 }

@@ -7,10 +7,23 @@ use serde::{Deserialize, Deserializer, Serialize};
 macro_rules! ids {
     ($($name:ident => $what:literal),* $(,)?) => {$(
         #[doc = concat!("Id of a ", $what, ": 1..=i64::MAX.")]
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, utoipa::ToSchema)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
         #[serde(transparent)]
-        #[schema(value_type = i64)]
         pub struct $name(i64);
+
+        /// An integer of at least 1 in the OpenAPI, as the deserializer below accepts (the derive cannot
+        /// put a minimum on a newtype).
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                utoipa::openapi::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::Type::Integer)
+                    .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(utoipa::openapi::KnownFormat::Int64)))
+                    .minimum(Some(1))
+                    .into()
+            }
+        }
+
+        impl utoipa::ToSchema for $name {}
 
         impl $name {
             /// Wraps a value read back from the database, where it is positive by construction.
@@ -25,8 +38,7 @@ macro_rules! ids {
 
         impl<'de> Deserialize<'de> for $name {
             fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-                let raw = u64::deserialize(deserializer)?;
-                i64::try_from(raw)
+                crate::whole::i64(deserializer)
                     .ok()
                     .and_then(Self::new)
                     .ok_or_else(|| serde::de::Error::custom(concat!($what, " id must be 1..=9223372036854775807")))

@@ -11,6 +11,7 @@
 //!   [`user`], [`product`], [`coupon`], [`ranking`], [`balance`], [`order`].
 //! - [`platform`]: the outbox relay delivering paid orders to the data platform.
 //! - [`seed`]: bulk test data for load tests.
+//! - [`whole`]: integers as JSON Schema defines them (`3.0` is one), for request fields.
 
 pub mod app;
 pub mod balance;
@@ -27,3 +28,4 @@ pub mod state;
 pub mod store;
 pub mod telemetry;
 pub mod user;
+pub mod whole;

@@ -18,6 +18,8 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 #[derive(Deserialize, ToSchema)]
 pub struct CreateUser {
+    /// 1..=100 characters, not only spaces.
+    #[schema(min_length = 1, max_length = 100, pattern = r"\S")]
     name: String,
 }
 
@@ -35,10 +37,16 @@ async fn create_user(
 
 #[derive(Deserialize, ToSchema)]
 pub struct CreateProduct {
+    /// 1..=200 characters, not only spaces.
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     name: String,
     /// Won per unit, >= 0.
+    #[schema(minimum = 0)]
+    #[serde(deserialize_with = "crate::whole::i64")]
     price: i64,
-    /// Units available, >= 0.
+    /// Units available, 0..=2147483647.
+    #[schema(minimum = 0, maximum = 2147483647)]
+    #[serde(deserialize_with = "crate::whole::i64")]
     stock: i64,
 }
 

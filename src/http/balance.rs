@@ -26,7 +26,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 /// The balance; 0 for a user who never charged.
 #[utoipa::path(get, path = "/users/{userId}/balance", tag = "balance",
-    params(("userId" = i64, Path, description = "User id")),
+    params(("userId" = i64, Path, description = "User id", minimum = 1)),
     responses((status = 200, body = Balance), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn get_balance(State(app): State<AppState>, Path(user_id): Path<UserId>) -> Result<axum::Json<Balance>> {
     Ok(axum::Json(balance::get(&app.stores, user_id).await?))
@@ -35,12 +35,14 @@ async fn get_balance(State(app): State<AppState>, Path(user_id): Path<UserId>) -
 #[derive(Deserialize, ToSchema)]
 pub struct ChargeRequest {
     /// Won to add, within the configured range (default 1..=10,000,000).
+    #[schema(minimum = 1)]
+    #[serde(deserialize_with = "crate::whole::i64")]
     amount: i64,
 }
 
 /// Adds to the balance. With `Idempotency-Key`, a retry returns the first response and charges once.
 #[utoipa::path(post, path = "/users/{userId}/balance/charge", tag = "balance", request_body = ChargeRequest,
-    params(("userId" = i64, Path, description = "User id"),
+    params(("userId" = i64, Path, description = "User id", minimum = 1),
         ("Idempotency-Key" = Option<String>, Header, description = "Up to 128 printable ASCII characters")),
     responses((status = 200, body = Charged), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
@@ -62,6 +64,7 @@ async fn charge_balance(
 #[derive(Deserialize, IntoParams)]
 pub struct HistoryQuery {
     /// Entries to return, 1..=1000 (default 20).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
 }
 
@@ -73,7 +76,7 @@ pub struct History {
 
 /// Balance changes, newest first.
 #[utoipa::path(get, path = "/users/{userId}/balance/history", tag = "balance",
-    params(("userId" = i64, Path, description = "User id"), HistoryQuery),
+    params(("userId" = i64, Path, description = "User id", minimum = 1), HistoryQuery),
     responses((status = 200, body = History), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn list_balance_history(
     State(app): State<AppState>,

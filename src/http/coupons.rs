@@ -39,7 +39,7 @@ pub struct IssuedCoupon {
 
 /// Issues the coupon to the user, first come first served.
 #[utoipa::path(post, path = "/coupons/{couponId}/issue", tag = "coupons", request_body = IssueRequest,
-    params(("couponId" = i64, Path, description = "coupon id")),
+    params(("couponId" = i64, Path, description = "coupon id", minimum = 1)),
     responses((status = 201, body = IssuedCoupon), (status = 400, body = ErrorBody),
         (status = 404, description = "COUPON_NOT_FOUND or USER_NOT_FOUND", body = ErrorBody),
         (status = 409, description = "ALREADY_ISSUED", body = ErrorBody),
@@ -102,7 +102,7 @@ pub struct HeldList {
 
 /// The user's coupons, newest issuance first, including issuances not yet persisted.
 #[utoipa::path(get, path = "/users/{userId}/coupons", tag = "coupons",
-    params(("userId" = i64, Path, description = "user id"), ListQuery),
+    params(("userId" = i64, Path, description = "user id", minimum = 1), ListQuery),
     responses((status = 200, body = HeldList), (status = 400, body = ErrorBody),
         (status = 404, description = "USER_NOT_FOUND", body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn list_user_coupons(
@@ -117,11 +117,17 @@ async fn list_user_coupons(
 #[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CreateCoupon {
+    /// 1..=200 characters, not only spaces.
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     name: String,
     discount_type: DiscountType,
     /// FIXED: won off (> 0); RATE: percent off (1..=100).
+    #[schema(minimum = 1)]
+    #[serde(deserialize_with = "crate::whole::i64")]
     discount_value: i64,
     /// 1..=2147483647.
+    #[schema(minimum = 1, maximum = 2147483647)]
+    #[serde(deserialize_with = "crate::whole::i64")]
     total_quantity: i64,
     /// Default: now.
     starts_at: Option<DateTime<Utc>>,
@@ -194,7 +200,7 @@ pub struct CouponProgress {
 
 /// How many were issued, remain, and are persisted.
 #[utoipa::path(get, path = "/admin/coupons/{couponId}", tag = "admin", security(("admin" = [])),
-    params(("couponId" = i64, Path, description = "coupon id")),
+    params(("couponId" = i64, Path, description = "coupon id", minimum = 1)),
     responses((status = 200, body = CouponProgress), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 404, description = "COUPON_NOT_FOUND", body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn get_coupon_progress(

@@ -21,6 +21,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 pub struct CreateOrder {
     user_id: UserId,
     /// 1..=100 distinct products, quantities 1..=1000.
+    #[schema(min_items = 1, max_items = 100)]
     items: Vec<ItemRequest>,
     coupon_id: Option<CouponId>,
     /// `true`: create and pay in one call; on a pay error no order is left behind.
@@ -50,7 +51,7 @@ pub struct PayRequest {
 
 /// Pays a PENDING order: stock, coupon, balance, payment and outbox event in one transaction.
 #[utoipa::path(post, path = "/orders/{orderId}/pay", tag = "orders", request_body = PayRequest,
-    params(("orderId" = i64, Path, description = "Order id")),
+    params(("orderId" = i64, Path, description = "Order id", minimum = 1)),
     responses((status = 200, body = Paid), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody)))]
 async fn pay_order(
@@ -63,7 +64,7 @@ async fn pay_order(
 
 /// The order with its current status.
 #[utoipa::path(get, path = "/orders/{orderId}", tag = "orders",
-    params(("orderId" = i64, Path, description = "Order id")),
+    params(("orderId" = i64, Path, description = "Order id", minimum = 1)),
     responses((status = 200, body = Order), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn get_order(State(app): State<AppState>, Path(order_id): Path<OrderId>) -> Result<axum::Json<Order>> {
     Ok(axum::Json(order::get(&app.stores, order_id).await?))

@@ -27,8 +27,10 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[into_params(parameter_in = Query)]
 pub struct PageQuery {
     /// Page number from 0; default 0.
+    #[param(minimum = 0)]
     page: Option<i64>,
     /// Products per page, 1..=100; default 20.
+    #[param(minimum = 1, maximum = 100)]
     size: Option<i64>,
 }
 
@@ -42,7 +44,7 @@ async fn list_products(State(app): State<AppState>, Query(query): Query<PageQuer
 
 /// One product, counting a view; `viewCount` includes views not yet flushed to MySQL.
 #[utoipa::path(get, path = "/products/{productId}", tag = "products",
-    params(("productId" = i64, Path, description = "product id")),
+    params(("productId" = i64, Path, description = "product id", minimum = 1)),
     responses((status = 200, body = ProductDetail), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn get_product(
     State(app): State<AppState>,
@@ -55,8 +57,10 @@ async fn get_product(
 #[into_params(parameter_in = Query)]
 pub struct TopQuery {
     /// Days in the window, today included, 1..=7; default 3.
+    #[param(minimum = 1, maximum = 7)]
     days: Option<i64>,
     /// Products returned, 1..=50; default 5.
+    #[param(minimum = 1, maximum = 50)]
     limit: Option<i64>,
 }
 

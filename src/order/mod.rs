@@ -75,6 +75,7 @@ crate::user::user_error_conversions!(Error);
 /// Where an order is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[schema(as = OrderStatus)]
 pub enum Status {
     Pending,
     Paid,
@@ -106,6 +107,8 @@ impl Status {
 pub struct ItemRequest {
     pub product_id: ProductId,
     /// 1..=1000.
+    #[schema(minimum = 1, maximum = 1000)]
+    #[serde(deserialize_with = "crate::whole::i64")]
     pub quantity: i64,
 }
 

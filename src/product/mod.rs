@@ -28,6 +28,7 @@ crate::store::store_error_conversions!(Error);
 /// Whether a product can be bought: `SOLD_OUT` exactly when its stock is 0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[schema(as = ProductStatus)]
 pub enum Status {
     OnSale,
     SoldOut,
