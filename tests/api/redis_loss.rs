@@ -246,16 +246,20 @@ async fn kill_redis_after_a_burst(fsync: &str) -> (HashSet<i64>, HashSet<i64>, H
     let args = ["--save", "", "--appendonly", "yes", "--appendfsync", fsync];
     let mut redis = RedisServer::start_with(&args);
     let app = app_on(&redis).await;
+    let other = TestApp::spawn_with(app.config.clone()).await;
     let users = create_users(&app.state.stores, 400).await;
     let coupon = create_coupon(&app, 300).await;
     let lock = hold_rows(app.db(), coupon).await;
-    let burst = stampede(&[&app], users[..200].iter().map(|user| (coupon, *user)).collect()).await;
+    let burst = stampede(&[&app, &other], users[..200].iter().map(|user| (coupon, *user)).collect()).await;
     redis.kill();
     lock.commit().await.unwrap();
     redis.resume(&args);
-    eventually("ready again", NOTICE, || async { app.get("/health/ready").await.0 == StatusCode::OK }).await;
+    eventually("both ready again", NOTICE, || async {
+        app.get("/health/ready").await.0 == StatusCode::OK && other.get("/health/ready").await.0 == StatusCode::OK
+    })
+    .await;
 
-    let after = stampede(&[&app], users.iter().map(|user| (coupon, *user)).collect()).await;
+    let after = stampede(&[&app, &other], users.iter().map(|user| (coupon, *user)).collect()).await;
     let first: HashSet<i64> = winners(&burst).into_iter().collect();
     let second: HashSet<i64> = winners(&after).into_iter().collect();
     eventually("persisted == issued", NOTICE, || async {
@@ -290,9 +294,10 @@ async fn redis_brought_back_from_an_older_file_is_detected_and_rebuilt_before_it
     let args = ["--save", "", "--appendonly", "no"];
     let mut redis = RedisServer::start_with(&args);
     let app = app_on(&redis).await;
+    let other = TestApp::spawn_with(app.config.clone()).await;
     let users = create_users(&app.state.stores, 200).await;
     let coupon = create_coupon(&app, 100).await;
-    stampede(&[&app], users[..30].iter().map(|user| (coupon, *user)).collect()).await;
+    stampede(&[&app, &other], users[..30].iter().map(|user| (coupon, *user)).collect()).await;
     wait_persisted(&app, coupon, 30).await;
     let cli = |command: &str| {
         let port = redis.port.to_string();
@@ -302,14 +307,17 @@ async fn redis_brought_back_from_an_older_file_is_detected_and_rebuilt_before_it
     cli("SAVE");
     let (current, older) = (redis.dir.join("dump.rdb"), redis.dir.join("older.rdb"));
     std::fs::copy(&current, &older).unwrap();
-    stampede(&[&app], users[30..60].iter().map(|user| (coupon, *user)).collect()).await;
+    stampede(&[&app, &other], users[30..60].iter().map(|user| (coupon, *user)).collect()).await;
     wait_persisted(&app, coupon, 60).await;
 
     redis.kill();
     std::fs::copy(&older, &current).unwrap();
     redis.resume(&args);
-    eventually("ready again", NOTICE, || async { app.get("/health/ready").await.0 == StatusCode::OK }).await;
-    let after = stampede(&[&app], users.iter().map(|user| (coupon, *user)).collect()).await;
+    eventually("both ready again", NOTICE, || async {
+        app.get("/health/ready").await.0 == StatusCode::OK && other.get("/health/ready").await.0 == StatusCode::OK
+    })
+    .await;
+    let after = stampede(&[&app, &other], users.iter().map(|user| (coupon, *user)).collect()).await;
 
     assert_eq!(winners(&after).len(), 40, "the 60 MySQL holds are refused, 40 left");
     for (user, status) in &after {
@@ -368,6 +376,7 @@ async fn a_sweep_of_restore_points_never_issues_twice_or_beyond_the_quantity() {
     let args = ["--save", "", "--appendonly", "no"];
     let mut redis = RedisServer::start_with(&args);
     let app = app_on(&redis).await;
+    let other = TestApp::spawn_with(app.config.clone()).await;
     let users = create_users(&app.state.stores, 400).await;
     let coupon = create_coupon(&app, 300).await;
     let port = redis.port.to_string();
@@ -375,7 +384,7 @@ async fn a_sweep_of_restore_points_never_issues_twice_or_beyond_the_quantity() {
     let mut snapshots = Vec::new();
     for round in 0..ROUNDS {
         let asking = &users[round * PER_ROUND..(round + 1) * PER_ROUND];
-        stampede(&[&app], asking.iter().map(|user| (coupon, *user)).collect()).await;
+        stampede(&[&app, &other], asking.iter().map(|user| (coupon, *user)).collect()).await;
         assert!(Command::new("redis-cli").args(["-p", &port, "SAVE"]).status().unwrap().success());
         let snapshot = redis.dir.join(format!("round-{round}.rdb"));
         std::fs::copy(redis.dir.join("dump.rdb"), &snapshot).unwrap();
@@ -388,12 +397,15 @@ async fn a_sweep_of_restore_points_never_issues_twice_or_beyond_the_quantity() {
         redis.kill();
         std::fs::copy(snapshot, redis.dir.join("dump.rdb")).unwrap();
         redis.resume(&args);
-        eventually("ready again", NOTICE, || async { app.get("/health/ready").await.0 == StatusCode::OK }).await;
+        eventually("both ready again", NOTICE, || async {
+            app.get("/health/ready").await.0 == StatusCode::OK && other.get("/health/ready").await.0 == StatusCode::OK
+        })
+        .await;
         let holders = rows_within_quantity(app.db(), coupon, 300).await;
         assert_eq!(holders.len(), ROUNDS * PER_ROUND, "{}", snapshot.display());
         holders_are_refused_again(&app, coupon, &holders).await;
     }
-    let rest = stampede(&[&app], users.iter().map(|user| (coupon, *user)).collect()).await;
+    let rest = stampede(&[&app, &other], users.iter().map(|user| (coupon, *user)).collect()).await;
     assert_eq!(winners(&rest).len(), 300 - ROUNDS * PER_ROUND);
     wait_persisted(&app, coupon, 300).await;
     rows_within_quantity(app.db(), coupon, 300).await;
