@@ -108,6 +108,7 @@ fn spawn_background_jobs(state: &AppState, jobs: &TaskTracker, shutdown: &Cancel
     let relay = crate::platform::relay::Relay::new(state.config.data_platform_url.as_deref(), state.config.business_tz);
     jobs.spawn(crate::platform::relay::run(stores.clone(), relay, shutdown.clone()));
     jobs.spawn(product::views::run(stores.clone(), shutdown.clone()));
+    jobs.spawn(crate::retention::run(stores.clone(), state.config.retention, shutdown.clone()));
     jobs.spawn(ranking::job::run(
         stores,
         state.config.business_tz,

@@ -62,6 +62,9 @@ pub struct ServeConfig {
 
     #[command(flatten)]
     pub limits: BalanceLimits,
+
+    #[command(flatten)]
+    pub retention: crate::retention::Config,
 }
 
 /// Balance rules the contract makes configurable.

@@ -10,6 +10,7 @@
 //! - Domains, each with its rules (`mod.rs`), SQL (`db.rs`) and Redis calls (`cache.rs`):
 //!   [`user`], [`product`], [`coupon`], [`ranking`], [`balance`], [`order`].
 //! - [`platform`]: the outbox relay delivering paid orders to the data platform.
+//! - [`retention`]: the job deleting delivered outbox rows and old idempotency keys.
 //! - [`seed`]: bulk test data for load tests.
 //! - [`whole`]: integers as JSON Schema defines them (`3.0` is one), for request fields.
 
@@ -23,6 +24,7 @@ pub mod order;
 pub mod platform;
 pub mod product;
 pub mod ranking;
+pub mod retention;
 pub mod seed;
 pub mod state;
 pub mod store;

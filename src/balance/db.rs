@@ -230,3 +230,13 @@ pub async fn history(db: &MySqlPool, user_id: UserId, limit: u32) -> Result<Vec<
         })
         .collect()
 }
+
+/// Deletes up to `limit` idempotency keys created before `before` (the retention job); returns how many.
+pub async fn prune_idempotency_keys(db: &MySqlPool, before: DateTime<Utc>, limit: u64) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query("DELETE FROM idempotency_keys WHERE created_at < ? LIMIT ?")
+        .bind(mysql::datetime(before))
+        .bind(limit)
+        .execute(db)
+        .await?;
+    Ok(done.rows_affected())
+}

@@ -65,3 +65,14 @@ pub async fn record(
 pub async fn backlog(db: &MySqlPool) -> Result<(i64, Option<DateTime<Utc>>), sqlx::Error> {
     sqlx::query_as("SELECT COUNT(*), MIN(created_at) FROM outbox WHERE pending = 1").fetch_one(db).await
 }
+
+/// Deletes up to `limit` outbox rows delivered and ranked before `before` (the retention job); returns how
+/// many. `pending = 0` is both done; the index on `delivered_at` finds the old ones.
+pub async fn prune_delivered(db: &MySqlPool, before: DateTime<Utc>, limit: u64) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query("DELETE FROM outbox WHERE delivered_at < ? AND pending = 0 LIMIT ?")
+        .bind(mysql::datetime(before))
+        .bind(limit)
+        .execute(db)
+        .await?;
+    Ok(done.rows_affected())
+}

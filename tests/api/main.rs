@@ -14,4 +14,5 @@ mod outbox;
 mod products;
 mod ranking;
 mod redis_loss;
+mod retention;
 mod users;

@@ -88,6 +88,7 @@ pub fn serve_config(store: StoreConfig) -> ServeConfig {
         business_tz: stampede::config::parse_offset("+09:00").unwrap(),
         ranking_refresh: "0 * * * * *".to_owned(),
         limits: BalanceLimits::default(),
+        retention: stampede::retention::Config::default(),
     }
 }
 
