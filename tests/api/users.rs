@@ -35,3 +35,26 @@ async fn the_known_users_mirror_loaded_from_redis_holds_exactly_the_created_user
     assert!(stampede::user::ensure_known(&app.state.stores, &fresh, missing).await.is_err());
     assert!(!fresh.contains(missing));
 }
+
+#[tokio::test]
+async fn a_tail_refresh_reads_only_the_end_of_the_bitmap_and_a_full_one_the_rest() {
+    let app = TestApp::spawn().await;
+    let redis = &app.state.stores.redis;
+    let key = redis.keys.key("users:known");
+    // Far apart: 8,000,000 is 1 MB into the bitmap, so its tail is far past the first id.
+    let (early, late, newest) =
+        (UserId::new(3).unwrap(), UserId::new(8_000_000).unwrap(), UserId::new(8_000_100).unwrap());
+    let _: () = fred::prelude::KeysInterface::del(redis.client(), &key).await.unwrap();
+    stampede::user::cache::remember(redis, &[late]).await.unwrap();
+    let mirror = KnownUsers::default();
+    mirror.refresh(redis).await.unwrap();
+    assert!(mirror.contains(late));
+
+    // A new user near the end, and an old one remembered late far from it.
+    stampede::user::cache::remember(redis, &[newest, early]).await.unwrap();
+    mirror.refresh_tail(redis).await.unwrap();
+    assert!(mirror.contains(newest), "the tail holds the newest users");
+    assert!(!mirror.contains(early), "a tail refresh does not read the start of the bitmap");
+    mirror.refresh(redis).await.unwrap();
+    assert!(mirror.contains(early));
+}
