@@ -1,18 +1,19 @@
 //! Ranking benchmarks against the dev services (`scripts/services.sh start dev`; `DATABASE_URL` and
-//! `REDIS_URL` override them): the scheduled refresh at 1,000, 10,000 and 100,000 products with sales on
-//! each of the last 3 days, and the request path reading a cached top list. Each size writes its day sets
+//! `REDIS_URL` override them, `RANKING_SHARDS` the shard count, 64 by default): the scheduled refresh at
+//! 1,000, 10,000 and 100,000 products with sales on each of the last 3 days, and the request path reading a
+//! cached top list. Each size writes its day sets
 //! under its own key prefix, set up before and deleted after the timed part.
 
 use std::time::Duration;
 
-use chrono::{Days, FixedOffset, Utc};
+use chrono::{Days, Utc};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use fred::prelude::*;
 use rand::Rng;
 use stampede::config::StoreConfig;
 use stampede::id::ProductId;
 use stampede::product;
-use stampede::ranking::{self, ComputeGate, Window};
+use stampede::ranking::{self, ComputeGate, Settings, Shards, Window};
 use stampede::store::{Stores, mysql};
 use tokio::runtime::Runtime;
 
@@ -35,8 +36,9 @@ fn store_config() -> StoreConfig {
     }
 }
 
-fn business_tz() -> FixedOffset {
-    stampede::config::parse_offset("+09:00").expect("a valid offset")
+fn settings() -> Settings {
+    let shards = std::env::var("RANKING_SHARDS").map_or(Shards::DEFAULT, |s| Shards::parse(&s).unwrap());
+    Settings { business_tz: stampede::config::parse_offset("+09:00").expect("a valid offset"), shards }
 }
 
 /// Makes sure `count` products exist and returns the ids of the first `count`.
@@ -56,20 +58,24 @@ async fn products(stores: &Stores, count: usize) -> Vec<ProductId> {
     ids.into_iter().filter_map(ProductId::new).collect()
 }
 
-/// Writes sales of every product on each of the last [`SALES_DAYS`] days; returns the keys written.
-async fn write_sales(stores: &Stores, ids: &[ProductId]) -> Vec<String> {
-    let today = ranking::business_day(Utc::now(), business_tz());
+/// Writes sales of every product, in its shard, on each of the last [`SALES_DAYS`] days; returns the keys
+/// written.
+async fn write_sales(stores: &Stores, settings: Settings, ids: &[ProductId]) -> Vec<String> {
+    let today = ranking::business_day(Utc::now(), settings.business_tz);
     let mut keys = Vec::new();
     for back in 0..SALES_DAYS {
-        let key = ranking::day_key(&stores.redis.keys, today - Days::new(back));
-        for chunk in ids.chunks(ZADD_CHUNK) {
-            let members: Vec<(f64, i64)> = {
-                let mut rng = rand::rng();
-                chunk.iter().map(|id| (rng.random_range(1..=20) as f64, id.get())).collect()
-            };
-            let _: i64 = stores.redis.client().zadd(&key, None, None, false, false, members).await.unwrap();
+        for shard in settings.shards.all() {
+            let key = ranking::day_key(&stores.redis.keys, shard, today - Days::new(back));
+            let members: Vec<ProductId> = ids.iter().copied().filter(|id| settings.shards.of(*id) == shard).collect();
+            for chunk in members.chunks(ZADD_CHUNK) {
+                let members: Vec<(f64, i64)> = {
+                    let mut rng = rand::rng();
+                    chunk.iter().map(|id| (rng.random_range(1..=20) as f64, id.get())).collect()
+                };
+                let _: i64 = stores.redis.client().zadd(&key, None, None, false, false, members).await.unwrap();
+            }
+            keys.push(key);
         }
-        keys.push(key);
     }
     keys
 }
@@ -87,16 +93,16 @@ fn connect() -> (Runtime, Stores) {
 
 fn refresh(c: &mut Criterion) {
     let (runtime, stores) = connect();
-    let tz = business_tz();
+    let settings = settings();
     let mut group = c.benchmark_group("ranking_refresh");
     group.sample_size(10).measurement_time(Duration::from_secs(20));
     for size in SIZES {
         let keys = runtime.block_on(async {
             let ids = products(&stores, size).await;
-            write_sales(&stores, &ids).await
+            write_sales(&stores, settings, &ids).await
         });
         group.bench_with_input(BenchmarkId::from_parameter(size), &size, |b, _| {
-            b.to_async(&runtime).iter(|| async { ranking::refresh(&stores, tz, Utc::now()).await.unwrap() });
+            b.to_async(&runtime).iter(|| async { ranking::refresh(&stores, settings, Utc::now()).await.unwrap() });
         });
         runtime.block_on(async {
             let _: i64 = stores.redis.client().del(keys).await.unwrap();
@@ -108,17 +114,17 @@ fn refresh(c: &mut Criterion) {
 
 fn top_read(c: &mut Criterion) {
     let (runtime, stores) = connect();
-    let tz = business_tz();
+    let settings = settings();
     let gate = ComputeGate::default();
     let keys = runtime.block_on(async {
         let ids = products(&stores, SIZES[0]).await;
-        let keys = write_sales(&stores, &ids).await;
-        ranking::refresh(&stores, tz, Utc::now()).await.unwrap();
+        let keys = write_sales(&stores, settings, &ids).await;
+        ranking::refresh(&stores, settings, Utc::now()).await.unwrap();
         keys
     });
     c.bench_function("ranking_top_read", |b| {
         b.to_async(&runtime)
-            .iter(|| async { ranking::top(&stores, tz, &gate, Window::DEFAULT, Utc::now()).await.unwrap() });
+            .iter(|| async { ranking::top(&stores, settings, &gate, Window::DEFAULT, Utc::now()).await.unwrap() });
     });
     runtime.block_on(async {
         let _: i64 = stores.redis.client().del(keys).await.unwrap();

@@ -62,7 +62,7 @@ pub struct TopQuery {
     responses((status = 200, body = TopProducts), (status = 400, body = ErrorBody)))]
 async fn top_products(State(app): State<AppState>, Query(query): Query<TopQuery>) -> Result<axum::Json<TopProducts>> {
     let window = Window::parse(query.days, query.limit)?;
-    let top = ranking::top(&app.stores, app.config.business_tz, &app.ranking_gate, window, Utc::now()).await?;
+    let top = ranking::top(&app.stores, app.config.ranking(), &app.ranking_gate, window, Utc::now()).await?;
     Ok(axum::Json(top))
 }
 
@@ -70,5 +70,5 @@ async fn top_products(State(app): State<AppState>, Query(query): Query<TopQuery>
 #[utoipa::path(post, path = "/admin/ranking/refresh", tag = "admin", security(("admin" = [])),
     responses((status = 200, body = TopProducts), (status = 401, body = ErrorBody)))]
 async fn refresh_ranking(_: Admin, State(app): State<AppState>) -> Result<axum::Json<TopProducts>> {
-    Ok(axum::Json(ranking::refresh(&app.stores, app.config.business_tz, Utc::now()).await?))
+    Ok(axum::Json(ranking::refresh(&app.stores, app.config.ranking(), Utc::now()).await?))
 }

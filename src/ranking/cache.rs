@@ -1,20 +1,15 @@
-//! Redis side of the ranking: reading day sets, the cached top list per window, the refresh lock, and the
-//! temporary copies a rebuild swaps in.
+//! Redis side of the ranking: each shard's windows (`lua/ranking_shard_top.lua`), the cached top list per
+//! window, the refresh lock, and the temporary copies a rebuild swaps in.
 
 use std::collections::HashMap;
 
 use chrono::NaiveDate;
 use fred::prelude::*;
-use fred::types::scan::Scanner;
-use futures::TryStreamExt;
 
-use super::{TopProducts, applied_key, day_key};
+use super::{Shard, Shards, TopProducts, applied_key, day_key};
 use crate::id::{OrderId, ProductId};
 use crate::store::{Redis, StoreError};
 
-/// Members per ZSCAN reply: each call holds Redis for well under a millisecond, so reading a 100,000-member
-/// day set never blocks the coupon path for long (a ZUNIONSTORE of three such sets holds it for ~100 ms).
-const SCAN_COUNT: u32 = 1_000;
 /// A cached window older than this is recomputed by the next request, so a stalled scheduler (every
 /// instance failing to refresh) cannot serve an old list for long.
 const WINDOW_TTL_SECS: i64 = 600;
@@ -26,24 +21,55 @@ const TEMP_TTL_SECS: i64 = 600;
 /// Commands per pipeline when filling the temporary copies.
 const FILL_CHUNK: usize = 1_000;
 
-/// Units per product in one day's sales set. Members that are not product ids are skipped.
-pub async fn day_sales(redis: &Redis, day: NaiveDate) -> Result<HashMap<ProductId, i64>, StoreError> {
-    let mut sales = HashMap::new();
-    let mut pages = std::pin::pin!(redis.client().zscan(day_key(&redis.keys, day), "*", Some(SCAN_COUNT)));
-    // ZSCAN may return a member twice (when the set is resized mid-scan); inserting keeps it once.
-    while let Some(mut page) = pages.try_next().await? {
-        for (member, score) in page.take_results().unwrap_or_default() {
-            if let Some(id) = member.as_string().and_then(|s| s.parse().ok()).and_then(ProductId::new) {
-                sales.insert(id, score as i64);
-            }
-        }
-    }
-    Ok(sales)
+/// One shard's part of every window, as `lua/ranking_shard_top.lua` returns it.
+#[derive(Debug)]
+pub struct ShardTop {
+    /// Per window of 1, 2, ... days: the shard's best products with their units, every product tied with
+    /// the last of them included, in no particular order among ties.
+    pub windows: Vec<Vec<(ProductId, i64)>>,
 }
 
-pub async fn day_exists(redis: &Redis, day: NaiveDate) -> Result<bool, StoreError> {
-    let found: i64 = redis.client().exists(day_key(&redis.keys, day)).await?;
-    Ok(found == 1)
+/// `<prefix>sales:{rank:<s>}:union`: the scratch key the shard's unions are built in (within one script).
+fn union_key(redis: &Redis, shard: Shard) -> String {
+    redis.keys.key(format_args!("sales:{{rank:{}}}:union", shard.get()))
+}
+
+/// The windows of 1..=`days.len()` days (`days` ending today, today first) of one shard, with at least its
+/// `n` best products each.
+pub async fn shard_top(redis: &Redis, shard: Shard, days: &[NaiveDate], n: u32) -> Result<ShardTop, StoreError> {
+    let mut keys = Vec::with_capacity(1 + days.len());
+    keys.push(union_key(redis, shard));
+    keys.extend(days.iter().map(|day| day_key(&redis.keys, shard, *day)));
+    let script = &*crate::store::scripts::RANKING_SHARD_TOP;
+    let reply: Vec<Value> = script.call(redis, keys, vec![n]).await?;
+    let windows = reply
+        .into_iter()
+        .map(|window| match window {
+            Value::Array(flat) => flat
+                .chunks_exact(2)
+                .map(|pair| {
+                    let id = pair[0].as_string().and_then(|s| s.parse().ok()).and_then(ProductId::new);
+                    let units = pair[1].as_f64();
+                    id.zip(units).map(|(id, units)| (id, units as i64)).ok_or_else(|| script.unexpected(pair))
+                })
+                .collect::<Result<Vec<_>, _>>(),
+            other => Err(script.unexpected(other)),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if windows.len() != days.len() {
+        return Err(script.unexpected(windows));
+    }
+    Ok(ShardTop { windows })
+}
+
+/// Whether any shard of `day` has an applied-orders set (one pipeline of EXISTS).
+pub async fn day_exists(redis: &Redis, shards: Shards, day: NaiveDate) -> Result<bool, StoreError> {
+    let pipeline = redis.client().pipeline();
+    for shard in shards.all() {
+        let _: () = pipeline.exists(applied_key(&redis.keys, shard, day)).await?;
+    }
+    let found: Vec<i64> = pipeline.all().await?;
+    Ok(found.contains(&1))
 }
 
 /// `<prefix>ranking:top:<days>d`: the computed, joined top list of a window (at most [`super::MAX_LIMIT`]).
@@ -98,22 +124,32 @@ pub async fn try_refresh_lock(redis: &Redis) -> Result<bool, StoreError> {
     Ok(set.is_some())
 }
 
-/// A rebuild's private copies of one day's sets, in the same `{rank}` slot as the live ones.
+/// A rebuild's private copies of one shard of one day, in the same `{rank:<s>}` slot as the live ones.
 pub struct TempDay {
+    shard: Shard,
     day: NaiveDate,
     sales: String,
     applied: String,
 }
 
 impl TempDay {
-    pub fn new(redis: &Redis, day: NaiveDate) -> Self {
+    pub fn new(redis: &Redis, shard: Shard, day: NaiveDate) -> Self {
         let run = uuid::Uuid::new_v4().simple();
-        let ymd = day.format("%Y%m%d");
+        let (s, ymd) = (shard.get(), day.format("%Y%m%d"));
         Self {
+            shard,
             day,
-            sales: redis.keys.key(format_args!("sales:{{rank}}:rebuild:{run}:{ymd}")),
-            applied: redis.keys.key(format_args!("sales:{{rank}}:rebuild:{run}:applied:{ymd}")),
+            sales: redis.keys.key(format_args!("sales:{{rank:{s}}}:rebuild:{run}:{ymd}")),
+            applied: redis.keys.key(format_args!("sales:{{rank:{s}}}:rebuild:{run}:applied:{ymd}")),
         }
+    }
+
+    pub fn shard(&self) -> Shard {
+        self.shard
+    }
+
+    pub fn day(&self) -> NaiveDate {
+        self.day
     }
 
     /// Adds units per product and marks `orders` as counted.
@@ -142,13 +178,13 @@ impl TempDay {
         Ok(())
     }
 
-    /// Swaps the copies in for the live day (see `lua/ranking_replace_day.lua`). Returns the orders the live
-    /// day counts that the copies lack; when that is empty the swap happened.
+    /// Swaps the copies in for the live shard of the day (see `lua/ranking_replace_day.lua`). Returns the
+    /// orders the live shard counts that the copies lack; when that is empty the swap happened.
     pub async fn replace_live(&self, redis: &Redis, ttl_secs: i64) -> Result<Vec<OrderId>, StoreError> {
         let script = &crate::store::scripts::RANKING_REPLACE_DAY;
         let keys = vec![
-            day_key(&redis.keys, self.day),
-            applied_key(&redis.keys, self.day),
+            day_key(&redis.keys, self.shard, self.day),
+            applied_key(&redis.keys, self.shard, self.day),
             self.sales.clone(),
             self.applied.clone(),
         ];
