@@ -57,7 +57,7 @@ pub struct ServeConfig {
     pub ranking_refresh: String,
 
     /// Sorted sets each day's sales are split into (1..=1024). Every instance must use the same count;
-    /// changing it needs `stampede ranking rebuild`.
+    /// changing it is a rebuild, which start-up does by itself (the days' markers name the old count).
     #[arg(long, env = "RANKING_SHARDS", default_value = "64", value_parser = crate::ranking::Shards::parse)]
     pub ranking_shards: crate::ranking::Shards,
 

@@ -1,12 +1,12 @@
-//! Redis side of the ranking: each shard's windows (`lua/ranking_shard_top.lua`), the cached top list per
-//! window, the refresh lock, and the temporary copies a rebuild swaps in.
+//! Redis side of the ranking: each shard's windows (`lua/ranking_shard_top.lua`), the rebuild markers, the
+//! cached top list per window, the refresh lock, and the temporary copies a rebuild swaps in.
 
 use std::collections::HashMap;
 
 use chrono::NaiveDate;
 use fred::prelude::*;
 
-use super::{Shard, Shards, TopProducts, applied_key, day_key};
+use super::{Shard, Shards, TopProducts, applied_key, day_key, rebuilt_key};
 use crate::id::{OrderId, ProductId};
 use crate::store::{Redis, StoreError};
 
@@ -24,6 +24,8 @@ const FILL_CHUNK: usize = 1_000;
 /// One shard's part of every window, as `lua/ranking_shard_top.lua` returns it.
 #[derive(Debug)]
 pub struct ShardTop {
+    /// Per day asked for (today first): whether the shard's rebuild marker of that day is present.
+    pub marked: Vec<bool>,
     /// Per window of 1, 2, ... days: the shard's best products with their units, every product tied with
     /// the last of them included, in no particular order among ties.
     pub windows: Vec<Vec<(ProductId, i64)>>,
@@ -36,14 +38,25 @@ fn union_key(redis: &Redis, shard: Shard) -> String {
 
 /// The windows of 1..=`days.len()` days (`days` ending today, today first) of one shard, with at least its
 /// `n` best products each.
-pub async fn shard_top(redis: &Redis, shard: Shard, days: &[NaiveDate], n: u32) -> Result<ShardTop, StoreError> {
-    let mut keys = Vec::with_capacity(1 + days.len());
+pub async fn shard_top(
+    redis: &Redis,
+    shards: Shards,
+    shard: Shard,
+    days: &[NaiveDate],
+    n: u32,
+) -> Result<ShardTop, StoreError> {
+    let mut keys = Vec::with_capacity(1 + 2 * days.len());
     keys.push(union_key(redis, shard));
     keys.extend(days.iter().map(|day| day_key(&redis.keys, shard, *day)));
+    keys.extend(days.iter().map(|day| rebuilt_key(&redis.keys, shard, *day)));
     let script = &*crate::store::scripts::RANKING_SHARD_TOP;
-    let reply: Vec<Value> = script.call(redis, keys, vec![n]).await?;
-    let windows = reply
-        .into_iter()
+    let reply: Vec<Value> = script.call(redis, keys, vec![n.to_string(), shards.count().to_string()]).await?;
+    let mut parts = reply.into_iter();
+    let marked = match parts.next() {
+        Some(Value::Array(marked)) => marked.iter().map(|m| m.as_i64() == Some(1)).collect::<Vec<_>>(),
+        other => return Err(script.unexpected(other)),
+    };
+    let windows = parts
         .map(|window| match window {
             Value::Array(flat) => flat
                 .chunks_exact(2)
@@ -56,20 +69,26 @@ pub async fn shard_top(redis: &Redis, shard: Shard, days: &[NaiveDate], n: u32) 
             other => Err(script.unexpected(other)),
         })
         .collect::<Result<Vec<_>, _>>()?;
-    if windows.len() != days.len() {
-        return Err(script.unexpected(windows));
+    if marked.len() != days.len() || windows.len() != days.len() {
+        return Err(script.unexpected((marked, windows)));
     }
-    Ok(ShardTop { windows })
+    Ok(ShardTop { marked, windows })
 }
 
-/// Whether any shard of `day` has an applied-orders set (one pipeline of EXISTS).
-pub async fn day_exists(redis: &Redis, shards: Shards, day: NaiveDate) -> Result<bool, StoreError> {
+/// Per day of `days`: whether every shard holds its rebuild marker for `shards` (one pipeline of GETs).
+pub async fn marked_days(redis: &Redis, shards: Shards, days: &[NaiveDate]) -> Result<Vec<bool>, StoreError> {
     let pipeline = redis.client().pipeline();
-    for shard in shards.all() {
-        let _: () = pipeline.exists(applied_key(&redis.keys, shard, day)).await?;
+    for day in days {
+        for shard in shards.all() {
+            let _: () = pipeline.get(rebuilt_key(&redis.keys, shard, *day)).await?;
+        }
     }
-    let found: Vec<i64> = pipeline.all().await?;
-    Ok(found.contains(&1))
+    let markers: Vec<Option<String>> = pipeline.all().await?;
+    let expected = shards.count().to_string();
+    Ok(markers
+        .chunks(shards.count() as usize)
+        .map(|day| day.iter().all(|marker| marker.as_deref() == Some(expected.as_str())))
+        .collect())
 }
 
 /// `<prefix>ranking:top:<days>d`: the computed, joined top list of a window (at most [`super::MAX_LIMIT`]).
@@ -178,17 +197,19 @@ impl TempDay {
         Ok(())
     }
 
-    /// Swaps the copies in for the live shard of the day (see `lua/ranking_replace_day.lua`). Returns the
-    /// orders the live shard counts that the copies lack; when that is empty the swap happened.
-    pub async fn replace_live(&self, redis: &Redis, ttl_secs: i64) -> Result<Vec<OrderId>, StoreError> {
+    /// Swaps the copies in for the live shard of the day and marks it rebuilt for `shards` (see
+    /// `lua/ranking_replace_day.lua`). Returns the orders the live shard counts that the copies lack; when
+    /// that is empty the swap happened.
+    pub async fn replace_live(&self, redis: &Redis, shards: Shards, ttl_secs: i64) -> Result<Vec<OrderId>, StoreError> {
         let script = &crate::store::scripts::RANKING_REPLACE_DAY;
         let keys = vec![
             day_key(&redis.keys, self.shard, self.day),
             applied_key(&redis.keys, self.shard, self.day),
             self.sales.clone(),
             self.applied.clone(),
+            rebuilt_key(&redis.keys, self.shard, self.day),
         ];
-        let missing: Vec<String> = script.call(redis, keys, vec![ttl_secs]).await?;
+        let missing: Vec<String> = script.call(redis, keys, vec![ttl_secs, i64::from(shards.count())]).await?;
         missing.iter().map(|id| id.parse().ok().and_then(OrderId::new).ok_or_else(|| script.unexpected(id))).collect()
     }
 

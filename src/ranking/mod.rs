@@ -98,6 +98,14 @@ pub fn applied_key(keys: &Keys, shard: Shard, day: NaiveDate) -> String {
     keys.key(format_args!("sales:{{rank:{}}}:applied:{}", shard.0, day.format("%Y%m%d")))
 }
 
+/// `<prefix>sales:{rank:<s>}:rebuilt:YYYYMMDD`: holds the shard count, written by a rebuild in the same
+/// script that swaps the shard's day in. The relay only ever adds to a day, so it cannot tell a new day from
+/// one Redis lost; this marker can: a day with PAID orders in MySQL whose shards lack it (Redis lost data,
+/// the day is new, or `RANKING_SHARDS` changed) is rebuilt by the next refresh.
+pub fn rebuilt_key(keys: &Keys, shard: Shard, day: NaiveDate) -> String {
+    keys.key(format_args!("sales:{{rank:{}}}:rebuilt:{}", shard.0, day.format("%Y%m%d")))
+}
+
 /// Longest window served, in days.
 pub const MAX_DAYS: u32 = 7;
 /// Largest `limit` served; each window's cached list holds this many products.
@@ -216,7 +224,7 @@ pub async fn top(
     if let Some(cached) = cached_for(stores, window.days, today).await? {
         return Ok(cached.truncated(window.limit));
     }
-    let windows = compute(stores, settings, window.days, now).await?;
+    let windows = compute(stores, settings, window.days, now).await?.windows;
     cache::store_windows(&stores.redis, &windows).await?;
     let top = windows.into_iter().find(|w| w.days == window.days).expect("the asked window is computed");
     Ok(top.truncated(window.limit))
@@ -228,13 +236,28 @@ async fn cached_for(stores: &Stores, days: u32, today: NaiveDate) -> Result<Opti
 }
 
 /// Recomputes and caches every window (1..=7 days); returns the default window.
+///
+/// It also heals: a served day whose shards lack their rebuild marker while MySQL has PAID orders on it
+/// (Redis lost data while the service ran, or the day is new) is rebuilt from MySQL first, so the lists it
+/// caches count every PAID order again without a restart.
 pub async fn refresh(stores: &Stores, settings: Settings, now: DateTime<Utc>) -> Result<TopProducts, Error> {
     let started = std::time::Instant::now();
-    let windows = compute(stores, settings, MAX_DAYS, now).await?;
-    cache::store_windows(&stores.redis, &windows).await?;
+    let mut computed = compute(stores, settings, MAX_DAYS, now).await?;
+    let rebuilt = heal(stores, settings, &computed.unmarked).await?;
+    if !rebuilt.is_empty() {
+        computed = compute(stores, settings, MAX_DAYS, now).await?;
+    }
+    cache::store_windows(&stores.redis, &computed.windows).await?;
     metrics::histogram!("ranking_refresh_duration_seconds").record(started.elapsed());
-    let default = windows.into_iter().find(|w| w.days == Window::DEFAULT.days).expect("every window is computed");
+    let default =
+        computed.windows.into_iter().find(|w| w.days == Window::DEFAULT.days).expect("every window is computed");
     Ok(default.truncated(Window::DEFAULT.limit))
+}
+
+/// Every window of 1..=`max_days` days ending today, and the days some shard of which lacks its marker.
+struct Computed {
+    windows: Vec<TopProducts>,
+    unmarked: Vec<NaiveDate>,
 }
 
 /// The joined top lists of the windows of 1..=`max_days` days ending today.
@@ -244,18 +267,16 @@ pub async fn refresh(stores: &Stores, settings: Settings, now: DateTime<Utc>) ->
 /// them. A product lives in exactly one shard, so the best of the shards' bests, ordered by units and then
 /// lower id, is exactly the best of the whole union. A shard holds about `products / shards` members, which
 /// bounds how long one call holds Redis.
-async fn compute(
-    stores: &Stores,
-    settings: Settings,
-    max_days: u32,
-    now: DateTime<Utc>,
-) -> Result<Vec<TopProducts>, Error> {
+async fn compute(stores: &Stores, settings: Settings, max_days: u32, now: DateTime<Utc>) -> Result<Computed, Error> {
     let today = business_day(now, settings.business_tz);
     let days: Vec<NaiveDate> = (0..max_days).map(|back| today - Days::new(back.into())).collect();
     let tops = futures::future::try_join_all(
-        settings.shards.all().map(|shard| cache::shard_top(&stores.redis, shard, &days, MAX_LIMIT)),
+        settings.shards.all().map(|shard| cache::shard_top(&stores.redis, settings.shards, shard, &days, MAX_LIMIT)),
     )
     .await?;
+    // A day is complete only when every one of its shards carries the marker of the day's last rebuild.
+    let unmarked =
+        days.iter().enumerate().filter(|(d, _)| tops.iter().any(|top| !top.marked[*d])).map(|(_, day)| *day).collect();
     let bests: Vec<Vec<(ProductId, i64)>> = (0..days.len())
         .map(|d| best(tops.iter().flat_map(|top| top.windows[d].iter().copied()).collect(), MAX_LIMIT as usize))
         .collect();
@@ -284,7 +305,7 @@ async fn compute(
                 .collect(),
         })
         .collect();
-    Ok(windows)
+    Ok(Computed { windows, unmarked })
 }
 
 /// The `n` best sellers with sales: most units first, ties by lower id. Redis orders equal scores by member
@@ -327,24 +348,36 @@ pub async fn rebuild(
     Ok(rebuilt)
 }
 
-/// At start-up: rebuilds each of the last [`KEPT_DAYS`] days of which no shard has its sets in Redis while
-/// MySQL has PAID orders on it (Redis lost its data).
+/// At start-up: rebuilds each of the last [`KEPT_DAYS`] days some shard of which lacks its rebuild marker
+/// while MySQL has PAID orders on it (Redis lost data, or `RANKING_SHARDS` changed).
 pub async fn rebuild_missing(
     stores: &Stores,
     settings: Settings,
     now: DateTime<Utc>,
 ) -> Result<Vec<RebuiltDay>, Error> {
     let today = business_day(now, settings.business_tz);
-    let mut rebuilt = Vec::new();
-    for back in 0..KEPT_DAYS {
-        let day = today - Days::new(back.into());
-        let (from, to) = day_bounds(day, settings.business_tz);
-        if !cache::day_exists(&stores.redis, settings.shards, day).await? && db::any_paid(&stores.db, from, to).await? {
-            rebuilt.push(rebuild_day(stores, settings, day).await?);
-        }
-    }
+    let days: Vec<NaiveDate> = (0..KEPT_DAYS).map(|back| today - Days::new(back.into())).collect();
+    let marked = cache::marked_days(&stores.redis, settings.shards, &days).await?;
+    let unmarked: Vec<NaiveDate> = days.into_iter().zip(marked).filter(|(_, marked)| !marked).map(|(d, _)| d).collect();
+    let rebuilt = heal(stores, settings, &unmarked).await?;
     if !rebuilt.is_empty() {
         cache::forget_windows(&stores.redis).await?;
+    }
+    Ok(rebuilt)
+}
+
+/// Rebuilds those of `unmarked` days on which MySQL has PAID orders. A day without any is left alone: there
+/// is nothing to lose, and its first sale is rebuilt (and marked) by the refresh after it.
+async fn heal(stores: &Stores, settings: Settings, unmarked: &[NaiveDate]) -> Result<Vec<RebuiltDay>, Error> {
+    let mut rebuilt = Vec::new();
+    for day in unmarked {
+        let (from, to) = day_bounds(*day, settings.business_tz);
+        if db::any_paid(&stores.db, from, to).await? {
+            let day = rebuild_day(stores, settings, *day).await?;
+            tracing::info!(day = %day.day, orders = day.orders, units = day.units,
+                "ranking day rebuilt from MySQL: its shards lacked the rebuild marker");
+            rebuilt.push(day);
+        }
     }
     Ok(rebuilt)
 }
@@ -352,7 +385,7 @@ pub async fn rebuild_missing(
 /// Shards rebuilt at once: each is a few pipelines and one script; more in flight only queues on Redis.
 const REBUILD_PARALLEL: usize = 8;
 
-/// Replaces every shard of one day (sales set and applied-orders set) by what the PAID orders of that
+/// Replaces every shard of one day (sales set, applied-orders set, marker) by what the PAID orders of that
 /// day in MySQL say; each shard atomically: its copies are built aside and swapped in by one script.
 pub async fn rebuild_day(stores: &Stores, settings: Settings, day: NaiveDate) -> Result<RebuiltDay, Error> {
     let (from, to) = day_bounds(day, settings.business_tz);
@@ -409,7 +442,7 @@ async fn fill_and_swap(
         counted.orders.extend(lines.iter().map(|l| l.order_id));
         counted.units += units.values().sum::<i64>();
         temp.add(&stores.redis, &units, &orders).await?;
-        let missing = temp.replace_live(&stores.redis, DAY_TTL_SECS).await?;
+        let missing = temp.replace_live(&stores.redis, settings.shards, DAY_TTL_SECS).await?;
         if missing.is_empty() {
             return Ok(counted);
         }

@@ -1,5 +1,6 @@
 //! The top-products ranking: windows over the sharded daily sales sets, ties, the scheduled and admin
-//! refresh, recording each order once per shard, and rebuilding the day sets from PAID orders in MySQL.
+//! refresh, recording each order once per shard, rebuilding the day sets from PAID orders in MySQL, and
+//! healing after Redis lost them while the service runs.
 
 use std::time::{Duration, Instant};
 
@@ -10,7 +11,7 @@ use serde_json::{Value, json};
 use stampede::id::{OrderId, ProductId};
 use stampede::ranking::{self, Shards, job};
 
-use crate::support::{TestApp, eventually, insert_paid_order, isolated_store, serve_config};
+use crate::support::{RedisServer, TestApp, eventually, insert_paid_order, isolated_store, serve_config};
 
 fn today(app: &TestApp) -> NaiveDate {
     ranking::business_day(Utc::now(), app.config.business_tz)
@@ -267,7 +268,7 @@ async fn a_rebuild_keeps_orders_the_relay_counted_after_mysql_was_read() {
     let _: i64 = redis.sadd(ranking::applied_key(&stores.redis.keys, shard, day), late).await.unwrap();
     sell(&app, 0, b, 7).await;
 
-    let missing = temp.replace_live(&stores.redis, ranking::DAY_TTL_SECS).await.unwrap();
+    let missing = temp.replace_live(&stores.redis, settings.shards, ranking::DAY_TTL_SECS).await.unwrap();
     assert_eq!(missing, [OrderId::new(late).unwrap()], "the swap waits for the late order");
     temp.discard(&stores.redis).await.unwrap();
 
@@ -453,4 +454,82 @@ async fn an_order_in_three_shards_is_counted_once_in_each_through_replays_and_a_
     let (status, body) = app.admin_post("/api/v1/admin/ranking/refresh", json!({})).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(entries(&body), [(c, 4), (b, 3), (a, 2)]);
+}
+
+/// Units per product in PAID orders, as the ranking of a window covering them all must list them.
+async fn mysql_ranking(app: &TestApp) -> Vec<(i64, i64)> {
+    sqlx::query_as(
+        "SELECT i.product_id, CAST(SUM(i.quantity) AS SIGNED) AS units FROM orders o JOIN order_items i ON i.order_id = o.id
+         WHERE o.status = 'PAID' GROUP BY i.product_id ORDER BY units DESC, i.product_id",
+    )
+    .fetch_all(app.db())
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn after_a_flushall_while_serving_one_more_order_and_a_refresh_give_the_mysql_ranking_again() {
+    let redis = RedisServer::start();
+    let mut store = isolated_store().await;
+    store.redis_url = redis.url();
+    let mut config = serve_config(store);
+    config.ranking_refresh = NEVER.to_owned();
+    let app = TestApp::spawn_with(config).await;
+    let user = app.create_user("buyer").await;
+    app.charge(user, 1_000_000).await;
+    let mut p = vec![0];
+    for n in 1..=6 {
+        p.push(app.create_product(&format!("p{n}"), 100, 100).await);
+    }
+    buy(&app, user, &[(p[1], 5), (p[2], 1)]).await;
+    buy(&app, user, &[(p[3], 4), (p[1], 1)]).await;
+    buy(&app, user, &[(p[4], 2), (p[5], 2), (p[6], 2)]).await;
+    relayed(&app).await;
+    let (status, body) = app.admin_post("/api/v1/admin/ranking/refresh", json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let before = [(p[1], 6), (p[3], 4), (p[4], 2), (p[5], 2), (p[6], 2), (p[2], 1)];
+    assert_eq!(mysql_ranking(&app).await, before);
+    assert_eq!(entries(&top(&app, "?days=3&limit=50").await), before);
+
+    let _: () = app.state.stores.redis.client().flushall(false).await.unwrap();
+    buy(&app, user, &[(p[2], 3)]).await;
+    relayed(&app).await;
+    assert_eq!(units_today(&app, p[2]).await, 3.0, "the relay alone counts only the order after the flush");
+
+    let (status, body) = app.admin_post("/api/v1/admin/ranking/refresh", json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let after = [(p[1], 6), (p[2], 4), (p[3], 4), (p[4], 2), (p[5], 2), (p[6], 2)];
+    assert_eq!(mysql_ranking(&app).await, after);
+    assert_eq!(entries(&body), after[..5]);
+    assert_eq!(entries(&top(&app, "?days=3&limit=50").await), after);
+    assert_eq!(units_today(&app, p[2]).await, 4.0);
+}
+
+#[tokio::test]
+async fn a_restart_with_another_shard_count_rebuilds_the_days_in_the_new_layout() {
+    let app = TestApp::spawn().await;
+    let user = app.create_user("buyer").await;
+    let mut p = vec![0];
+    for n in 1..=5 {
+        p.push(app.create_product(&format!("p{n}"), 100, 100).await);
+    }
+    insert_paid_order(app.db(), user, Utc::now(), &[(p[1], 2), (p[2], 5), (p[5], 1)]).await;
+    insert_paid_order(app.db(), user, days_ago(2), &[(p[3], 4), (p[4], 4)]).await;
+    let expected = [(p[2], 5), (p[3], 4), (p[4], 4), (p[1], 2), (p[5], 1)];
+    let mut config = app.stop().await;
+    let app = TestApp::spawn_with(config.clone()).await;
+    assert_eq!(entries(&top(&app, "?days=3").await), expected);
+
+    config.ranking_shards = Shards::new(3).unwrap();
+    let app = TestApp::spawn_with({
+        app.stop().await;
+        config
+    })
+    .await;
+    assert_eq!(entries(&top(&app, "?days=3").await), expected);
+    let redis = &app.state.stores.redis;
+    let shard = app.config.ranking_shards.of(ProductId::new(p[5]).unwrap());
+    let units: Option<f64> =
+        redis.client().zscore(ranking::day_key(&redis.keys, shard, today(&app)), p[5]).await.unwrap();
+    assert_eq!((shard.get(), units), ((p[5] % 3) as u32, Some(1.0)));
 }
