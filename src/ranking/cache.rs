@@ -31,9 +31,10 @@ pub struct ShardTop {
     pub windows: Vec<Vec<(ProductId, i64)>>,
 }
 
-/// `<prefix>sales:{rank:<s>}:union`: the scratch key the shard's unions are built in (within one script).
-fn union_key(redis: &Redis, shard: Shard) -> String {
-    redis.keys.key(format_args!("sales:{{rank:{}}}:union", shard.get()))
+/// `<prefix>sales:{rank:<s>}:union:a` and `:union:b`: the scratch keys the shard's unions alternate
+/// between (within one script call).
+fn union_keys(redis: &Redis, shard: Shard) -> [String; 2] {
+    ["a", "b"].map(|which| redis.keys.key(format_args!("sales:{{rank:{}}}:union:{which}", shard.get())))
 }
 
 /// The windows of 1..=`days.len()` days (`days` ending today, today first) of one shard, with at least its
@@ -45,8 +46,8 @@ pub async fn shard_top(
     days: &[NaiveDate],
     n: u32,
 ) -> Result<ShardTop, StoreError> {
-    let mut keys = Vec::with_capacity(1 + 2 * days.len());
-    keys.push(union_key(redis, shard));
+    let mut keys = Vec::with_capacity(2 + 2 * days.len());
+    keys.extend(union_keys(redis, shard));
     keys.extend(days.iter().map(|day| day_key(&redis.keys, shard, *day)));
     keys.extend(days.iter().map(|day| rebuilt_key(&redis.keys, shard, *day)));
     let script = &*crate::store::scripts::RANKING_SHARD_TOP;
