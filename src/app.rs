@@ -58,6 +58,7 @@ impl App {
             users,
             product_gate: product::LoadGate::default(),
             ranking_gate: ranking::ComputeGate::default(),
+            ranking_copy: ranking::published::Published::default(),
         }));
         Ok(Self { listener, state })
     }
@@ -100,6 +101,8 @@ fn spawn_background_jobs(state: &AppState, jobs: &TaskTracker, shutdown: &Cancel
     let relay = crate::platform::relay::Relay::new(state.config.data_platform_url.as_deref(), state.config.ranking());
     jobs.spawn(crate::platform::relay::run(stores.clone(), relay, shutdown.clone()));
     jobs.spawn(product::views::run(stores.clone(), shutdown.clone()));
+    let copy = state.ranking_copy.clone();
+    jobs.spawn(ranking::published::run(stores.redis.clone(), state.config.ranking(), copy, shutdown.clone()));
     jobs.spawn(ranking::job::run(
         stores,
         state.config.ranking(),

@@ -12,7 +12,7 @@ use crate::store::{Redis, StoreError};
 
 /// A cached window older than this is recomputed by the next request, so a stalled scheduler (every
 /// instance failing to refresh) cannot serve an old list for long.
-const WINDOW_TTL_SECS: i64 = 600;
+pub(super) const WINDOW_TTL_SECS: i64 = 600;
 /// How long one instance's refresh keeps the others from refreshing: ticks of several instances that fall
 /// within this of each other refresh once. Longer than a refresh takes at 100,000 products.
 const REFRESH_LOCK_MS: i64 = 5_000;
@@ -101,6 +101,35 @@ fn window_key(redis: &Redis, days: u32) -> String {
 pub async fn window(redis: &Redis, days: u32) -> Result<Option<TopProducts>, StoreError> {
     let cached: Option<String> = redis.client().get(window_key(redis, days)).await?;
     Ok(cached.and_then(|json| serde_json::from_str(&json).ok()))
+}
+
+/// Every window of 1..=[`super::MAX_DAYS`] days, in that order; `None` for one missing or undecodable.
+pub async fn windows(redis: &Redis) -> Result<Vec<Option<TopProducts>>, StoreError> {
+    // One GET per key: on a cluster the window keys live in different slots.
+    let pipeline = redis.client().pipeline();
+    for days in 1..=super::MAX_DAYS {
+        let _: () = pipeline.get(window_key(redis, days)).await?;
+    }
+    let cached: Vec<Option<String>> = pipeline.all().await?;
+    Ok(cached.into_iter().map(|json| json.and_then(|json| serde_json::from_str(&json).ok())).collect())
+}
+
+/// `<prefix>ranking:version`: changed by every refresh after it stored the windows, so instances know when
+/// to reload their in-process copy (`super::published`).
+fn version_key(redis: &Redis) -> String {
+    redis.keys.key("ranking:version")
+}
+
+pub async fn version(redis: &Redis) -> Result<Option<String>, StoreError> {
+    Ok(redis.client().get(version_key(redis)).await?)
+}
+
+/// Marks the stored windows as new: every instance reloads its copy at its next check.
+pub async fn publish_version(redis: &Redis) -> Result<(), StoreError> {
+    let version = uuid::Uuid::new_v4().simple().to_string();
+    let _: () =
+        redis.client().set(version_key(redis), version, Some(Expiration::EX(WINDOW_TTL_SECS)), None, false).await?;
+    Ok(())
 }
 
 pub async fn store_windows(redis: &Redis, windows: &[TopProducts]) -> Result<(), StoreError> {

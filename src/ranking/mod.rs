@@ -4,6 +4,7 @@
 pub mod cache;
 pub mod db;
 pub mod job;
+pub mod published;
 pub mod sales;
 
 use std::collections::{BTreeSet, HashMap};
@@ -230,6 +231,23 @@ pub async fn top(
     Ok(top.truncated(window.limit))
 }
 
+/// `window`'s list as JSON: from the in-process copy when it holds today's lists (no Redis round trip, no
+/// encoding), else as [`top`] gives it.
+pub async fn top_json(
+    stores: &Stores,
+    settings: Settings,
+    gate: &ComputeGate,
+    published: &published::Published,
+    window: Window,
+    now: DateTime<Utc>,
+) -> Result<axum::body::Bytes, Error> {
+    if let Some(body) = published.body(window, now, settings) {
+        return Ok(body);
+    }
+    let top = top(stores, settings, gate, window, now).await?;
+    Ok(serde_json::to_vec(&top).expect("a top list serializes").into())
+}
+
 /// The cached list of the `days` window if it ends `today` (a list from before midnight is stale).
 async fn cached_for(stores: &Stores, days: u32, today: NaiveDate) -> Result<Option<TopProducts>, Error> {
     Ok(cache::window(&stores.redis, days).await?.filter(|cached| cached.to == today))
@@ -248,6 +266,7 @@ pub async fn refresh(stores: &Stores, settings: Settings, now: DateTime<Utc>) ->
         computed = compute(stores, settings, MAX_DAYS, now).await?;
     }
     cache::store_windows(&stores.redis, &computed.windows).await?;
+    cache::publish_version(&stores.redis).await?;
     metrics::histogram!("ranking_refresh_duration_seconds").record(started.elapsed());
     let default =
         computed.windows.into_iter().find(|w| w.days == Window::DEFAULT.days).expect("every window is computed");

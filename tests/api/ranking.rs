@@ -533,3 +533,41 @@ async fn a_restart_with_another_shard_count_rebuilds_the_days_in_the_new_layout(
         redis.client().zscore(ranking::day_key(&redis.keys, shard, today(&app)), p[5]).await.unwrap();
     assert_eq!((shard.get(), units), ((p[5] % 3) as u32, Some(1.0)));
 }
+
+/// `(productId, totalSales)` of the default window as `app`'s in-process copy holds it, if it holds one.
+fn copied(app: &TestApp) -> Option<Vec<(i64, i64)>> {
+    let body = app.state.ranking_copy.body(ranking::Window::DEFAULT, Utc::now(), app.config.ranking())?;
+    Some(entries(&serde_json::from_slice(&body).unwrap()))
+}
+
+#[tokio::test]
+async fn the_top_list_is_served_from_each_instances_copy_which_follows_a_refresh_anywhere_within_a_second() {
+    let app = spawn_without_ticks().await;
+    let other = TestApp::spawn_with(app.config.clone()).await;
+    let a = app.create_product("a", 100, 1).await;
+    let b = app.create_product("b", 200, 1).await;
+    sell(&app, 0, a, 3).await;
+    assert_eq!((copied(&app), copied(&other)), (None, None), "nothing refreshed yet");
+    let (status, body) = app.admin_post("/api/v1/admin/ranking/refresh", json!({})).await;
+    assert_eq!((status, entries(&body)), (StatusCode::OK, vec![(a, 3)]));
+    assert_eq!(copied(&app), Some(vec![(a, 3)]), "the refreshing instance holds the new lists at once");
+    let started = Instant::now();
+    eventually("the other instance loads them", Duration::from_secs(1), || async { copied(&other).is_some() }).await;
+    let waited = started.elapsed();
+
+    // Both answer from their copy: the lists gone from Redis and a new sale change nothing until a refresh.
+    ranking::cache::forget_windows(&app.state.stores.redis).await.unwrap();
+    sell(&app, 0, b, 5).await;
+    for instance in [&app, &other] {
+        assert_eq!(entries(&top(instance, "?days=7&limit=50").await), [(a, 3)]);
+    }
+    let (status, _) = other.admin_post("/api/v1/admin/ranking/refresh", json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    eventually("the first instance follows", Duration::from_secs(1), || async {
+        copied(&app) == Some(vec![(b, 5), (a, 3)])
+    })
+    .await;
+    let (status, body) = app.get("/api/v1/products/top?days=2&limit=1").await;
+    assert_eq!((status, entries(&body), &body["days"]), (StatusCode::OK, vec![(b, 5)], &json!(2)));
+    assert!(waited < Duration::from_secs(1), "{waited:?}");
+}
