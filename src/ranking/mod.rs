@@ -485,3 +485,26 @@ pub fn day_bounds(day: NaiveDate, tz: FixedOffset) -> (DateTime<Utc>, DateTime<U
         .with_timezone(&Utc);
     (start, start + TimeDelta::days(1))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranking_shards_accepts_1_to_1024_and_puts_a_product_in_its_id_mod_the_count() {
+        assert_eq!(["1", "64", "1024"].map(|s| Shards::parse(s).map(Shards::count)), [Ok(1), Ok(64), Ok(1_024)]);
+        for refused in ["0", "1025", "-1", "sixty", ""] {
+            assert!(Shards::parse(refused).is_err(), "{refused:?}");
+        }
+        let of = |shards: u32, id: i64| Shards::new(shards).unwrap().of(ProductId::new(id).unwrap()).get();
+        assert_eq!([of(64, 1), of(64, 64), of(64, 130), of(1, 130), of(1_024, 1_025)], [1, 0, 2, 0, 1]);
+        assert_eq!(Shards::DEFAULT.all().count(), 64);
+    }
+
+    #[test]
+    fn best_keeps_the_most_units_first_and_breaks_ties_by_the_lower_id_numerically() {
+        let id = |n| ProductId::new(n).unwrap();
+        let all = vec![(id(11), 5), (id(9), 5), (id(100), 5), (id(10), 5), (id(3), 0), (id(2), 7)];
+        assert_eq!(best(all, 3), [(id(2), 7), (id(9), 5), (id(10), 5)]);
+    }
+}
