@@ -1,8 +1,8 @@
 //! Ranking benchmarks against the dev services (`scripts/services.sh start dev`; `DATABASE_URL` and
 //! `REDIS_URL` override them, `RANKING_SHARDS` the shard count, 64 by default): the scheduled refresh at
 //! 10,000 and 100,000 products with sales on each of the last 7 days, and the request path reading a cached
-//! top list. Each size writes its day sets under its own key prefix, set up before and deleted after the
-//! timed part.
+//! top list from Redis and from the in-process copy. Each size writes its day sets under its own key prefix,
+//! set up before and deleted after the timed part.
 //!
 //! Beside criterion's times it prints what the refresh costs Redis: the slowest single call of one refresh
 //! (SLOWLOG at a 0 µs threshold around that one refresh), the calls over 5 ms during the whole timed part
@@ -19,6 +19,7 @@ use rand::Rng;
 use stampede::config::StoreConfig;
 use stampede::id::ProductId;
 use stampede::product;
+use stampede::ranking::published::Published;
 use stampede::ranking::{self, ComputeGate, Settings, Shards, Window};
 use stampede::store::{Stores, mysql};
 use tokio::runtime::Runtime;
@@ -210,9 +211,17 @@ fn top_read(c: &mut Criterion) {
         ranking::refresh(&stores, settings, Utc::now()).await.unwrap();
         keys
     });
-    c.bench_function("ranking_top_read", |b| {
+    c.bench_function("ranking_top_read_from_redis", |b| {
         b.to_async(&runtime)
             .iter(|| async { ranking::top(&stores, settings, &gate, Window::DEFAULT, Utc::now()).await.unwrap() });
+    });
+    // What `GET /products/top` does: the serialized body from the in-process copy.
+    let copy = Published::default();
+    assert!(runtime.block_on(copy.reload(&stores.redis, settings, Utc::now())).unwrap(), "the copy loads");
+    c.bench_function("ranking_top_read_from_copy", |b| {
+        b.to_async(&runtime).iter(|| async {
+            ranking::top_json(&stores, settings, &gate, &copy, Window::DEFAULT, Utc::now()).await.unwrap()
+        });
     });
     runtime.block_on(async {
         for chunk in keys.chunks(ZADD_CHUNK) {
