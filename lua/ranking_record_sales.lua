@@ -1,10 +1,10 @@
--- Adds one paid order's units to its day's sales set, exactly once per order.
+-- Adds one paid order's units in one shard to that shard's day set, exactly once per order and shard.
 --
--- KEYS[1]  <prefix>sales:{rank}:YYYYMMDD          sorted set, member = product id, score = units sold
--- KEYS[2]  <prefix>sales:{rank}:applied:YYYYMMDD  set of order ids already counted in KEYS[1]
+-- KEYS[1]  <prefix>sales:{rank:<s>}:YYYYMMDD          sorted set, member = product id, score = units sold
+-- KEYS[2]  <prefix>sales:{rank:<s>}:applied:YYYYMMDD  set of order ids already counted in KEYS[1]
 -- ARGV[1]  order id
 -- ARGV[2]  TTL of both keys, in seconds (the day sets are kept 8 days; 9 leaves a margin)
--- ARGV[3..] pairs: product id, units
+-- ARGV[3..] pairs: product id, units (only products of shard <s>; the caller calls once per shard)
 --
 -- Returns 1 when the order was counted now, 0 when it had been counted before (a replay).
 --

@@ -1,18 +1,22 @@
--- Replaces one day's sales set and its applied-orders set by rebuilt copies, atomically.
+-- Replaces one shard of one day (sales set, applied-orders set, rebuild marker) by rebuilt copies, atomically.
 --
--- KEYS[1]  the day's sales set        <prefix>sales:{rank}:YYYYMMDD          (member = product id, score = units)
--- KEYS[2]  the day's applied set      <prefix>sales:{rank}:applied:YYYYMMDD  (order ids counted in KEYS[1])
--- KEYS[3]  the rebuilt sales set      (temporary; may be absent when the day has no sales)
+-- KEYS[1]  the shard's day set        <prefix>sales:{rank:<s>}:YYYYMMDD          (member = product id, score = units)
+-- KEYS[2]  the shard's applied set    <prefix>sales:{rank:<s>}:applied:YYYYMMDD  (order ids counted in KEYS[1])
+-- KEYS[3]  the rebuilt sales set      (temporary; may be absent when the shard sold nothing that day)
 -- KEYS[4]  the rebuilt applied set    (temporary; may be absent)
--- ARGV[1]  TTL of the day's sets, in seconds
+-- KEYS[5]  the shard's rebuild marker <prefix>sales:{rank:<s>}:rebuilt:YYYYMMDD
+-- ARGV[1]  TTL of the day's keys, in seconds
+-- ARGV[2]  the shard count (RANKING_SHARDS) the rebuild split the day by, stored in KEYS[5]
 --
--- Returns an empty array when the day was replaced, or, with nothing changed, the ids of orders that the
--- live day already counts but the rebuilt copy does not.
+-- Returns an empty array when the shard's day was replaced, or, with nothing changed, the ids of orders that
+-- the live applied set already counts but the rebuilt copy does not.
 --
 -- Algorithm: the outbox relay may count an order paid after the rebuild read MySQL; renaming over it would
 -- lose that order. So the rename happens only when the rebuilt applied set covers the live one; otherwise
 -- the caller adds the returned orders (from MySQL) to the copies and calls again. Each set is renamed over
--- the live one (same {rank} slot), or the live one deleted when the rebuilt copy is empty.
+-- the live one (same {rank:<s>} slot), or the live one deleted when the rebuilt copy is empty. The marker is
+-- written in the same call, so it is present exactly when the shard's day is complete from MySQL's view
+-- (a Redis losing the sets loses it with them).
 local missing = redis.call('SDIFF', KEYS[2], KEYS[4])
 if #missing > 0 then
     return missing
@@ -26,4 +30,5 @@ for _, pair in ipairs({ { KEYS[3], KEYS[1] }, { KEYS[4], KEYS[2] } }) do
         redis.call('DEL', pair[2])
     end
 end
+redis.call('SET', KEYS[5], ARGV[2], 'EX', ttl)
 return {}

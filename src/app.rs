@@ -51,7 +51,7 @@ impl App {
         let users = crate::user::cache::KnownUsers::default();
         users.refresh(&stores.redis).await.map_err(StoreError::from)?;
         crate::coupon::restore_all(&stores, &catalog).await?;
-        for day in ranking::rebuild_missing(&stores, config.business_tz, chrono::Utc::now()).await? {
+        for day in ranking::rebuild_missing(&stores, config.ranking(), chrono::Utc::now()).await? {
             tracing::info!(day = %day.day, orders = day.orders, units = day.units, "ranking day rebuilt from MySQL");
         }
         let listener = TcpListener::bind(config.bind_addr)
@@ -66,6 +66,7 @@ impl App {
             users,
             product_gate: product::LoadGate::default(),
             ranking_gate: ranking::ComputeGate::default(),
+            ranking_copy: ranking::published::Published::default(),
         }));
         Ok(Self { listener, state })
     }
@@ -105,13 +106,15 @@ fn spawn_background_jobs(state: &AppState, jobs: &TaskTracker, shutdown: &Cancel
     let stores = state.stores.for_jobs();
     jobs.spawn(crate::coupon::writer::run(stores.clone(), shutdown.clone()));
     jobs.spawn(state.users.clone().run(stores.redis.clone(), shutdown.clone()));
-    let relay = crate::platform::relay::Relay::new(state.config.data_platform_url.as_deref(), state.config.business_tz);
+    let relay = crate::platform::relay::Relay::new(state.config.data_platform_url.as_deref(), state.config.ranking());
     jobs.spawn(crate::platform::relay::run(stores.clone(), relay, shutdown.clone()));
     jobs.spawn(product::views::run(stores.clone(), shutdown.clone()));
     jobs.spawn(crate::retention::run(stores.clone(), state.config.retention, shutdown.clone()));
+    let copy = state.ranking_copy.clone();
+    jobs.spawn(ranking::published::run(stores.redis.clone(), state.config.ranking(), copy, shutdown.clone()));
     jobs.spawn(ranking::job::run(
         stores,
-        state.config.business_tz,
+        state.config.ranking(),
         state.config.ranking_refresh.clone(),
         shutdown.clone(),
     ));

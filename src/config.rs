@@ -60,6 +60,11 @@ pub struct ServeConfig {
     #[arg(long, env = "RANKING_REFRESH", default_value = "0 * * * * *", value_parser = parse_cron)]
     pub ranking_refresh: String,
 
+    /// Sorted sets each day's sales are split into (1..=1024). Every instance must use the same count;
+    /// changing it is a rebuild, which start-up does by itself (the days' markers name the old count).
+    #[arg(long, env = "RANKING_SHARDS", default_value = "64", value_parser = crate::ranking::Shards::parse)]
+    pub ranking_shards: crate::ranking::Shards,
+
     #[command(flatten)]
     pub limits: BalanceLimits,
 
@@ -81,6 +86,20 @@ pub struct BalanceLimits {
     /// A balance may never exceed this, in won.
     #[arg(long, env = "BALANCE_MAX", default_value_t = 100_000_000)]
     pub balance_max: i64,
+}
+
+impl ServeConfig {
+    /// What the ranking and the relay need of this configuration.
+    pub fn ranking(&self) -> crate::ranking::Settings {
+        crate::ranking::Settings { business_tz: self.business_tz, shards: self.ranking_shards }
+    }
+}
+
+impl RebuildConfig {
+    /// What the rebuild needs of this configuration.
+    pub fn ranking(&self) -> crate::ranking::Settings {
+        crate::ranking::Settings { business_tz: self.business_tz, shards: self.ranking_shards }
+    }
 }
 
 impl Default for BalanceLimits {
@@ -142,6 +161,10 @@ pub struct RebuildConfig {
     /// Fixed UTC offset of the business day (ranking days, `from`/`to`).
     #[arg(long, env = "BUSINESS_TZ", default_value = "+09:00", value_parser = parse_offset)]
     pub business_tz: FixedOffset,
+
+    /// Sorted sets each day's sales are split into (1..=1024): the layout the rebuild writes.
+    #[arg(long, env = "RANKING_SHARDS", default_value = "64", value_parser = crate::ranking::Shards::parse)]
+    pub ranking_shards: crate::ranking::Shards,
 
     /// Days to rebuild, today included.
     #[arg(long, default_value_t = crate::ranking::KEPT_DAYS, value_parser = clap::value_parser!(u32).range(1..=8))]

@@ -32,4 +32,6 @@ pub struct Shared {
     pub product_gate: product::LoadGate,
     /// Makes a burst of requests for an uncached ranking window compute it once.
     pub ranking_gate: ranking::ComputeGate,
+    /// The ranking's lists, serialized, in process: what `GET /products/top` answers from.
+    pub ranking_copy: ranking::published::Published,
 }

@@ -2,6 +2,8 @@
 //! ranking.
 
 use axum::extract::State;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -64,18 +66,24 @@ pub struct TopQuery {
     limit: Option<i64>,
 }
 
-/// Best sellers over the last `days` days, as of the last refresh.
+/// Best sellers over the last `days` days, as of the last refresh. The body comes already serialized from
+/// the instance's copy of the lists.
 #[utoipa::path(get, path = "/products/top", tag = "products", params(TopQuery),
     responses((status = 200, body = TopProducts), (status = 400, body = ErrorBody)))]
-async fn top_products(State(app): State<AppState>, Query(query): Query<TopQuery>) -> Result<axum::Json<TopProducts>> {
+async fn top_products(State(app): State<AppState>, Query(query): Query<TopQuery>) -> Result<Response> {
     let window = Window::parse(query.days, query.limit)?;
-    let top = ranking::top(&app.stores, app.config.business_tz, &app.ranking_gate, window, Utc::now()).await?;
-    Ok(axum::Json(top))
+    let (settings, now) = (app.config.ranking(), Utc::now());
+    let body = ranking::top_json(&app.stores, settings, &app.ranking_gate, &app.ranking_copy, window, now).await?;
+    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response())
 }
 
 /// Recomputes every ranking window now; returns the default window (3 days, top 5).
 #[utoipa::path(post, path = "/admin/ranking/refresh", tag = "admin", security(("admin" = [])),
     responses((status = 200, body = TopProducts), (status = 401, body = ErrorBody)))]
 async fn refresh_ranking(_: Admin, State(app): State<AppState>) -> Result<axum::Json<TopProducts>> {
-    Ok(axum::Json(ranking::refresh(&app.stores, app.config.business_tz, Utc::now()).await?))
+    let (settings, now) = (app.config.ranking(), Utc::now());
+    let top = ranking::refresh(&app.stores, settings, now).await?;
+    // This instance serves the new lists at once; the others at their next version check.
+    app.ranking_copy.reload(&app.stores.redis, settings, now).await.map_err(ranking::Error::from)?;
+    Ok(axum::Json(top))
 }

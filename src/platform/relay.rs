@@ -1,12 +1,12 @@
 //! The outbox relay: a background job that, after commit, delivers each paid order's event to the data
 //! platform (at least once, retried with exponential backoff until a 2xx) and adds the order's units to the
-//! day's sales set in Redis (exactly once, by the script's applied-orders set). The two are tracked apart
+//! day's sales sets in Redis (exactly once per shard, by each shard's applied-orders set). The two are tracked apart
 //! (`delivered_at`, `sales_applied_at`) so a platform outage never holds back the ranking, nor the reverse.
 //! Nothing here can delay or undo a payment: it only reads committed rows.
 
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, FixedOffset, Utc};
+use chrono::{DateTime, Utc};
 use futures::future::join_all;
 use sqlx::Connection;
 use tokio_util::sync::CancellationToken;
@@ -49,13 +49,13 @@ pub struct Outcome {
 #[derive(Debug, Clone)]
 pub struct Relay {
     pub sink: Sink,
-    /// Offset of the business day a sale counts for.
-    pub business_tz: FixedOffset,
+    /// The business day a sale counts for, and the shards its lines go to.
+    pub ranking: ranking::Settings,
 }
 
 impl Relay {
-    pub fn new(data_platform_url: Option<&str>, business_tz: FixedOffset) -> Self {
-        Self { sink: Sink::new(data_platform_url), business_tz }
+    pub fn new(data_platform_url: Option<&str>, ranking: ranking::Settings) -> Self {
+        Self { sink: Sink::new(data_platform_url), ranking }
     }
 
     /// One pass: claims due rows (`FOR UPDATE SKIP LOCKED`, in a READ COMMITTED transaction held while they
@@ -107,9 +107,10 @@ impl Relay {
         };
         let mut errors = Vec::new();
         if !done.sales_applied {
-            let day = ranking::business_day(event.paid_at, self.business_tz);
+            let day = ranking::business_day(event.paid_at, self.ranking.business_tz);
             let units: Vec<_> = event.items.iter().map(|item| (item.product_id, item.quantity)).collect();
-            match sales::record(&stores.redis, day, event.order_id, &units).await {
+            // `sales_applied_at` is set only on `Ok`, that is once every shard of the order has counted it.
+            match sales::record(&stores.redis, self.ranking.shards, day, event.order_id, &units).await {
                 Ok(recorded) => {
                     done.sales_applied = true;
                     done.counted_now = recorded == sales::Recorded::Applied;

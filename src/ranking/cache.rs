@@ -1,23 +1,18 @@
-//! Redis side of the ranking: reading day sets, the cached top list per window, the refresh lock, and the
-//! temporary copies a rebuild swaps in.
+//! Redis side of the ranking: each shard's windows (`lua/ranking_shard_top.lua`), the rebuild markers, the
+//! cached top list per window, the refresh lock, and the temporary copies a rebuild swaps in.
 
 use std::collections::HashMap;
 
 use chrono::NaiveDate;
 use fred::prelude::*;
-use fred::types::scan::Scanner;
-use futures::TryStreamExt;
 
-use super::{TopProducts, applied_key, day_key};
+use super::{Shard, Shards, TopProducts, applied_key, day_key, rebuilt_key};
 use crate::id::{OrderId, ProductId};
 use crate::store::{Redis, StoreError};
 
-/// Members per ZSCAN reply: each call holds Redis for well under a millisecond, so reading a 100,000-member
-/// day set never blocks the coupon path for long (a ZUNIONSTORE of three such sets holds it for ~100 ms).
-const SCAN_COUNT: u32 = 1_000;
 /// A cached window older than this is recomputed by the next request, so a stalled scheduler (every
 /// instance failing to refresh) cannot serve an old list for long.
-const WINDOW_TTL_SECS: i64 = 600;
+pub(super) const WINDOW_TTL_SECS: i64 = 600;
 /// How long one instance's refresh keeps the others from refreshing: ticks of several instances that fall
 /// within this of each other refresh once. Longer than a refresh takes at 100,000 products.
 const REFRESH_LOCK_MS: i64 = 5_000;
@@ -26,24 +21,75 @@ const TEMP_TTL_SECS: i64 = 600;
 /// Commands per pipeline when filling the temporary copies.
 const FILL_CHUNK: usize = 1_000;
 
-/// Units per product in one day's sales set. Members that are not product ids are skipped.
-pub async fn day_sales(redis: &Redis, day: NaiveDate) -> Result<HashMap<ProductId, i64>, StoreError> {
-    let mut sales = HashMap::new();
-    let mut pages = std::pin::pin!(redis.client().zscan(day_key(&redis.keys, day), "*", Some(SCAN_COUNT)));
-    // ZSCAN may return a member twice (when the set is resized mid-scan); inserting keeps it once.
-    while let Some(mut page) = pages.try_next().await? {
-        for (member, score) in page.take_results().unwrap_or_default() {
-            if let Some(id) = member.as_string().and_then(|s| s.parse().ok()).and_then(ProductId::new) {
-                sales.insert(id, score as i64);
-            }
-        }
-    }
-    Ok(sales)
+/// One shard's part of every window, as `lua/ranking_shard_top.lua` returns it.
+#[derive(Debug)]
+pub struct ShardTop {
+    /// Per day asked for (today first): whether the shard's rebuild marker of that day is present.
+    pub marked: Vec<bool>,
+    /// Per window of 1, 2, ... days: the shard's best products with their units, every product tied with
+    /// the last of them included, in no particular order among ties.
+    pub windows: Vec<Vec<(ProductId, i64)>>,
 }
 
-pub async fn day_exists(redis: &Redis, day: NaiveDate) -> Result<bool, StoreError> {
-    let found: i64 = redis.client().exists(day_key(&redis.keys, day)).await?;
-    Ok(found == 1)
+/// `<prefix>sales:{rank:<s>}:union:a` and `:union:b`: the scratch keys the shard's unions alternate
+/// between (within one script call).
+fn union_keys(redis: &Redis, shard: Shard) -> [String; 2] {
+    ["a", "b"].map(|which| redis.keys.key(format_args!("sales:{{rank:{}}}:union:{which}", shard.get())))
+}
+
+/// The windows of 1..=`days.len()` days (`days` ending today, today first) of one shard, with at least its
+/// `n` best products each.
+pub async fn shard_top(
+    redis: &Redis,
+    shards: Shards,
+    shard: Shard,
+    days: &[NaiveDate],
+    n: u32,
+) -> Result<ShardTop, StoreError> {
+    let mut keys = Vec::with_capacity(2 + 2 * days.len());
+    keys.extend(union_keys(redis, shard));
+    keys.extend(days.iter().map(|day| day_key(&redis.keys, shard, *day)));
+    keys.extend(days.iter().map(|day| rebuilt_key(&redis.keys, shard, *day)));
+    let script = &*crate::store::scripts::RANKING_SHARD_TOP;
+    let reply: Vec<Value> = script.call(redis, keys, vec![n.to_string(), shards.count().to_string()]).await?;
+    let mut parts = reply.into_iter();
+    let marked = match parts.next() {
+        Some(Value::Array(marked)) => marked.iter().map(|m| m.as_i64() == Some(1)).collect::<Vec<_>>(),
+        other => return Err(script.unexpected(other)),
+    };
+    let windows = parts
+        .map(|window| match window {
+            Value::Array(flat) => flat
+                .chunks_exact(2)
+                .map(|pair| {
+                    let id = pair[0].as_string().and_then(|s| s.parse().ok()).and_then(ProductId::new);
+                    let units = pair[1].as_f64();
+                    id.zip(units).map(|(id, units)| (id, units as i64)).ok_or_else(|| script.unexpected(pair))
+                })
+                .collect::<Result<Vec<_>, _>>(),
+            other => Err(script.unexpected(other)),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if marked.len() != days.len() || windows.len() != days.len() {
+        return Err(script.unexpected((marked, windows)));
+    }
+    Ok(ShardTop { marked, windows })
+}
+
+/// Per day of `days`: whether every shard holds its rebuild marker for `shards` (one pipeline of GETs).
+pub async fn marked_days(redis: &Redis, shards: Shards, days: &[NaiveDate]) -> Result<Vec<bool>, StoreError> {
+    let pipeline = redis.client().pipeline();
+    for day in days {
+        for shard in shards.all() {
+            let _: () = pipeline.get(rebuilt_key(&redis.keys, shard, *day)).await?;
+        }
+    }
+    let markers: Vec<Option<String>> = pipeline.all().await?;
+    let expected = shards.count().to_string();
+    Ok(markers
+        .chunks(shards.count() as usize)
+        .map(|day| day.iter().all(|marker| marker.as_deref() == Some(expected.as_str())))
+        .collect())
 }
 
 /// `<prefix>ranking:top:<days>d`: the computed, joined top list of a window (at most [`super::MAX_LIMIT`]).
@@ -55,6 +101,35 @@ fn window_key(redis: &Redis, days: u32) -> String {
 pub async fn window(redis: &Redis, days: u32) -> Result<Option<TopProducts>, StoreError> {
     let cached: Option<String> = redis.client().get(window_key(redis, days)).await?;
     Ok(cached.and_then(|json| serde_json::from_str(&json).ok()))
+}
+
+/// Every window of 1..=[`super::MAX_DAYS`] days, in that order; `None` for one missing or undecodable.
+pub async fn windows(redis: &Redis) -> Result<Vec<Option<TopProducts>>, StoreError> {
+    // One GET per key: on a cluster the window keys live in different slots.
+    let pipeline = redis.client().pipeline();
+    for days in 1..=super::MAX_DAYS {
+        let _: () = pipeline.get(window_key(redis, days)).await?;
+    }
+    let cached: Vec<Option<String>> = pipeline.all().await?;
+    Ok(cached.into_iter().map(|json| json.and_then(|json| serde_json::from_str(&json).ok())).collect())
+}
+
+/// `<prefix>ranking:version`: changed by every refresh after it stored the windows, so instances know when
+/// to reload their in-process copy (`super::published`).
+fn version_key(redis: &Redis) -> String {
+    redis.keys.key("ranking:version")
+}
+
+pub async fn version(redis: &Redis) -> Result<Option<String>, StoreError> {
+    Ok(redis.client().get(version_key(redis)).await?)
+}
+
+/// Marks the stored windows as new: every instance reloads its copy at its next check.
+pub async fn publish_version(redis: &Redis) -> Result<(), StoreError> {
+    let version = uuid::Uuid::new_v4().simple().to_string();
+    let _: () =
+        redis.client().set(version_key(redis), version, Some(Expiration::EX(WINDOW_TTL_SECS)), None, false).await?;
+    Ok(())
 }
 
 pub async fn store_windows(redis: &Redis, windows: &[TopProducts]) -> Result<(), StoreError> {
@@ -98,22 +173,32 @@ pub async fn try_refresh_lock(redis: &Redis) -> Result<bool, StoreError> {
     Ok(set.is_some())
 }
 
-/// A rebuild's private copies of one day's sets, in the same `{rank}` slot as the live ones.
+/// A rebuild's private copies of one shard of one day, in the same `{rank:<s>}` slot as the live ones.
 pub struct TempDay {
+    shard: Shard,
     day: NaiveDate,
     sales: String,
     applied: String,
 }
 
 impl TempDay {
-    pub fn new(redis: &Redis, day: NaiveDate) -> Self {
+    pub fn new(redis: &Redis, shard: Shard, day: NaiveDate) -> Self {
         let run = uuid::Uuid::new_v4().simple();
-        let ymd = day.format("%Y%m%d");
+        let (s, ymd) = (shard.get(), day.format("%Y%m%d"));
         Self {
+            shard,
             day,
-            sales: redis.keys.key(format_args!("sales:{{rank}}:rebuild:{run}:{ymd}")),
-            applied: redis.keys.key(format_args!("sales:{{rank}}:rebuild:{run}:applied:{ymd}")),
+            sales: redis.keys.key(format_args!("sales:{{rank:{s}}}:rebuild:{run}:{ymd}")),
+            applied: redis.keys.key(format_args!("sales:{{rank:{s}}}:rebuild:{run}:applied:{ymd}")),
         }
+    }
+
+    pub fn shard(&self) -> Shard {
+        self.shard
+    }
+
+    pub fn day(&self) -> NaiveDate {
+        self.day
     }
 
     /// Adds units per product and marks `orders` as counted.
@@ -142,17 +227,19 @@ impl TempDay {
         Ok(())
     }
 
-    /// Swaps the copies in for the live day (see `lua/ranking_replace_day.lua`). Returns the orders the live
-    /// day counts that the copies lack; when that is empty the swap happened.
-    pub async fn replace_live(&self, redis: &Redis, ttl_secs: i64) -> Result<Vec<OrderId>, StoreError> {
+    /// Swaps the copies in for the live shard of the day and marks it rebuilt for `shards` (see
+    /// `lua/ranking_replace_day.lua`). Returns the orders the live shard counts that the copies lack; when
+    /// that is empty the swap happened.
+    pub async fn replace_live(&self, redis: &Redis, shards: Shards, ttl_secs: i64) -> Result<Vec<OrderId>, StoreError> {
         let script = &crate::store::scripts::RANKING_REPLACE_DAY;
         let keys = vec![
-            day_key(&redis.keys, self.day),
-            applied_key(&redis.keys, self.day),
+            day_key(&redis.keys, self.shard, self.day),
+            applied_key(&redis.keys, self.shard, self.day),
             self.sales.clone(),
             self.applied.clone(),
+            rebuilt_key(&redis.keys, self.shard, self.day),
         ];
-        let missing: Vec<String> = script.call(redis, keys, vec![ttl_secs]).await?;
+        let missing: Vec<String> = script.call(redis, keys, vec![ttl_secs, i64::from(shards.count())]).await?;
         missing.iter().map(|id| id.parse().ok().and_then(OrderId::new).ok_or_else(|| script.unexpected(id))).collect()
     }
 

@@ -1,11 +1,11 @@
 //! The scheduled ranking refresh: a tokio-cron-scheduler job on `RANKING_REFRESH` recomputing every window,
 //! run by one instance per tick (a Redis lock with expiry decides which).
 
-use chrono::{FixedOffset, Utc};
+use chrono::Utc;
 use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
 use tokio_util::sync::CancellationToken;
 
-use super::{Error, cache, refresh};
+use super::{Error, Settings, cache, refresh};
 use crate::store::Stores;
 
 /// What one tick did.
@@ -17,18 +17,18 @@ pub enum Tick {
 }
 
 /// One scheduled tick: refreshes unless another instance already does.
-pub async fn tick(stores: &Stores, tz: FixedOffset) -> Result<Tick, Error> {
+pub async fn tick(stores: &Stores, settings: Settings) -> Result<Tick, Error> {
     if !cache::try_refresh_lock(&stores.redis).await? {
         return Ok(Tick::Skipped);
     }
-    refresh(stores, tz, Utc::now()).await?;
+    refresh(stores, settings, Utc::now()).await?;
     Ok(Tick::Refreshed)
 }
 
 /// Runs the refresh on `cron` until `shutdown`. A tick in progress at shutdown is abandoned: a refresh
 /// only overwrites cached lists, so half of one changes nothing.
-pub async fn run(stores: Stores, tz: FixedOffset, cron: String, shutdown: CancellationToken) {
-    let mut scheduler = match start(stores, tz, &cron).await {
+pub async fn run(stores: Stores, settings: Settings, cron: String, shutdown: CancellationToken) {
+    let mut scheduler = match start(stores, settings, &cron).await {
         Ok(scheduler) => scheduler,
         Err(error) => {
             tracing::error!(error = %error, cron, "ranking refresh not scheduled; requests compute missing windows");
@@ -41,12 +41,12 @@ pub async fn run(stores: Stores, tz: FixedOffset, cron: String, shutdown: Cancel
     }
 }
 
-async fn start(stores: Stores, tz: FixedOffset, cron: &str) -> Result<JobScheduler, JobSchedulerError> {
+async fn start(stores: Stores, settings: Settings, cron: &str) -> Result<JobScheduler, JobSchedulerError> {
     let scheduler = JobScheduler::new().await?;
     let job = Job::new_async(cron, move |_, _| {
         let stores = stores.clone();
         Box::pin(async move {
-            match tick(&stores, tz).await {
+            match tick(&stores, settings).await {
                 Ok(Tick::Refreshed) => tracing::debug!("ranking refreshed"),
                 Ok(Tick::Skipped) => {}
                 Err(error) => tracing::warn!(error = %error, "ranking refresh failed; the previous lists stay"),

@@ -1,14 +1,17 @@
-//! Top products: daily sales in Redis sorted sets, unioned over a window of days.
+//! Top products: daily sales in Redis sorted sets split into shards by product, each shard's days unioned
+//! by ZUNIONSTORE in Redis, the shards' bests merged here.
 
 pub mod cache;
 pub mod db;
 pub mod job;
+pub mod published;
 pub mod sales;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use chrono::{DateTime, Days, FixedOffset, NaiveDate, NaiveTime, TimeDelta, Utc};
+use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -20,17 +23,88 @@ pub fn business_day(at: DateTime<Utc>, tz: FixedOffset) -> NaiveDate {
     at.with_timezone(&tz).date_naive()
 }
 
-/// `<prefix>sales:{rank}:YYYYMMDD`: the contract's name of one day's sales set (member = product id,
-/// score = units). The `{rank}` hash tag keeps every day in one cluster slot so they can be unioned.
-pub fn day_key(keys: &Keys, day: NaiveDate) -> String {
-    keys.key(format_args!("sales:{{rank}}:{}", day.format("%Y%m%d")))
+/// How many sorted sets each day's sales are split into (`RANKING_SHARDS`): a product's units live in shard
+/// `productId mod shards`. More shards make each refresh call shorter (its union covers fewer products) and
+/// spread the sets over more cluster slots, at one script call per shard per refresh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shards(u32);
+
+impl Shards {
+    /// The contract's default.
+    pub const DEFAULT: Shards = Shards(64);
+    /// Largest accepted count: beyond it a refresh would be more round trips than union work.
+    pub const MAX: u32 = 1_024;
+
+    /// `None` unless `count` is `1..=MAX`.
+    pub fn new(count: u32) -> Option<Self> {
+        (1..=Self::MAX).contains(&count).then_some(Self(count))
+    }
+
+    /// Parses `RANKING_SHARDS`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        s.parse().ok().and_then(Self::new).ok_or_else(|| format!("RANKING_SHARDS must be 1..={}, not {s:?}", Self::MAX))
+    }
+
+    pub fn count(self) -> u32 {
+        self.0
+    }
+
+    /// The shard holding `product`'s units.
+    pub fn of(self, product: ProductId) -> Shard {
+        Shard((product.get() as u64 % u64::from(self.0)) as u32)
+    }
+
+    /// Every shard, in order.
+    pub fn all(self) -> impl Iterator<Item = Shard> {
+        (0..self.0).map(Shard)
+    }
 }
 
-/// `<prefix>sales:{rank}:applied:YYYYMMDD`: the set of order ids already counted in that day's sales set.
-/// Whoever writes a day set (the outbox relay adding one order, a rebuild replacing the day) writes this
-/// set with it, atomically, which is what makes "exactly once per order" hold across replays and rebuilds.
-pub fn applied_key(keys: &Keys, day: NaiveDate) -> String {
-    keys.key(format_args!("sales:{{rank}}:applied:{}", day.format("%Y%m%d")))
+impl std::fmt::Display for Shards {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// One of the [`Shards`]: the `<s>` of `{rank:<s>}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Shard(u32);
+
+impl Shard {
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+/// What every ranking operation needs to know about the deployment.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// Offset of the business day a sale counts for.
+    pub business_tz: FixedOffset,
+    pub shards: Shards,
+}
+
+/// `<prefix>sales:{rank:<s>}:YYYYMMDD`: the contract's name of one shard of one day's sales (member = product
+/// id, score = units). The `{rank:<s>}` hash tag puts every day of a shard in one cluster slot, so a shard's
+/// days can be unioned, while different shards spread over the cluster.
+pub fn day_key(keys: &Keys, shard: Shard, day: NaiveDate) -> String {
+    keys.key(format_args!("sales:{{rank:{}}}:{}", shard.0, day.format("%Y%m%d")))
+}
+
+/// `<prefix>sales:{rank:<s>}:applied:YYYYMMDD`: the order ids already counted in that shard's day set.
+/// Whoever writes a shard's day set (the outbox relay adding one order, a rebuild replacing the day) writes
+/// this set with it, atomically, which is what makes "exactly once per order and shard" hold across replays
+/// and rebuilds.
+pub fn applied_key(keys: &Keys, shard: Shard, day: NaiveDate) -> String {
+    keys.key(format_args!("sales:{{rank:{}}}:applied:{}", shard.0, day.format("%Y%m%d")))
+}
+
+/// `<prefix>sales:{rank:<s>}:rebuilt:YYYYMMDD`: holds the shard count, written by a rebuild in the same
+/// script that swaps the shard's day in. The relay only ever adds to a day, so it cannot tell a new day from
+/// one Redis lost; this marker can: a day with PAID orders in MySQL whose shards lack it (Redis lost data,
+/// the day is new, or `RANKING_SHARDS` changed) is rebuilt by the next refresh.
+pub fn rebuilt_key(keys: &Keys, shard: Shard, day: NaiveDate) -> String {
+    keys.key(format_args!("sales:{{rank:{}}}:rebuilt:{}", shard.0, day.format("%Y%m%d")))
 }
 
 /// Longest window served, in days.
@@ -138,12 +212,12 @@ pub struct ComputeGate(Arc<tokio::sync::Mutex<()>>);
 /// is computed here once (others wait for it) and cached.
 pub async fn top(
     stores: &Stores,
-    tz: FixedOffset,
+    settings: Settings,
     gate: &ComputeGate,
     window: Window,
     now: DateTime<Utc>,
 ) -> Result<TopProducts, Error> {
-    let today = business_day(now, tz);
+    let today = business_day(now, settings.business_tz);
     if let Some(cached) = cached_for(stores, window.days, today).await? {
         return Ok(cached.truncated(window.limit));
     }
@@ -151,10 +225,27 @@ pub async fn top(
     if let Some(cached) = cached_for(stores, window.days, today).await? {
         return Ok(cached.truncated(window.limit));
     }
-    let windows = compute(stores, tz, window.days, now).await?;
+    let windows = compute(stores, settings, window.days, now).await?.windows;
     cache::store_windows(&stores.redis, &windows).await?;
     let top = windows.into_iter().find(|w| w.days == window.days).expect("the asked window is computed");
     Ok(top.truncated(window.limit))
+}
+
+/// `window`'s list as JSON: from the in-process copy when it holds today's lists (no Redis round trip, no
+/// encoding), else as [`top`] gives it.
+pub async fn top_json(
+    stores: &Stores,
+    settings: Settings,
+    gate: &ComputeGate,
+    published: &published::Published,
+    window: Window,
+    now: DateTime<Utc>,
+) -> Result<axum::body::Bytes, Error> {
+    if let Some(body) = published.body(window, now, settings) {
+        return Ok(body);
+    }
+    let top = top(stores, settings, gate, window, now).await?;
+    Ok(serde_json::to_vec(&top).expect("a top list serializes").into())
 }
 
 /// The cached list of the `days` window if it ends `today` (a list from before midnight is stale).
@@ -163,38 +254,51 @@ async fn cached_for(stores: &Stores, days: u32, today: NaiveDate) -> Result<Opti
 }
 
 /// Recomputes and caches every window (1..=7 days); returns the default window.
-pub async fn refresh(stores: &Stores, tz: FixedOffset, now: DateTime<Utc>) -> Result<TopProducts, Error> {
+///
+/// It also heals: a served day whose shards lack their rebuild marker while MySQL has PAID orders on it
+/// (Redis lost data while the service ran, or the day is new) is rebuilt from MySQL first, so the lists it
+/// caches count every PAID order again without a restart.
+pub async fn refresh(stores: &Stores, settings: Settings, now: DateTime<Utc>) -> Result<TopProducts, Error> {
     let started = std::time::Instant::now();
-    let windows = compute(stores, tz, MAX_DAYS, now).await?;
-    cache::store_windows(&stores.redis, &windows).await?;
+    let mut computed = compute(stores, settings, MAX_DAYS, now).await?;
+    let rebuilt = heal(stores, settings, &computed.unmarked).await?;
+    if !rebuilt.is_empty() {
+        computed = compute(stores, settings, MAX_DAYS, now).await?;
+    }
+    cache::store_windows(&stores.redis, &computed.windows).await?;
+    cache::publish_version(&stores.redis).await?;
     metrics::histogram!("ranking_refresh_duration_seconds").record(started.elapsed());
-    let default = windows.into_iter().find(|w| w.days == Window::DEFAULT.days).expect("every window is computed");
+    let default =
+        computed.windows.into_iter().find(|w| w.days == Window::DEFAULT.days).expect("every window is computed");
     Ok(default.truncated(Window::DEFAULT.limit))
+}
+
+/// Every window of 1..=`max_days` days ending today, and the days some shard of which lacks its marker.
+struct Computed {
+    windows: Vec<TopProducts>,
+    unmarked: Vec<NaiveDate>,
 }
 
 /// The joined top lists of the windows of 1..=`max_days` days ending today.
 ///
-/// This is the union of the day sets, computed here rather than by ZUNIONSTORE: the day sets are read in
-/// small ZSCAN steps and summed in this process, so Redis is never blocked for more than one step (a
-/// ZUNIONSTORE of three 100,000-member days blocks it for about 100 ms, stalling the coupon path), ties
-/// are broken by product id exactly, and one read of the days yields every window.
-async fn compute(
-    stores: &Stores,
-    tz: FixedOffset,
-    max_days: u32,
-    now: DateTime<Utc>,
-) -> Result<Vec<TopProducts>, Error> {
-    let today = business_day(now, tz);
+/// Each shard unions its own day sets in Redis (`lua/ranking_shard_top.lua`, one call per shard, all in
+/// flight at once) and returns its best [`MAX_LIMIT`] per window plus every product tied with the last of
+/// them. A product lives in exactly one shard, so the best of the shards' bests, ordered by units and then
+/// lower id, is exactly the best of the whole union. A shard holds about `products / shards` members, which
+/// bounds how long one call holds Redis.
+async fn compute(stores: &Stores, settings: Settings, max_days: u32, now: DateTime<Utc>) -> Result<Computed, Error> {
+    let today = business_day(now, settings.business_tz);
     let days: Vec<NaiveDate> = (0..max_days).map(|back| today - Days::new(back.into())).collect();
-    let sales = futures::future::try_join_all(days.iter().map(|day| cache::day_sales(&stores.redis, *day))).await?;
-    let mut totals: HashMap<ProductId, i64> = HashMap::new();
-    let mut bests = Vec::with_capacity(days.len());
-    for day_sales in &sales {
-        for (id, units) in day_sales {
-            *totals.entry(*id).or_default() += units;
-        }
-        bests.push(best(&totals, MAX_LIMIT as usize));
-    }
+    let tops = futures::future::try_join_all(
+        settings.shards.all().map(|shard| cache::shard_top(&stores.redis, settings.shards, shard, &days, MAX_LIMIT)),
+    )
+    .await?;
+    // A day is complete only when every one of its shards carries the marker of the day's last rebuild.
+    let unmarked =
+        days.iter().enumerate().filter(|(d, _)| tops.iter().any(|top| !top.marked[*d])).map(|(_, day)| *day).collect();
+    let bests: Vec<Vec<(ProductId, i64)>> = (0..days.len())
+        .map(|d| best(tops.iter().flat_map(|top| top.windows[d].iter().copied()).collect(), MAX_LIMIT as usize))
+        .collect();
     let ids: BTreeSet<ProductId> = bests.iter().flatten().map(|(id, _)| *id).collect();
     let names = db::names_and_prices(&stores.db, &ids.into_iter().collect::<Vec<_>>()).await?;
     let windows = bests
@@ -220,14 +324,14 @@ async fn compute(
                 .collect(),
         })
         .collect();
-    Ok(windows)
+    Ok(Computed { windows, unmarked })
 }
 
-/// The `n` best sellers with sales: most units first, ties by lower id.
-fn best(totals: &HashMap<ProductId, i64>, n: usize) -> Vec<(ProductId, i64)> {
+/// The `n` best sellers with sales: most units first, ties by lower id. Redis orders equal scores by member
+/// string (`11` before `10`), so the order is decided here.
+fn best(mut all: Vec<(ProductId, i64)>, n: usize) -> Vec<(ProductId, i64)> {
     let order = |a: &(ProductId, i64), b: &(ProductId, i64)| b.1.cmp(&a.1).then(a.0.cmp(&b.0));
-    let mut all: Vec<(ProductId, i64)> =
-        totals.iter().filter(|(_, units)| **units > 0).map(|(id, u)| (*id, *u)).collect();
+    all.retain(|(_, units)| *units > 0);
     if all.len() > n {
         all.select_nth_unstable_by(n, order);
         all.truncate(n);
@@ -246,81 +350,129 @@ pub struct RebuiltDay {
     pub units: i64,
 }
 
-/// Rebuilds the day sets of the `days` days ending today from PAID orders in MySQL, then drops the cached
-/// windows so they are recomputed from the rebuilt days.
+/// Rebuilds the day sets of the `days` days ending today from PAID orders in MySQL, in the layout of
+/// `settings.shards`, then drops the cached windows so they are recomputed from the rebuilt days.
 pub async fn rebuild(
     stores: &Stores,
-    tz: FixedOffset,
+    settings: Settings,
     days: u32,
     now: DateTime<Utc>,
 ) -> Result<Vec<RebuiltDay>, Error> {
-    let today = business_day(now, tz);
+    let today = business_day(now, settings.business_tz);
     let mut rebuilt = Vec::new();
     for back in 0..days {
-        rebuilt.push(rebuild_day(stores, tz, today - Days::new(back.into())).await?);
+        rebuilt.push(rebuild_day(stores, settings, today - Days::new(back.into())).await?);
     }
     cache::forget_windows(&stores.redis).await?;
     Ok(rebuilt)
 }
 
-/// At start-up: rebuilds each of the last [`KEPT_DAYS`] days whose sales set is missing in Redis while MySQL
-/// has PAID orders on it (Redis lost its data).
-pub async fn rebuild_missing(stores: &Stores, tz: FixedOffset, now: DateTime<Utc>) -> Result<Vec<RebuiltDay>, Error> {
-    let today = business_day(now, tz);
-    let mut rebuilt = Vec::new();
-    for back in 0..KEPT_DAYS {
-        let day = today - Days::new(back.into());
-        let (from, to) = day_bounds(day, tz);
-        if !cache::day_exists(&stores.redis, day).await? && db::any_paid(&stores.db, from, to).await? {
-            rebuilt.push(rebuild_day(stores, tz, day).await?);
-        }
-    }
+/// At start-up: rebuilds each of the last [`KEPT_DAYS`] days some shard of which lacks its rebuild marker
+/// while MySQL has PAID orders on it (Redis lost data, or `RANKING_SHARDS` changed).
+pub async fn rebuild_missing(
+    stores: &Stores,
+    settings: Settings,
+    now: DateTime<Utc>,
+) -> Result<Vec<RebuiltDay>, Error> {
+    let today = business_day(now, settings.business_tz);
+    let days: Vec<NaiveDate> = (0..KEPT_DAYS).map(|back| today - Days::new(back.into())).collect();
+    let marked = cache::marked_days(&stores.redis, settings.shards, &days).await?;
+    let unmarked: Vec<NaiveDate> = days.into_iter().zip(marked).filter(|(_, marked)| !marked).map(|(d, _)| d).collect();
+    let rebuilt = heal(stores, settings, &unmarked).await?;
     if !rebuilt.is_empty() {
         cache::forget_windows(&stores.redis).await?;
     }
     Ok(rebuilt)
 }
 
-/// Replaces one day's sales set and its applied-orders set by what the PAID orders of that day in MySQL
-/// say, atomically: the copies are built aside and swapped in by one script.
-pub async fn rebuild_day(stores: &Stores, tz: FixedOffset, day: NaiveDate) -> Result<RebuiltDay, Error> {
-    let temp = cache::TempDay::new(&stores.redis, day);
-    let rebuilt = fill_and_swap(stores, &temp, day, tz).await;
-    if rebuilt.is_err() {
+/// Rebuilds those of `unmarked` days on which MySQL has PAID orders. A day without any is left alone: there
+/// is nothing to lose, and its first sale is rebuilt (and marked) by the refresh after it.
+async fn heal(stores: &Stores, settings: Settings, unmarked: &[NaiveDate]) -> Result<Vec<RebuiltDay>, Error> {
+    let mut rebuilt = Vec::new();
+    for day in unmarked {
+        let (from, to) = day_bounds(*day, settings.business_tz);
+        if db::any_paid(&stores.db, from, to).await? {
+            let day = rebuild_day(stores, settings, *day).await?;
+            tracing::info!(day = %day.day, orders = day.orders, units = day.units,
+                "ranking day rebuilt from MySQL: its shards lacked the rebuild marker");
+            rebuilt.push(day);
+        }
+    }
+    Ok(rebuilt)
+}
+
+/// Shards rebuilt at once: each is a few pipelines and one script; more in flight only queues on Redis.
+const REBUILD_PARALLEL: usize = 8;
+
+/// Replaces every shard of one day (sales set, applied-orders set, marker) by what the PAID orders of that
+/// day in MySQL say; each shard atomically: its copies are built aside and swapped in by one script.
+pub async fn rebuild_day(stores: &Stores, settings: Settings, day: NaiveDate) -> Result<RebuiltDay, Error> {
+    let (from, to) = day_bounds(day, settings.business_tz);
+    let mut by_shard: HashMap<Shard, Vec<db::PaidLine>> = HashMap::new();
+    for line in db::paid_lines(&stores.db, from, to).await? {
+        by_shard.entry(settings.shards.of(line.product_id)).or_default().push(line);
+    }
+    let shards = settings.shards.all().map(|shard| {
+        let lines = by_shard.remove(&shard).unwrap_or_default();
+        rebuild_shard_day(stores, settings, shard, day, lines)
+    });
+    let counted: Vec<ShardCounted> =
+        futures::stream::iter(shards).buffer_unordered(REBUILD_PARALLEL).try_collect().await?;
+    let orders: BTreeSet<OrderId> = counted.iter().flat_map(|c| c.orders.iter().copied()).collect();
+    Ok(RebuiltDay { day, orders: orders.len(), units: counted.iter().map(|c| c.units).sum() })
+}
+
+/// What the rebuild of one shard of a day counted.
+struct ShardCounted {
+    orders: BTreeSet<OrderId>,
+    units: i64,
+}
+
+async fn rebuild_shard_day(
+    stores: &Stores,
+    settings: Settings,
+    shard: Shard,
+    day: NaiveDate,
+    lines: Vec<db::PaidLine>,
+) -> Result<ShardCounted, Error> {
+    let temp = cache::TempDay::new(&stores.redis, shard, day);
+    let counted = fill_and_swap(stores, settings, &temp, lines).await;
+    if counted.is_err() {
         // Best effort: the copies expire on their own anyway.
         let _ = temp.discard(&stores.redis).await;
     }
-    rebuilt
+    counted
 }
 
 async fn fill_and_swap(
     stores: &Stores,
+    settings: Settings,
     temp: &cache::TempDay,
-    day: NaiveDate,
-    tz: FixedOffset,
-) -> Result<RebuiltDay, Error> {
-    let (from, to) = day_bounds(day, tz);
-    let mut lines = db::paid_lines(&stores.db, from, to).await?;
+    mut lines: Vec<db::PaidLine>,
+) -> Result<ShardCounted, Error> {
+    let (from, to) = day_bounds(temp.day(), settings.business_tz);
     let mut orders: Vec<OrderId> = lines.iter().map(|l| l.order_id).collect::<BTreeSet<_>>().into_iter().collect();
-    let mut rebuilt = RebuiltDay { day, orders: 0, units: 0 };
+    let mut counted = ShardCounted { orders: BTreeSet::new(), units: 0 };
     for _ in 0..SWAP_ATTEMPTS {
         let mut units: HashMap<ProductId, i64> = HashMap::new();
         for line in &lines {
             *units.entry(line.product_id).or_default() += line.quantity;
         }
-        rebuilt.orders += lines.iter().map(|l| l.order_id).collect::<BTreeSet<_>>().len();
-        rebuilt.units += units.values().sum::<i64>();
+        counted.orders.extend(lines.iter().map(|l| l.order_id));
+        counted.units += units.values().sum::<i64>();
         temp.add(&stores.redis, &units, &orders).await?;
-        let missing = temp.replace_live(&stores.redis, DAY_TTL_SECS).await?;
+        let missing = temp.replace_live(&stores.redis, settings.shards, DAY_TTL_SECS).await?;
         if missing.is_empty() {
-            return Ok(rebuilt);
+            return Ok(counted);
         }
-        // The relay counted these after MySQL was read. Add what MySQL confirms as PAID that day; the
-        // rest are marked counted with no units, since MySQL (the source of truth) says they sold nothing.
+        // The relay counted these in this shard after MySQL was read. Add what MySQL confirms as PAID that
+        // day, this shard's lines only; the rest are marked counted with no units, since MySQL (the source of
+        // truth) says they sold nothing here.
         lines = db::paid_lines_of(&stores.db, &missing, from, to).await?;
+        lines.retain(|line| settings.shards.of(line.product_id) == temp.shard());
         orders = missing;
     }
-    Err(Error::RebuildContended(day))
+    Err(Error::RebuildContended(temp.day()))
 }
 
 /// The UTC instants `[start, end)` of a business day.
@@ -332,4 +484,27 @@ pub fn day_bounds(day: NaiveDate, tz: FixedOffset) -> (DateTime<Utc>, DateTime<U
         .expect("a fixed offset maps every local time exactly once")
         .with_timezone(&Utc);
     (start, start + TimeDelta::days(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranking_shards_accepts_1_to_1024_and_puts_a_product_in_its_id_mod_the_count() {
+        assert_eq!(["1", "64", "1024"].map(|s| Shards::parse(s).map(Shards::count)), [Ok(1), Ok(64), Ok(1_024)]);
+        for refused in ["0", "1025", "-1", "sixty", ""] {
+            assert!(Shards::parse(refused).is_err(), "{refused:?}");
+        }
+        let of = |shards: u32, id: i64| Shards::new(shards).unwrap().of(ProductId::new(id).unwrap()).get();
+        assert_eq!([of(64, 1), of(64, 64), of(64, 130), of(1, 130), of(1_024, 1_025)], [1, 0, 2, 0, 1]);
+        assert_eq!(Shards::DEFAULT.all().count(), 64);
+    }
+
+    #[test]
+    fn best_keeps_the_most_units_first_and_breaks_ties_by_the_lower_id_numerically() {
+        let id = |n| ProductId::new(n).unwrap();
+        let all = vec![(id(11), 5), (id(9), 5), (id(100), 5), (id(10), 5), (id(3), 0), (id(2), 7)];
+        assert_eq!(best(all, 3), [(id(2), 7), (id(9), 5), (id(10), 5)]);
+    }
 }

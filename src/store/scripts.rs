@@ -28,6 +28,7 @@ scripts! {
     PRODUCT_VIEWS_TAKE => "product_views_take",
     PRODUCT_VIEWS_ACK => "product_views_ack",
     RANKING_REPLACE_DAY => "ranking_replace_day",
+    RANKING_SHARD_TOP => "ranking_shard_top",
 }
 
 /// Loads every script into Redis (every primary of a cluster) but the coupon issue script: that one is

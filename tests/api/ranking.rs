@@ -1,5 +1,6 @@
-//! The top-products ranking: windows over the daily sales sets, ties, the scheduled and admin refresh,
-//! and rebuilding the day sets from PAID orders in MySQL.
+//! The top-products ranking: windows over the sharded daily sales sets, ties, the scheduled and admin
+//! refresh, recording each order once per shard, rebuilding the day sets from PAID orders in MySQL, and
+//! healing after Redis lost them while the service runs.
 
 use std::time::{Duration, Instant};
 
@@ -7,19 +8,36 @@ use chrono::{DateTime, Days, NaiveDate, TimeDelta, Utc};
 use fred::prelude::*;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use stampede::ranking::{self, job};
+use stampede::id::{OrderId, ProductId};
+use stampede::ranking::{self, Shards, job};
 
-use crate::support::{TestApp, insert_paid_order, isolated_store, serve_config};
+use crate::support::{RedisServer, TestApp, eventually, insert_paid_order, isolated_store, serve_config};
 
 fn today(app: &TestApp) -> NaiveDate {
     ranking::business_day(Utc::now(), app.config.business_tz)
 }
 
-/// Adds `units` of `product` to the sales set of `days_ago` days before today, as the relay would.
+fn shard_of(app: &TestApp, product: i64) -> ranking::Shard {
+    app.config.ranking_shards.of(ProductId::new(product).unwrap())
+}
+
+/// Adds `units` of `product` to its shard's sales set of `days_ago` days before today, as the relay would.
 async fn sell(app: &TestApp, days_ago: u64, product: i64, units: i64) {
     let redis = &app.state.stores.redis;
-    let key = ranking::day_key(&redis.keys, today(app) - Days::new(days_ago));
+    let key = ranking::day_key(&redis.keys, shard_of(app, product), today(app) - Days::new(days_ago));
     let _: f64 = redis.client().zincrby(key, units as f64, product).await.unwrap();
+}
+
+/// Order ids in the applied sets of every shard of `day`, sorted, an order once per shard that counted it.
+async fn applied_orders(app: &TestApp, day: NaiveDate) -> Vec<i64> {
+    let redis = &app.state.stores.redis;
+    let mut applied = Vec::new();
+    for shard in app.config.ranking_shards.all() {
+        let members: Vec<i64> = redis.client().smembers(ranking::applied_key(&redis.keys, shard, day)).await.unwrap();
+        applied.extend(members);
+    }
+    applied.sort_unstable();
+    applied
 }
 
 /// `(productId, totalSales)` of a top list.
@@ -119,11 +137,11 @@ async fn top_of_three_days_unions_the_days_and_breaks_ties_by_lower_product_id()
     assert_eq!(entries(&body), [(p[4], 101), (p[10], 12), (p[11], 12), (p[3], 10), (p[1], 8)]);
     assert_eq!(body["from"], (today - Days::new(6)).to_string());
 
-    // The rebuilt day also records which orders it counted, so the relay will not count them again.
-    let redis = &app.state.stores.redis;
-    let mut applied: Vec<i64> = redis.client().smembers(ranking::applied_key(&redis.keys, today)).await.unwrap();
-    applied.sort_unstable();
-    assert_eq!(applied, orders);
+    // The rebuilt day also records which orders each shard counted, so the relay will not count them again:
+    // the first two orders have lines in two shards each.
+    let mut expected = vec![orders[0], orders[0], orders[1], orders[1], orders[2]];
+    expected.sort_unstable();
+    assert_eq!(applied_orders(&app, today).await, expected);
 }
 
 #[tokio::test]
@@ -169,8 +187,10 @@ async fn the_list_is_cached_until_a_refresh_and_admin_refresh_makes_it_current()
 async fn one_instance_refreshes_per_tick() {
     let app = spawn_without_ticks().await;
     let other = TestApp::spawn_with(app.config.clone()).await;
-    let tz = app.config.business_tz;
-    let ticks = futures::future::join_all([job::tick(&app.state.stores, tz), job::tick(&other.state.stores, tz)]).await;
+    let settings = app.config.ranking();
+    let ticks =
+        futures::future::join_all([job::tick(&app.state.stores, settings), job::tick(&other.state.stores, settings)])
+            .await;
     let refreshed = ticks.iter().filter(|t| matches!(t, Ok(job::Tick::Refreshed))).count();
     let skipped = ticks.iter().filter(|t| matches!(t, Ok(job::Tick::Skipped))).count();
     assert_eq!((refreshed, skipped), (1, 1), "{ticks:?}");
@@ -225,32 +245,36 @@ async fn rebuild_after_the_ranking_keys_are_lost_gives_the_same_top_list() {
 
 #[tokio::test]
 async fn a_rebuild_keeps_orders_the_relay_counted_after_mysql_was_read() {
-    let app = TestApp::spawn().await;
+    // One shard, so that the late order lands in the shard whose copy is being built.
+    let mut config = serve_config(isolated_store().await);
+    config.ranking_shards = Shards::new(1).unwrap();
+    let app = TestApp::spawn_with(config).await;
     let user = app.create_user("buyer").await;
     let a = app.create_product("a", 100, 50).await;
     let b = app.create_product("b", 100, 50).await;
     let early = insert_paid_order(app.db(), user, Utc::now(), &[(a, 2)]).await;
     let stores = &app.state.stores;
-    let tz = app.config.business_tz;
+    let settings = app.config.ranking();
     let day = today(&app);
+    let shard = shard_of(&app, a);
 
     // The rebuild's copy was filled from MySQL holding only `early`; then an order was paid and the
     // relay counted it in the live day before the swap.
-    let temp = ranking::cache::TempDay::new(&stores.redis, day);
-    let units = [(stampede::id::ProductId::new(a).unwrap(), 2)].into_iter().collect();
-    temp.add(&stores.redis, &units, &[stampede::id::OrderId::new(early).unwrap()]).await.unwrap();
+    let temp = ranking::cache::TempDay::new(&stores.redis, shard, day);
+    let units = [(ProductId::new(a).unwrap(), 2)].into_iter().collect();
+    temp.add(&stores.redis, &units, &[OrderId::new(early).unwrap()]).await.unwrap();
     let late = insert_paid_order(app.db(), user, Utc::now(), &[(b, 7)]).await;
     let redis = stores.redis.client();
-    let _: i64 = redis.sadd(ranking::applied_key(&stores.redis.keys, day), late).await.unwrap();
+    let _: i64 = redis.sadd(ranking::applied_key(&stores.redis.keys, shard, day), late).await.unwrap();
     sell(&app, 0, b, 7).await;
 
-    let missing = temp.replace_live(&stores.redis, ranking::DAY_TTL_SECS).await.unwrap();
-    assert_eq!(missing, [stampede::id::OrderId::new(late).unwrap()], "the swap waits for the late order");
+    let missing = temp.replace_live(&stores.redis, settings.shards, ranking::DAY_TTL_SECS).await.unwrap();
+    assert_eq!(missing, [OrderId::new(late).unwrap()], "the swap waits for the late order");
     temp.discard(&stores.redis).await.unwrap();
 
     // The full rebuild of the day handles that by itself and counts both orders once.
-    ranking::rebuild_day(stores, tz, day).await.unwrap();
-    let day_key = ranking::day_key(&stores.redis.keys, day);
+    ranking::rebuild_day(stores, settings, day).await.unwrap();
+    let day_key = ranking::day_key(&stores.redis.keys, shard, day);
     let scores: Vec<(String, f64)> = redis.zrange(&day_key, 0, -1, None, false, None, true).await.unwrap();
     assert_eq!(scores, [(a.to_string(), 2.0), (b.to_string(), 7.0)]);
     let ttl: i64 = redis.ttl(&day_key).await.unwrap();
@@ -272,4 +296,278 @@ async fn the_scheduled_refresh_brings_new_sales_into_the_cached_list() {
         assert!(Instant::now() < deadline, "no scheduled refresh picked up the sale");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// Products of the brute-force tests: about 5 per shard at 64 shards, and 300 in the one shard at 1.
+const PRODUCTS: usize = 300;
+
+/// A fixed linear congruential generator: the brute-force tests are random-looking but reproducible.
+struct Lcg(u64);
+
+impl Lcg {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 33) % n
+    }
+}
+
+/// `(productId, units)` of every product with sales in the `days` window, most units first, ties by lower id.
+fn brute_force(ids: &[i64], sales: &[[i64; 7]], days: usize) -> Vec<(i64, i64)> {
+    let mut totals: Vec<(i64, i64)> = ids
+        .iter()
+        .zip(sales)
+        .map(|(id, daily)| (*id, daily[..days].iter().sum::<i64>()))
+        .filter(|(_, units)| *units > 0)
+        .collect();
+    totals.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    totals
+}
+
+/// Sells [`PRODUCTS`] products on each of the last 7 days (0..=3 units a day, so ties everywhere) plus eight
+/// products tied at 35 units over 3 days, refreshes, and compares every window with the sum done here.
+async fn every_window_equals_a_brute_force_sum(shards: u32) {
+    let mut config = serve_config(isolated_store().await);
+    config.ranking_shards = Shards::new(shards).unwrap();
+    config.ranking_refresh = NEVER.to_owned();
+    let app = TestApp::spawn_with(config).await;
+    let rows: Vec<(String, i64, i64)> = (0..PRODUCTS).map(|n| (format!("p{n}"), 100 + n as i64, 10)).collect();
+    stampede::product::db::insert_batch(app.db(), &rows).await.unwrap();
+    let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM products ORDER BY id").fetch_all(app.db()).await.unwrap();
+    // Ids 9, 10, 11, 65, 66, 100, 129, 130: equal scores are ordered "10" < "100" < "11" < "129" < ... < "9"
+    // by Redis, and at 64 shards 65/129 and 66/130 share a shard.
+    let tied = [8, 9, 10, 64, 65, 99, 128, 129];
+    let mut rng = Lcg(14);
+    let mut sales = vec![[0_i64; 7]; ids.len()];
+    for (n, daily) in sales.iter_mut().enumerate() {
+        if let Some(k) = tied.iter().position(|t| *t == n) {
+            daily[..3].copy_from_slice(if k % 2 == 0 { &[20, 10, 5] } else { &[5, 0, 30] });
+        } else {
+            daily.iter_mut().for_each(|units| *units = rng.below(4) as i64);
+        }
+    }
+    for (id, daily) in ids.iter().zip(&sales) {
+        for (back, units) in daily.iter().enumerate().filter(|(_, units)| **units > 0) {
+            sell(&app, back as u64, *id, *units).await;
+        }
+    }
+    let (status, body) = app.admin_post("/api/v1/admin/ranking/refresh", json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    let top5 = brute_force(&ids, &sales, 3);
+    let tied_ids: Vec<i64> = tied.iter().map(|n| ids[*n]).collect();
+    assert_eq!(top5[..5], tied_ids[..5].iter().map(|id| (*id, 35)).collect::<Vec<_>>());
+    assert_eq!(top5[5], (tied_ids[5], 35), "the tie goes on past the fifth place");
+    assert_eq!(entries(&body), top5[..5]);
+    assert_eq!(entries(&top(&app, "?days=3&limit=5").await), top5[..5]);
+    let top50 = brute_force(&ids, &sales, 3);
+    assert_eq!((top50[49].1, top50[50].1), (7, 7), "the fiftieth place of 3 days is a tie too");
+    for days in 1..=7 {
+        let expected = brute_force(&ids, &sales, days);
+        let body = top(&app, &format!("?days={days}&limit=50")).await;
+        assert_eq!(entries(&body), expected[..50], "{days} days");
+    }
+    let shards_in_top: std::collections::HashSet<_> =
+        brute_force(&ids, &sales, 7)[..50].iter().map(|(id, _)| shard_of(&app, *id)).collect();
+    assert_eq!(shards_in_top.len() > 30, shards == 64, "{} shards in the top 50", shards_in_top.len());
+}
+
+#[tokio::test]
+async fn every_window_equals_a_brute_force_sum_with_one_shard() {
+    every_window_equals_a_brute_force_sum(1).await;
+}
+
+#[tokio::test]
+async fn every_window_equals_a_brute_force_sum_with_sixty_four_shards() {
+    every_window_equals_a_brute_force_sum(64).await;
+}
+
+/// Outbox rows the relay still owes something.
+async fn owed(app: &TestApp) -> i64 {
+    sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE pending = 1").fetch_one(app.db()).await.unwrap()
+}
+
+/// Creates and pays an order of `(product, quantity)` lines; returns its id.
+async fn buy(app: &TestApp, user: i64, lines: &[(i64, i64)]) -> i64 {
+    let items: Vec<Value> = lines.iter().map(|(p, q)| json!({ "productId": p, "quantity": q })).collect();
+    let (status, order) = app.post("/api/v1/orders", json!({ "userId": user, "pay": true, "items": items })).await;
+    assert_eq!(status, StatusCode::CREATED, "{order}");
+    order["orderId"].as_i64().unwrap()
+}
+
+async fn relayed(app: &TestApp) {
+    eventually("the relay owes nothing", Duration::from_secs(30), || async { owed(app).await == 0 }).await;
+}
+
+/// `product`'s units in its shard's set of today.
+async fn units_today(app: &TestApp, product: i64) -> f64 {
+    let redis = &app.state.stores.redis;
+    let key = ranking::day_key(&redis.keys, shard_of(app, product), today(app));
+    let score: Option<f64> = redis.client().zscore(key, product).await.unwrap();
+    score.unwrap_or(0.0)
+}
+
+async fn units_of<const N: usize>(app: &TestApp, products: [i64; N]) -> [f64; N] {
+    let mut units = [0.0; N];
+    for (product, units) in products.iter().zip(&mut units) {
+        *units = units_today(app, *product).await;
+    }
+    units
+}
+
+#[tokio::test]
+async fn an_order_in_three_shards_is_counted_once_in_each_through_replays_and_a_shard_that_missed_it() {
+    let app = spawn_without_ticks().await;
+    let user = app.create_user("buyer").await;
+    app.charge(user, 100_000).await;
+    let (a, b, c) = (
+        app.create_product("a", 100, 50).await,
+        app.create_product("b", 100, 50).await,
+        app.create_product("c", 100, 50).await,
+    );
+    assert_eq!(
+        [shard_of(&app, a), shard_of(&app, b), shard_of(&app, c)]
+            .iter()
+            .collect::<std::collections::HashSet<_>>()
+            .len(),
+        3
+    );
+    let order = buy(&app, user, &[(a, 2), (b, 3), (c, 4)]).await;
+    relayed(&app).await;
+    let day = today(&app);
+    assert_eq!(units_of(&app, [a, b, c]).await, [2.0, 3.0, 4.0]);
+    assert_eq!(applied_orders(&app, day).await, [order, order, order]);
+
+    // A plain replay (the marks lost after the scripts ran) counts nothing again.
+    sqlx::query("UPDATE outbox SET sales_applied_at = NULL").execute(app.db()).await.unwrap();
+    relayed(&app).await;
+    assert_eq!(units_of(&app, [a, b, c]).await, [2.0, 3.0, 4.0]);
+
+    // b's shard never got the order (its call failed while the others succeeded): the retry adds it there only.
+    let redis = &app.state.stores.redis;
+    let _: i64 = redis.client().srem(ranking::applied_key(&redis.keys, shard_of(&app, b), day), order).await.unwrap();
+    let _: i64 = redis.client().zrem(ranking::day_key(&redis.keys, shard_of(&app, b), day), b).await.unwrap();
+    sqlx::query("UPDATE outbox SET sales_applied_at = NULL").execute(app.db()).await.unwrap();
+    relayed(&app).await;
+    assert_eq!(units_of(&app, [a, b, c]).await, [2.0, 3.0, 4.0]);
+    assert_eq!(applied_orders(&app, day).await, [order, order, order]);
+
+    let (status, body) = app.admin_post("/api/v1/admin/ranking/refresh", json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(entries(&body), [(c, 4), (b, 3), (a, 2)]);
+}
+
+/// Units per product in PAID orders, as the ranking of a window covering them all must list them.
+async fn mysql_ranking(app: &TestApp) -> Vec<(i64, i64)> {
+    sqlx::query_as(
+        "SELECT i.product_id, CAST(SUM(i.quantity) AS SIGNED) AS units FROM orders o JOIN order_items i ON i.order_id = o.id
+         WHERE o.status = 'PAID' GROUP BY i.product_id ORDER BY units DESC, i.product_id",
+    )
+    .fetch_all(app.db())
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn after_a_flushall_while_serving_one_more_order_and_a_refresh_give_the_mysql_ranking_again() {
+    let redis = RedisServer::start();
+    let mut store = isolated_store().await;
+    store.redis_url = redis.url();
+    let mut config = serve_config(store);
+    config.ranking_refresh = NEVER.to_owned();
+    let app = TestApp::spawn_with(config).await;
+    let user = app.create_user("buyer").await;
+    app.charge(user, 1_000_000).await;
+    let mut p = vec![0];
+    for n in 1..=6 {
+        p.push(app.create_product(&format!("p{n}"), 100, 100).await);
+    }
+    buy(&app, user, &[(p[1], 5), (p[2], 1)]).await;
+    buy(&app, user, &[(p[3], 4), (p[1], 1)]).await;
+    buy(&app, user, &[(p[4], 2), (p[5], 2), (p[6], 2)]).await;
+    relayed(&app).await;
+    let (status, body) = app.admin_post("/api/v1/admin/ranking/refresh", json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let before = [(p[1], 6), (p[3], 4), (p[4], 2), (p[5], 2), (p[6], 2), (p[2], 1)];
+    assert_eq!(mysql_ranking(&app).await, before);
+    assert_eq!(entries(&top(&app, "?days=3&limit=50").await), before);
+
+    let _: () = app.state.stores.redis.client().flushall(false).await.unwrap();
+    buy(&app, user, &[(p[2], 3)]).await;
+    relayed(&app).await;
+    assert_eq!(units_today(&app, p[2]).await, 3.0, "the relay alone counts only the order after the flush");
+
+    let (status, body) = app.admin_post("/api/v1/admin/ranking/refresh", json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let after = [(p[1], 6), (p[2], 4), (p[3], 4), (p[4], 2), (p[5], 2), (p[6], 2)];
+    assert_eq!(mysql_ranking(&app).await, after);
+    assert_eq!(entries(&body), after[..5]);
+    assert_eq!(entries(&top(&app, "?days=3&limit=50").await), after);
+    assert_eq!(units_today(&app, p[2]).await, 4.0);
+}
+
+#[tokio::test]
+async fn a_restart_with_another_shard_count_rebuilds_the_days_in_the_new_layout() {
+    let app = TestApp::spawn().await;
+    let user = app.create_user("buyer").await;
+    let mut p = vec![0];
+    for n in 1..=5 {
+        p.push(app.create_product(&format!("p{n}"), 100, 100).await);
+    }
+    insert_paid_order(app.db(), user, Utc::now(), &[(p[1], 2), (p[2], 5), (p[5], 1)]).await;
+    insert_paid_order(app.db(), user, days_ago(2), &[(p[3], 4), (p[4], 4)]).await;
+    let expected = [(p[2], 5), (p[3], 4), (p[4], 4), (p[1], 2), (p[5], 1)];
+    let mut config = app.stop().await;
+    let app = TestApp::spawn_with(config.clone()).await;
+    assert_eq!(entries(&top(&app, "?days=3").await), expected);
+
+    config.ranking_shards = Shards::new(3).unwrap();
+    let app = TestApp::spawn_with({
+        app.stop().await;
+        config
+    })
+    .await;
+    assert_eq!(entries(&top(&app, "?days=3").await), expected);
+    let redis = &app.state.stores.redis;
+    let shard = app.config.ranking_shards.of(ProductId::new(p[5]).unwrap());
+    let units: Option<f64> =
+        redis.client().zscore(ranking::day_key(&redis.keys, shard, today(&app)), p[5]).await.unwrap();
+    assert_eq!((shard.get(), units), ((p[5] % 3) as u32, Some(1.0)));
+}
+
+/// `(productId, totalSales)` of the default window as `app`'s in-process copy holds it, if it holds one.
+fn copied(app: &TestApp) -> Option<Vec<(i64, i64)>> {
+    let body = app.state.ranking_copy.body(ranking::Window::DEFAULT, Utc::now(), app.config.ranking())?;
+    Some(entries(&serde_json::from_slice(&body).unwrap()))
+}
+
+#[tokio::test]
+async fn the_top_list_is_served_from_each_instances_copy_which_follows_a_refresh_anywhere_within_a_second() {
+    let app = spawn_without_ticks().await;
+    let other = TestApp::spawn_with(app.config.clone()).await;
+    let a = app.create_product("a", 100, 1).await;
+    let b = app.create_product("b", 200, 1).await;
+    sell(&app, 0, a, 3).await;
+    assert_eq!((copied(&app), copied(&other)), (None, None), "nothing refreshed yet");
+    let (status, body) = app.admin_post("/api/v1/admin/ranking/refresh", json!({})).await;
+    assert_eq!((status, entries(&body)), (StatusCode::OK, vec![(a, 3)]));
+    assert_eq!(copied(&app), Some(vec![(a, 3)]), "the refreshing instance holds the new lists at once");
+    let started = Instant::now();
+    eventually("the other instance loads them", Duration::from_secs(1), || async { copied(&other).is_some() }).await;
+    let waited = started.elapsed();
+
+    // Both answer from their copy: the lists gone from Redis and a new sale change nothing until a refresh.
+    ranking::cache::forget_windows(&app.state.stores.redis).await.unwrap();
+    sell(&app, 0, b, 5).await;
+    for instance in [&app, &other] {
+        assert_eq!(entries(&top(instance, "?days=7&limit=50").await), [(a, 3)]);
+    }
+    let (status, _) = other.admin_post("/api/v1/admin/ranking/refresh", json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    eventually("the first instance follows", Duration::from_secs(1), || async {
+        copied(&app) == Some(vec![(b, 5), (a, 3)])
+    })
+    .await;
+    let (status, body) = app.get("/api/v1/products/top?days=2&limit=1").await;
+    assert_eq!((status, entries(&body), &body["days"]), (StatusCode::OK, vec![(b, 5)], &json!(2)));
+    assert!(waited < Duration::from_secs(1), "{waited:?}");
 }

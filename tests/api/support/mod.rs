@@ -87,6 +87,7 @@ pub fn serve_config(store: StoreConfig) -> ServeConfig {
         data_platform_url: None,
         business_tz: stampede::config::parse_offset("+09:00").unwrap(),
         ranking_refresh: "0 * * * * *".to_owned(),
+        ranking_shards: stampede::ranking::Shards::DEFAULT,
         limits: BalanceLimits::default(),
         retention: stampede::retention::Config::default(),
     }
