@@ -51,7 +51,7 @@ impl App {
         let users = crate::user::cache::KnownUsers::default();
         users.refresh(&stores.redis).await.map_err(StoreError::from)?;
         crate::coupon::restore_all(&stores, &catalog).await?;
-        for day in ranking::rebuild_missing(&stores, config.ranking(), chrono::Utc::now()).await? {
+        for day in ranking::rebuild_missing(&stores, config.ranking_settings(), chrono::Utc::now()).await? {
             tracing::info!(day = %day.day, orders = day.orders, units = day.units, "ranking day rebuilt from MySQL");
         }
         let listener = TcpListener::bind(config.bind_addr)
@@ -106,16 +106,17 @@ fn spawn_background_jobs(state: &AppState, jobs: &TaskTracker, shutdown: &Cancel
     let stores = state.stores.for_jobs();
     jobs.spawn(crate::coupon::writer::run(stores.clone(), shutdown.clone()));
     jobs.spawn(state.users.clone().run(stores.redis.clone(), shutdown.clone()));
-    let relay = crate::platform::relay::Relay::new(state.config.data_platform_url.as_deref(), state.config.ranking());
+    let relay =
+        crate::platform::relay::Relay::new(state.config.data_platform_url.as_deref(), state.config.ranking_settings());
     jobs.spawn(crate::platform::relay::run(stores.clone(), relay, shutdown.clone()));
     jobs.spawn(product::views::run(stores.clone(), shutdown.clone()));
     jobs.spawn(crate::retention::run(stores.clone(), state.config.retention, shutdown.clone()));
     let copy = state.ranking_copy.clone();
-    jobs.spawn(ranking::published::run(stores.redis.clone(), state.config.ranking(), copy, shutdown.clone()));
+    jobs.spawn(ranking::published::run(stores.redis.clone(), state.config.ranking_settings(), copy, shutdown.clone()));
     jobs.spawn(ranking::job::run(
         stores,
-        state.config.ranking(),
-        state.config.ranking_refresh.clone(),
+        state.config.ranking_settings(),
+        state.config.ranking.refresh.clone(),
         shutdown.clone(),
     ));
 }

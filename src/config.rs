@@ -56,14 +56,8 @@ pub struct ServeConfig {
     #[arg(long, env = "BUSINESS_TZ", default_value = "+09:00", value_parser = parse_offset)]
     pub business_tz: FixedOffset,
 
-    /// Cron expression (with seconds) of the ranking refresh.
-    #[arg(long, env = "RANKING_REFRESH", default_value = "0 * * * * *", value_parser = parse_cron)]
-    pub ranking_refresh: String,
-
-    /// Sorted sets each day's sales are split into (1..=1024). Every instance must use the same count;
-    /// changing it is a rebuild, which start-up does by itself (the days' markers name the old count).
-    #[arg(long, env = "RANKING_SHARDS", default_value = "64", value_parser = crate::ranking::Shards::parse)]
-    pub ranking_shards: crate::ranking::Shards,
+    #[command(flatten)]
+    pub ranking: crate::ranking::Config,
 
     #[command(flatten)]
     pub limits: BalanceLimits,
@@ -90,14 +84,14 @@ pub struct BalanceLimits {
 
 impl ServeConfig {
     /// What the ranking and the relay need of this configuration.
-    pub fn ranking(&self) -> crate::ranking::Settings {
-        crate::ranking::Settings { business_tz: self.business_tz, shards: self.ranking_shards }
+    pub fn ranking_settings(&self) -> crate::ranking::Settings {
+        crate::ranking::Settings { business_tz: self.business_tz, shards: self.ranking.shards }
     }
 }
 
 impl RebuildConfig {
     /// What the rebuild needs of this configuration.
-    pub fn ranking(&self) -> crate::ranking::Settings {
+    pub fn ranking_settings(&self) -> crate::ranking::Settings {
         crate::ranking::Settings { business_tz: self.business_tz, shards: self.ranking_shards }
     }
 }
@@ -206,7 +200,20 @@ pub fn parse_offset(s: &str) -> Result<FixedOffset, String> {
     s.parse::<FixedOffset>().map_err(|e| format!("not a UTC offset like +09:00: {e}"))
 }
 
-/// Accepts a cron expression the ranking scheduler can run (six fields, seconds first).
-pub fn parse_cron(s: &str) -> Result<String, String> {
-    crate::ranking::job::validate_cron(s).map(|()| s.to_owned())
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_of_every_subcommand_is_consistent() {
+        // clap checks names, groups and defaults only when a command is built, each subcommand on its own:
+        // catch it here, not at start-up.
+        fn check(command: &mut clap::Command) {
+            command.build();
+            for sub in command.get_subcommands_mut() {
+                check(sub);
+            }
+        }
+        check(&mut super::Cli::command());
+    }
 }

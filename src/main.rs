@@ -64,10 +64,10 @@ async fn rebuild_ranking(config: &stampede::config::RebuildConfig) -> Result<(),
     use stampede::ranking;
     let stores = stampede::store::Stores::connect(&config.store).await?;
     let now = chrono::Utc::now();
-    for day in ranking::rebuild(&stores, config.ranking(), config.days, now).await? {
+    for day in ranking::rebuild(&stores, config.ranking_settings(), config.days, now).await? {
         println!("{}: {} orders, {} units", day.day, day.orders, day.units);
     }
-    let top = ranking::refresh(&stores, config.ranking(), now).await?;
+    let top = ranking::refresh(&stores, config.ranking_settings(), now).await?;
     println!("ranking refreshed: {} products in the top of {}..={}", top.products.len(), top.from, top.to);
     Ok(())
 }

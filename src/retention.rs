@@ -18,6 +18,7 @@ const BATCH_PAUSE: Duration = Duration::from_millis(50);
 
 /// How long side-table rows are kept.
 #[derive(Debug, Clone, Copy, Args)]
+#[group(id = "retention")]
 pub struct Config {
     /// Hours a delivered (and ranked) outbox row is kept before it is deleted.
     #[arg(long, env = "OUTBOX_RETENTION_HOURS", default_value_t = 168, value_parser = clap::value_parser!(u32).range(1..))]
@@ -28,7 +29,7 @@ pub struct Config {
     pub idempotency_retention_hours: u32,
 
     /// Seconds between two pruning passes.
-    #[arg(long, env = "RETENTION_PERIOD_SECONDS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long = "retention-period-seconds", env = "RETENTION_PERIOD_SECONDS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
     pub period_seconds: u64,
 }
 

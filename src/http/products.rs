@@ -72,7 +72,7 @@ pub struct TopQuery {
     responses((status = 200, body = TopProducts), (status = 400, body = ErrorBody)))]
 async fn top_products(State(app): State<AppState>, Query(query): Query<TopQuery>) -> Result<Response> {
     let window = Window::parse(query.days, query.limit)?;
-    let (settings, now) = (app.config.ranking(), Utc::now());
+    let (settings, now) = (app.config.ranking_settings(), Utc::now());
     let body = ranking::top_json(&app.stores, settings, &app.ranking_gate, &app.ranking_copy, window, now).await?;
     Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response())
 }
@@ -81,7 +81,7 @@ async fn top_products(State(app): State<AppState>, Query(query): Query<TopQuery>
 #[utoipa::path(post, path = "/admin/ranking/refresh", tag = "admin", security(("admin" = [])),
     responses((status = 200, body = TopProducts), (status = 401, body = ErrorBody)))]
 async fn refresh_ranking(_: Admin, State(app): State<AppState>) -> Result<axum::Json<TopProducts>> {
-    let (settings, now) = (app.config.ranking(), Utc::now());
+    let (settings, now) = (app.config.ranking_settings(), Utc::now());
     let top = ranking::refresh(&app.stores, settings, now).await?;
     // This instance serves the new lists at once; the others at their next version check.
     app.ranking_copy.reload(&app.stores.redis, settings, now).await.map_err(ranking::Error::from)?;

@@ -27,11 +27,11 @@ pub async fn tick(stores: &Stores, settings: Settings) -> Result<Tick, Error> {
 
 /// Runs the refresh on `cron` until `shutdown`. A tick in progress at shutdown is abandoned: a refresh
 /// only overwrites cached lists, so half of one changes nothing.
-pub async fn run(stores: Stores, settings: Settings, cron: String, shutdown: CancellationToken) {
-    let mut scheduler = match start(stores, settings, &cron).await {
+pub async fn run(stores: Stores, settings: Settings, cron: Cron, shutdown: CancellationToken) {
+    let mut scheduler = match start(stores, settings, cron.as_str()).await {
         Ok(scheduler) => scheduler,
         Err(error) => {
-            tracing::error!(error = %error, cron, "ranking refresh not scheduled; requests compute missing windows");
+            tracing::error!(error = %error, cron = cron.as_str(), "ranking refresh not scheduled; requests compute missing windows");
             return;
         }
     };
@@ -58,7 +58,21 @@ async fn start(stores: Stores, settings: Settings, cron: &str) -> Result<JobSche
     Ok(scheduler)
 }
 
-/// Whether `cron` is an expression the scheduler accepts (six fields, seconds first).
-pub fn validate_cron(cron: &str) -> Result<(), String> {
-    Job::new_async(cron, |_, _| Box::pin(async {})).map(drop).map_err(|e| format!("not a cron expression: {e}"))
+/// A cron expression the scheduler accepts (six fields, seconds first), checked when parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cron(String);
+
+impl std::str::FromStr for Cron {
+    type Err = String;
+
+    fn from_str(cron: &str) -> Result<Self, String> {
+        Job::new_async(cron, |_, _| Box::pin(async {})).map_err(|e| format!("not a cron expression: {e}"))?;
+        Ok(Self(cron.to_owned()))
+    }
+}
+
+impl Cron {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }

@@ -76,6 +76,26 @@ impl Shard {
     }
 }
 
+/// The ranking's settings on the command line; `config.rs` flattens them into `serve`.
+#[derive(Debug, Clone, clap::Args)]
+#[group(id = "ranking")]
+pub struct Config {
+    /// Cron expression (with seconds) of the ranking refresh.
+    #[arg(long = "ranking-refresh", env = "RANKING_REFRESH", default_value = "0 * * * * *")]
+    pub refresh: job::Cron,
+
+    /// Sorted sets each day's sales are split into (1..=1024). Every instance must use the same count;
+    /// changing it is a rebuild, which start-up does by itself (the days' markers name the old count).
+    #[arg(long = "ranking-shards", env = "RANKING_SHARDS", default_value = "64", value_parser = Shards::parse)]
+    pub shards: Shards,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self { refresh: "0 * * * * *".parse().expect("a valid cron expression"), shards: Shards::DEFAULT }
+    }
+}
+
 /// What every ranking operation needs to know about the deployment.
 #[derive(Debug, Clone, Copy)]
 pub struct Settings {

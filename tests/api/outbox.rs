@@ -76,7 +76,7 @@ async fn buy(app: &TestApp, user: i64, product: i64, quantity: i64) -> Value {
 async fn units_sold(app: &TestApp, paid_at: &Value, product: i64) -> f64 {
     let paid_at: chrono::DateTime<chrono::Utc> = serde_json::from_value(paid_at.clone()).unwrap();
     let day = ranking::business_day(paid_at, app.config.business_tz);
-    let shard = app.config.ranking_shards.of(stampede::id::ProductId::new(product).unwrap());
+    let shard = app.config.ranking.shards.of(stampede::id::ProductId::new(product).unwrap());
     let key = ranking::day_key(&app.state.stores.redis.keys, shard, day);
     let score: Option<f64> = app.state.stores.redis.client().zscore(key, product).await.unwrap();
     score.unwrap_or(0.0)
@@ -129,7 +129,7 @@ async fn a_platform_failing_the_first_deliveries_still_gets_every_order_and_sale
     // A replay of every row (as after a crash before the marks were committed) delivers again with the
     // same eventIds but counts no sale twice.
     sqlx::query("UPDATE outbox SET delivered_at = NULL, sales_applied_at = NULL").execute(app.db()).await.unwrap();
-    let relay = Relay::new(Some(&url), app.config.ranking());
+    let relay = Relay::new(Some(&url), app.config.ranking_settings());
     let outcome = relay.drain_once(&app.state.stores).await.unwrap();
     assert_eq!(outcome.sales_applied, 0, "{outcome:?}");
     eventually("every event delivered again", CATCH_UP, || async { owed(&app).await == 0 }).await;
@@ -166,7 +166,7 @@ async fn several_relays_draining_one_backlog_deliver_each_event_exactly_once() {
         let app = app.clone();
         let url = url.clone();
         tokio::spawn(async move {
-            let relay = Relay::new(Some(&url), app.config.ranking());
+            let relay = Relay::new(Some(&url), app.config.ranking_settings());
             while owed(&app).await > 0 {
                 relay.drain_once(&app.state.stores).await.unwrap();
                 tokio::time::sleep(Duration::from_millis(20)).await;

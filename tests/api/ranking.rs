@@ -18,7 +18,7 @@ fn today(app: &TestApp) -> NaiveDate {
 }
 
 fn shard_of(app: &TestApp, product: i64) -> ranking::Shard {
-    app.config.ranking_shards.of(ProductId::new(product).unwrap())
+    app.config.ranking.shards.of(ProductId::new(product).unwrap())
 }
 
 /// Adds `units` of `product` to its shard's sales set of `days_ago` days before today, as the relay would.
@@ -32,7 +32,7 @@ async fn sell(app: &TestApp, days_ago: u64, product: i64, units: i64) {
 async fn applied_orders(app: &TestApp, day: NaiveDate) -> Vec<i64> {
     let redis = &app.state.stores.redis;
     let mut applied = Vec::new();
-    for shard in app.config.ranking_shards.all() {
+    for shard in app.config.ranking.shards.all() {
         let members: Vec<i64> = redis.client().smembers(ranking::applied_key(&redis.keys, shard, day)).await.unwrap();
         applied.extend(members);
     }
@@ -157,7 +157,7 @@ async fn no_sales_give_an_empty_list() {
 /// An app whose scheduled refresh does not fire while the test runs.
 async fn spawn_without_ticks() -> TestApp {
     let mut config = serve_config(isolated_store().await);
-    config.ranking_refresh = NEVER.to_owned();
+    config.ranking.refresh = NEVER.parse().unwrap();
     TestApp::spawn_with(config).await
 }
 
@@ -187,7 +187,7 @@ async fn the_list_is_cached_until_a_refresh_and_admin_refresh_makes_it_current()
 async fn one_instance_refreshes_per_tick() {
     let app = spawn_without_ticks().await;
     let other = TestApp::spawn_with(app.config.clone()).await;
-    let settings = app.config.ranking();
+    let settings = app.config.ranking_settings();
     let ticks =
         futures::future::join_all([job::tick(&app.state.stores, settings), job::tick(&other.state.stores, settings)])
             .await;
@@ -247,14 +247,14 @@ async fn rebuild_after_the_ranking_keys_are_lost_gives_the_same_top_list() {
 async fn a_rebuild_keeps_orders_the_relay_counted_after_mysql_was_read() {
     // One shard, so that the late order lands in the shard whose copy is being built.
     let mut config = serve_config(isolated_store().await);
-    config.ranking_shards = Shards::new(1).unwrap();
+    config.ranking.shards = Shards::new(1).unwrap();
     let app = TestApp::spawn_with(config).await;
     let user = app.create_user("buyer").await;
     let a = app.create_product("a", 100, 50).await;
     let b = app.create_product("b", 100, 50).await;
     let early = insert_paid_order(app.db(), user, Utc::now(), &[(a, 2)]).await;
     let stores = &app.state.stores;
-    let settings = app.config.ranking();
+    let settings = app.config.ranking_settings();
     let day = today(&app);
     let shard = shard_of(&app, a);
 
@@ -284,7 +284,7 @@ async fn a_rebuild_keeps_orders_the_relay_counted_after_mysql_was_read() {
 #[tokio::test]
 async fn the_scheduled_refresh_brings_new_sales_into_the_cached_list() {
     let mut config = serve_config(isolated_store().await);
-    config.ranking_refresh = "* * * * * *".to_owned();
+    config.ranking.refresh = "* * * * * *".parse().unwrap();
     let app = TestApp::spawn_with(config).await;
     let a = app.create_product("a", 100, 1).await;
     assert_eq!(top(&app, "").await["products"], json!([]));
@@ -327,8 +327,8 @@ fn brute_force(ids: &[i64], sales: &[[i64; 7]], days: usize) -> Vec<(i64, i64)> 
 /// products tied at 35 units over 3 days, refreshes, and compares every window with the sum done here.
 async fn every_window_equals_a_brute_force_sum(shards: u32) {
     let mut config = serve_config(isolated_store().await);
-    config.ranking_shards = Shards::new(shards).unwrap();
-    config.ranking_refresh = NEVER.to_owned();
+    config.ranking.shards = Shards::new(shards).unwrap();
+    config.ranking.refresh = NEVER.parse().unwrap();
     let app = TestApp::spawn_with(config).await;
     let rows: Vec<(String, i64, i64)> = (0..PRODUCTS).map(|n| (format!("p{n}"), 100 + n as i64, 10)).collect();
     stampede::product::db::insert_batch(app.db(), &rows).await.unwrap();
@@ -473,7 +473,7 @@ async fn after_a_flushall_while_serving_one_more_order_and_a_refresh_give_the_my
     let mut store = isolated_store().await;
     store.redis_url = redis.url();
     let mut config = serve_config(store);
-    config.ranking_refresh = NEVER.to_owned();
+    config.ranking.refresh = NEVER.parse().unwrap();
     let app = TestApp::spawn_with(config).await;
     let user = app.create_user("buyer").await;
     app.charge(user, 1_000_000).await;
@@ -520,7 +520,7 @@ async fn a_restart_with_another_shard_count_rebuilds_the_days_in_the_new_layout(
     let app = TestApp::spawn_with(config.clone()).await;
     assert_eq!(entries(&top(&app, "?days=3").await), expected);
 
-    config.ranking_shards = Shards::new(3).unwrap();
+    config.ranking.shards = Shards::new(3).unwrap();
     let app = TestApp::spawn_with({
         app.stop().await;
         config
@@ -528,7 +528,7 @@ async fn a_restart_with_another_shard_count_rebuilds_the_days_in_the_new_layout(
     .await;
     assert_eq!(entries(&top(&app, "?days=3").await), expected);
     let redis = &app.state.stores.redis;
-    let shard = app.config.ranking_shards.of(ProductId::new(p[5]).unwrap());
+    let shard = app.config.ranking.shards.of(ProductId::new(p[5]).unwrap());
     let units: Option<f64> =
         redis.client().zscore(ranking::day_key(&redis.keys, shard, today(&app)), p[5]).await.unwrap();
     assert_eq!((shard.get(), units), ((p[5] % 3) as u32, Some(1.0)));
@@ -536,7 +536,7 @@ async fn a_restart_with_another_shard_count_rebuilds_the_days_in_the_new_layout(
 
 /// `(productId, totalSales)` of the default window as `app`'s in-process copy holds it, if it holds one.
 fn copied(app: &TestApp) -> Option<Vec<(i64, i64)>> {
-    let body = app.state.ranking_copy.body(ranking::Window::DEFAULT, Utc::now(), app.config.ranking())?;
+    let body = app.state.ranking_copy.body(ranking::Window::DEFAULT, Utc::now(), app.config.ranking_settings())?;
     Some(entries(&serde_json::from_slice(&body).unwrap()))
 }
 

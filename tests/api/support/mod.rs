@@ -86,8 +86,7 @@ pub fn serve_config(store: StoreConfig) -> ServeConfig {
         admin_token: Some(ADMIN_TOKEN.to_owned()),
         data_platform_url: None,
         business_tz: stampede::config::parse_offset("+09:00").unwrap(),
-        ranking_refresh: "0 * * * * *".to_owned(),
-        ranking_shards: stampede::ranking::Shards::DEFAULT,
+        ranking: stampede::ranking::Config::default(),
         limits: BalanceLimits::default(),
         retention: stampede::retention::Config::default(),
     }
