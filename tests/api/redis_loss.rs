@@ -287,6 +287,9 @@ async fn with_appendfsync_everysec_a_sigkilled_redis_never_over_issues() {
     let (first, _, holders) = kill_redis_after_a_burst("everysec").await;
     assert_eq!(first.len(), 200);
     assert!(holders.len() <= 300);
+    // The 201s of the burst Redis lost (SIGKILL within a second of them): reported, bounded by the burst.
+    let lost = first.difference(&holders).count();
+    eprintln!("appendfsync everysec: {lost} of {} 201s lost to the SIGKILL", first.len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
