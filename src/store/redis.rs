@@ -12,6 +12,9 @@ use super::StoreError;
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 /// Time allowed to open a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Loads of a script one call may make when Redis keeps answering NOSCRIPT (its scripts flushed again and
+/// again); past it the call fails as unavailable (503).
+const NOSCRIPT_ATTEMPTS: usize = 5;
 /// Reconnect forever with capped exponential backoff: Redis coming back must heal the service by itself.
 const RECONNECT_MIN_MS: u32 = 50;
 const RECONNECT_MAX_MS: u32 = 2_000;
@@ -99,7 +102,9 @@ impl Script {
         Ok(())
     }
 
-    /// Runs the script; if Redis lost it (restart, SCRIPT FLUSH) it is loaded again and retried once.
+    /// Runs the script; if Redis lost it (restart, SCRIPT FLUSH) it is loaded again and retried, up to
+    /// [`NOSCRIPT_ATTEMPTS`] times: another client may flush the scripts again between our load and our
+    /// retry (fred's own reload retries once, so a second flush in that gap failed the call with a 500).
     pub async fn call<R, K, V>(&self, redis: &Redis, keys: K, args: V) -> Result<R, StoreError>
     where
         R: FromValue,
@@ -107,12 +112,17 @@ impl Script {
         V: TryInto<MultipleValues> + Send,
         V::Error: Into<fred::error::Error> + Send,
     {
-        let result = self.script.evalsha_with_reload(redis.client(), keys, args).await;
-        if let Err(error) = &result {
-            metrics::counter!("redis_script_errors_total", "script" => self.name).increment(1);
-            tracing::debug!(script = self.name, %error, "script failed");
+        let keys: MultipleKeys = keys.into();
+        let args: MultipleValues = args.try_into().map_err(Into::into)?;
+        for _ in 0..NOSCRIPT_ATTEMPTS {
+            if let Some(reply) = self.call_if_loaded(redis, keys.clone(), args.clone()).await? {
+                return Ok(reply);
+            }
+            self.load(redis).await?;
         }
-        Ok(result?)
+        metrics::counter!("redis_script_errors_total", "script" => self.name).increment(1);
+        let lost = format!("script {} flushed again after each of {NOSCRIPT_ATTEMPTS} loads", self.name);
+        Err(fred::error::Error::new(fred::error::ErrorKind::IO, lost).into())
     }
 
     /// Runs the script if Redis still has it; `Ok(None)` on NOSCRIPT, which means Redis restarted or its

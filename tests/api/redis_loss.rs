@@ -413,3 +413,39 @@ async fn a_sweep_of_restore_points_never_issues_twice_or_beyond_the_quantity() {
     wait_persisted(&app, coupon, 300).await;
     rows_within_quantity(app.db(), coupon, 300).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn script_calls_survive_scripts_flushed_again_and_again_while_they_run() {
+    let redis = RedisServer::start();
+    let app = app_on(&redis).await;
+    let users = create_users(&app.state.stores, 300).await;
+    let coupons = [create_coupon(&app, 100).await, create_coupon(&app, 100).await, create_coupon(&app, 100).await];
+    // Another client flushes the script cache every 20 ms, as the shared test Redis sees when other tests
+    // flush it: every script call must reload and retry, never answer 500.
+    let flusher = app.state.stores.redis.client().clone();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flushing = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let mut flushes = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _: () = flusher.script_flush(false).await.unwrap();
+                flushes += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            flushes
+        }
+    });
+    let requests = users.iter().enumerate().map(|(n, user)| (coupons[n % 3], *user)).collect();
+    let results = stampede(&[&app], requests).await;
+    let created = futures::future::join_all((0..10).map(|_| create_coupon(&app, 5))).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let flushes = flushing.await.unwrap();
+
+    assert!(flushes >= 2, "the scripts were flushed {flushes} times while the requests ran");
+    assert_eq!(winners(&results).len(), 300, "every user got their coupon");
+    assert_eq!(created.len(), 10);
+    for coupon in coupons {
+        wait_persisted(&app, coupon, 100).await;
+    }
+}
