@@ -16,12 +16,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const RECONNECT_MIN_MS: u32 = 50;
 const RECONNECT_MAX_MS: u32 = 2_000;
 /// Cluster redirections fred follows by itself: none. fred 10.1 follows an ASK (a slot being migrated) by
-/// writing ASKING and reading the next reply of that connection as its answer, while other commands are in
-/// flight on it; that reply belongs to one of them, and every later reply on the connection goes to the wrong
-/// caller until fred gives up and reconnects (seen as "Max attempts reached" and 500s in the slot-migration
-/// test). With none followed, fred answers a redirected command with "Too many redirections." (after
-/// refreshing its slot map on MOVED), and script calls try again ([`retry_unsettled`]); other commands
-/// touching a moving slot fail with 503 for those milliseconds. docs/scaling.md#moving-a-slot
+/// writing ASKING and reading the next reply of that connection as ASKING's answer, while other commands may
+/// be in flight on it; under load in the slot-move test that failed commands with "Max attempts reached",
+/// dropped every connection and answered 500s. With none followed, fred fails a redirected command, unrun,
+/// with "Too many redirections." (after refreshing its slot map on MOVED); script calls try again
+/// ([`retry_unsettled`]), other commands on a moving slot answer 503 for those milliseconds.
+/// docs/scaling.md#moving-a-slot
 const MAX_REDIRECTIONS: u32 = 0;
 /// A script call refused because its slot is moving (ASK or MOVED, or TRYAGAIN when its keys are split
 /// between two nodes mid-migration) is tried again after this pause, doubled each time, at most
