@@ -1,7 +1,8 @@
 # stampede developer tasks. `make` (or `make help`) lists them.
 #
 # Local Redis/MariaDB are plain processes managed by scripts/services.sh (dev profile:
-# redis 127.0.0.1:6390, mariadb 127.0.0.1:3390, data in .data/dev/).
+# redis 127.0.0.1:6390, mariadb 127.0.0.1:3390, data in .data/dev/). `REDIS=cluster` (for run, load, seed,
+# bench) puts the service on a 3-master Redis Cluster on 127.0.0.1:6392-6394 instead (docs/scaling.md).
 
 SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
@@ -35,8 +36,16 @@ LOAD_USERS ?= 200
 LOAD_HATCH_RATE ?= 200
 LOAD_RUN_TIME ?= 30s
 
+# Which Redis the dev targets use: `single` (one redis-server) or `cluster` (three masters).
+REDIS ?= single
+
+# The integration-test modules `make test` runs a second time on the test-profile Redis Cluster
+# (TEST_REDIS_URL=redis-cluster://...): every module whose tests reach Redis through the shared server. Their
+# tests that start a redis-server of their own (to kill, flush or restart it) still run on it there.
+CLUSTER_TESTS := coupons:: orders:: balance:: products:: users:: journey:: outbox:: ranking::
+
 # Exports DATABASE_URL and REDIS_URL of the dev services into the recipe's shell.
-DEV_ENV = eval "$$($(SERVICES) env dev)"
+DEV_ENV = eval "$$($(SERVICES) env dev $(REDIS))"
 
 .PHONY: help run stop status test bench load seed lint fmt
 
@@ -45,8 +54,8 @@ help: ## List the targets
 	@echo
 	@awk 'BEGIN { FS = ":.*## " } /^[a-z][a-z-]*:.*## / { printf "  %-8s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
 
-run: ## Start dev Redis/MariaDB, build release, run the server in the foreground
-	$(SERVICES) start dev
+run: ## Start dev Redis/MariaDB, build release, run the server in the foreground (REDIS=cluster: on a cluster)
+	$(SERVICES) start dev $(REDIS)
 	$(CARGO) build --release --bin stampede
 	@$(DEV_ENV); \
 	export ADMIN_TOKEN="$${ADMIN_TOKEN:-$(DEV_ADMIN_TOKEN)}"; \
@@ -76,24 +85,29 @@ test: ## What CI runs: fmt check, clippy, all tests, OpenAPI fuzzing, bench smok
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) test --workspace
-	@# The OpenAPI fuzzing and the benches need MySQL: they get the test-profile services (ports 3391/6391),
-	@# stopped afterwards. The fuzzing serves the debug binary `cargo test` just built.
+	@# The OpenAPI fuzzing, the benches and the cluster run need the test-profile services (MariaDB 3391,
+	@# Redis 6391, cluster 6395-6397), stopped afterwards. The fuzzing serves the debug binary `cargo test` built.
 	@$(SERVICES) start test; \
 	trap '$(SERVICES) stop test' EXIT; \
-	eval "$$($(SERVICES) env test)"; \
+	$(SERVICES) start test cluster; \
+	(eval "$$($(SERVICES) env test)"; \
 	echo "loadtest/openapi-fuzz.sh $(TARGET_DIR)/debug/stampede"; \
 	loadtest/openapi-fuzz.sh $(TARGET_DIR)/debug/stampede; \
 	for bench in $(BENCHES); do \
 	    echo "$(CARGO) bench --bench $$bench -- --test"; \
 	    $(CARGO) bench --bench "$$bench" -- --test; \
-	done
+	done); \
+	eval "$$($(SERVICES) env test cluster)"; \
+	echo "TEST_REDIS_URL=$$REDIS_URL $(CARGO) test --workspace --test api -- $(CLUSTER_TESTS)"; \
+	TEST_DATABASE_URL="$${DATABASE_URL%/*}" TEST_REDIS_URL="$$REDIS_URL" \
+	    $(CARGO) test --workspace --test api -- $(CLUSTER_TESTS)
 
 bench: ## Run the criterion benchmarks against the dev services
-	$(SERVICES) start dev
+	$(SERVICES) start dev $(REDIS)
 	$(DEV_ENV); $(CARGO) bench
 
 load: ## Load-test a local server (starts one if none answers); HTML reports in .data/reports/
-	$(SERVICES) start dev
+	$(SERVICES) start dev $(REDIS)
 	@if curl -fs $(HOST)/health/live >/dev/null 2>&1; then \
 	    echo "load: using the server already answering on $(HOST)"; \
 	else \
@@ -140,7 +154,7 @@ load: ## Load-test a local server (starts one if none answers); HTML reports in 
 	if (( $${#failed[@]} > 0 )); then echo "load: FAILED (verification or run): $${failed[*]}" >&2; exit 1; fi
 
 seed: ## Fill the dev database with test data (USERS=100000 PRODUCTS=1000)
-	$(SERVICES) start dev
+	$(SERVICES) start dev $(REDIS)
 	$(DEV_ENV); $(CARGO) run --release --bin stampede -- seed --users $(USERS) --products $(PRODUCTS)
 
 lint: ## cargo fmt --check and clippy -D warnings

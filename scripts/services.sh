@@ -1,19 +1,25 @@
 #!/usr/bin/env bash
 # Local Redis + MariaDB for stampede, run as plain processes under <repo>/.data/<profile>/.
 #
-#   scripts/services.sh {install|start|stop|status|env} [dev|test]
+#   scripts/services.sh {install|start|stop|status|env} [dev|test] [single|cluster]
 #
 #   install  install redis-server, mariadb-server and python3-venv with apt-get if missing
-#   start    install, then start (or reuse) both servers and create the stampede database/user
-#   stop     stop the servers this script started (only the pids in our pid files)
-#   status   show what is running; exit 0 if both are up, 3 otherwise
+#   start    install, then start (or reuse) the Redis and MariaDB and create the stampede database/user
+#   stop     stop every server of the profile this script started (only the pids in our pid files),
+#            the single Redis and the cluster alike
+#   status   show what is running; exit 0 if the Redis and MariaDB are up, 3 otherwise
 #   env      print `export DATABASE_URL=...` / `export REDIS_URL=...`
 #            (use as: eval "$(scripts/services.sh env dev)")
 #
+# The third argument chooses the Redis that start, status and env mean:
+#   single   (default) one redis-server
+#   cluster  a Redis Cluster of three masters without replicas on loopback (docs/scaling.md);
+#            REDIS_URL=redis-cluster://127.0.0.1:<first>?node=127.0.0.1:<second>&node=...
+#
 # Profiles:
-#   dev   Redis 127.0.0.1:6390, MariaDB 127.0.0.1:3390, data kept in .data/dev/
-#   test  Redis 127.0.0.1:6391, MariaDB 127.0.0.1:3391, .data/test/ wiped on every fresh start,
-#         durability relaxed (no AOF, innodb_flush_log_at_trx_commit=0)
+#   dev   Redis 127.0.0.1:6390, cluster 6392-6394, MariaDB 127.0.0.1:3390, data kept in .data/dev/
+#   test  Redis 127.0.0.1:6391, cluster 6395-6397, MariaDB 127.0.0.1:3391, each server's data wiped when it
+#         starts fresh, durability relaxed (no AOF, innodb_flush_log_at_trx_commit=0)
 #
 # The distro's own redis/mariadb services (ports 6379/3306) are never touched.
 set -euo pipefail
@@ -32,9 +38,12 @@ DB_PASSWORD=stampede
 STOP_TIMEOUT=30
 MARIADB_START_TIMEOUT=60
 REDIS_START_TIMEOUT=15
+# How long a new or restarted cluster may take to agree on its slots (cluster_state:ok): gossip between three
+# local nodes settles in a second or two.
+CLUSTER_OK_TIMEOUT=30
 
 usage() {
-    echo "usage: $0 {install|start|stop|status|env} [dev|test]" >&2
+    echo "usage: $0 {install|start|stop|status|env} [dev|test] [single|cluster]" >&2
     exit 2
 }
 
@@ -46,19 +55,26 @@ die() {
 
 # ---------------------------------------------------------------------------- arguments
 
-[[ $# -ge 1 && $# -le 2 ]] || usage
+[[ $# -ge 1 && $# -le 3 ]] || usage
 CMD="$1"
 PROFILE="${2:-dev}"
+REDIS_KIND="${3:-single}"
 
 case "$PROFILE" in
     dev)
         REDIS_PORT=6390
+        CLUSTER_PORTS=(6392 6393 6394)
         MARIADB_PORT=3390
         ;;
     test)
         REDIS_PORT=6391
+        CLUSTER_PORTS=(6395 6396 6397)
         MARIADB_PORT=3391
         ;;
+    *) usage ;;
+esac
+case "$REDIS_KIND" in
+    single | cluster) ;;
     *) usage ;;
 esac
 
@@ -72,8 +88,16 @@ MARIADB_PID="$DATA/mariadb.pid"
 MARIADB_ERR="$DATA/mariadb.err"
 MARIADB_INSTALL_LOG="$DATA/mariadb-install.log"
 
+CLUSTER_DIR="$DATA/cluster"
+
 DATABASE_URL="mysql://$DB_USER:$DB_PASSWORD@127.0.0.1:$MARIADB_PORT/$DB_NAME"
-REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
+if [[ "$REDIS_KIND" == cluster ]]; then
+    # fred's cluster URL: the first node in the authority, the others as `node` parameters (any one suffices
+    # to discover the rest; naming all lets the service start while one is down).
+    REDIS_URL="redis-cluster://127.0.0.1:${CLUSTER_PORTS[0]}?node=127.0.0.1:${CLUSTER_PORTS[1]}&node=127.0.0.1:${CLUSTER_PORTS[2]}"
+else
+    REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
+fi
 
 # ---------------------------------------------------------------------------- helpers
 
@@ -203,6 +227,49 @@ EOF
 
 REDIS_STATE=""
 
+# Starts a daemonized redis-server on 127.0.0.1:<port> with its data in <dir> and waits until it answers
+# PING. Extra arguments go to redis-server after the common ones.
+launch_redis() {
+    local port="$1" dir="$2" pidfile="$3" logfile="$4"
+    shift 4
+    local redis_server appendonly=yes
+    redis_server="$(need_bin redis-server)"
+    if [[ "$PROFILE" == test ]]; then appendonly=no; fi
+    mkdir -p "$dir"
+
+    log "starting redis on 127.0.0.1:$port"
+    "$redis_server" \
+        --daemonize yes \
+        --bind 127.0.0.1 \
+        --port "$port" \
+        --dir "$dir" \
+        --pidfile "$pidfile" \
+        --logfile "$logfile" \
+        --appendonly "$appendonly" \
+        --appendfsync "$REDIS_APPENDFSYNC" \
+        --maxmemory-policy noeviction \
+        --save "" \
+        "$@" \
+        9>&-
+
+    local redis_cli deadline=$((SECONDS + REDIS_START_TIMEOUT))
+    redis_cli="$(need_bin redis-cli)"
+    local reply
+    until reply="$("$redis_cli" -h 127.0.0.1 -p "$port" ping 2>&1)" && [[ "$reply" == PONG ]]; do
+        # Loading a large AOF takes a while (a 1.6 GB one took 14 s here); Redis answers LOADING
+        # meanwhile, so the timeout only counts time without that progress.
+        if [[ "$reply" == *LOADING* ]]; then
+            deadline=$((SECONDS + REDIS_START_TIMEOUT))
+        fi
+        if ((SECONDS >= deadline)); then
+            echo "--- tail of $logfile" >&2
+            tail -n 30 "$logfile" >&2 2>/dev/null || true
+            die "redis did not answer PING on port $port within ${REDIS_START_TIMEOUT}s"
+        fi
+        sleep 0.2
+    done
+}
+
 start_redis() {
     local pid
     if pid="$(redis_live_pid)"; then
@@ -214,44 +281,113 @@ start_redis() {
     if port_in_use "$REDIS_PORT"; then
         die "127.0.0.1:$REDIS_PORT is already in use by a process we did not start (no live $REDIS_PID)"
     fi
+    launch_redis "$REDIS_PORT" "$REDIS_DIR" "$REDIS_PID" "$REDIS_LOG"
+    pid="$(redis_live_pid)" || die "redis answers but $REDIS_PID names no live redis-server"
+    REDIS_STATE="started (pid $pid)"
+}
 
-    local redis_server appendonly=yes
-    redis_server="$(need_bin redis-server)"
-    if [[ "$PROFILE" == test ]]; then appendonly=no; fi
-    mkdir -p "$REDIS_DIR"
+# ---------------------------------------------------------------------------- redis cluster
 
-    log "starting redis on 127.0.0.1:$REDIS_PORT"
-    "$redis_server" \
-        --daemonize yes \
-        --bind 127.0.0.1 \
-        --port "$REDIS_PORT" \
-        --dir "$REDIS_DIR" \
-        --pidfile "$REDIS_PID" \
-        --logfile "$REDIS_LOG" \
-        --appendonly "$appendonly" \
-        --appendfsync "$REDIS_APPENDFSYNC" \
-        --maxmemory-policy noeviction \
-        --save "" \
-        9>&-
+# Each node lives in .data/<profile>/cluster/<port>/ (nodes.conf, AOF, redis.pid, redis.log).
+cluster_node_pid() { live_pid "$CLUSTER_DIR/$1/redis.pid" redis-server redis-check; }
 
-    local redis_cli deadline=$((SECONDS + REDIS_START_TIMEOUT))
+# True if every node of the cluster runs.
+cluster_all_live() {
+    local port
+    for port in "${CLUSTER_PORTS[@]}"; do
+        cluster_node_pid "$port" >/dev/null || return 1
+    done
+}
+
+# True if some node of the cluster runs.
+cluster_any_live() {
+    local port
+    for port in "${CLUSTER_PORTS[@]}"; do
+        cluster_node_pid "$port" >/dev/null && return 0
+    done
+    return 1
+}
+
+# One field of CLUSTER INFO on a node (empty if the node does not answer).
+cluster_info() {
+    local redis_cli
     redis_cli="$(need_bin redis-cli)"
-    local reply
-    until reply="$("$redis_cli" -h 127.0.0.1 -p "$REDIS_PORT" ping 2>&1)" && [[ "$reply" == PONG ]]; do
-        # Loading a large AOF takes a while (a 1.6 GB one took 14 s here); Redis answers LOADING
-        # meanwhile, so the timeout only counts time without that progress.
-        if [[ "$reply" == *LOADING* ]]; then
-            deadline=$((SECONDS + REDIS_START_TIMEOUT))
+    "$redis_cli" -h 127.0.0.1 -p "$1" cluster info 2>/dev/null | tr -d '\r' |
+        awk -F: -v field="$2" '$1 == field { print $2 }'
+}
+
+# True once every node says cluster_state:ok and knows all the others.
+cluster_ok() {
+    local port
+    for port in "${CLUSTER_PORTS[@]}"; do
+        [[ "$(cluster_info "$port" cluster_state)" == ok ]] || return 1
+        [[ "$(cluster_info "$port" cluster_known_nodes)" == "${#CLUSTER_PORTS[@]}" ]] || return 1
+    done
+}
+
+start_cluster() {
+    local port pid started=0
+    for port in "${CLUSTER_PORTS[@]}"; do
+        local dir="$CLUSTER_DIR/$port"
+        if pid="$(cluster_node_pid "$port")"; then
+            log "cluster node $port already running (pid $pid), reusing it"
+            continue
         fi
+        rm -f "$dir/redis.pid"
+        if port_in_use "$port"; then
+            die "127.0.0.1:$port is already in use by a process we did not start (no live $dir/redis.pid)"
+        fi
+        # nodes.conf (relative to --dir) keeps the node's id and slots, so a restarted node rejoins as itself.
+        launch_redis "$port" "$dir" "$dir/redis.pid" "$dir/redis.log" \
+            --cluster-enabled yes \
+            --cluster-config-file nodes.conf \
+            --cluster-node-timeout 5000
+        started=$((started + 1))
+    done
+
+    # Nodes that have never formed the cluster know no slots: create it. Nodes that did (a restart) find
+    # each other through their nodes.conf.
+    local unassigned=0
+    for port in "${CLUSTER_PORTS[@]}"; do
+        if [[ "$(cluster_info "$port" cluster_slots_assigned)" == 0 ]]; then unassigned=$((unassigned + 1)); fi
+    done
+    if ((unassigned == ${#CLUSTER_PORTS[@]})); then
+        local redis_cli nodes=()
+        redis_cli="$(need_bin redis-cli)"
+        for port in "${CLUSTER_PORTS[@]}"; do nodes+=("127.0.0.1:$port"); done
+        log "creating the cluster of ${nodes[*]} (log: $CLUSTER_DIR/create.log)"
+        if ! "$redis_cli" --cluster create "${nodes[@]}" --cluster-replicas 0 --cluster-yes \
+            </dev/null >"$CLUSTER_DIR/create.log" 2>&1; then
+            tail -n 30 "$CLUSTER_DIR/create.log" >&2
+            die "redis-cli --cluster create failed"
+        fi
+    elif ((unassigned > 0)); then
+        die "$unassigned of the cluster's nodes know no slots while the others do (a lost nodes.conf?); stop the profile and remove ${CLUSTER_DIR#"$REPO_ROOT"/}/ to start afresh"
+    fi
+
+    local deadline=$((SECONDS + CLUSTER_OK_TIMEOUT))
+    until cluster_ok; do
         if ((SECONDS >= deadline)); then
-            echo "--- tail of $REDIS_LOG" >&2
-            tail -n 30 "$REDIS_LOG" >&2 2>/dev/null || true
-            die "redis did not answer PING on port $REDIS_PORT within ${REDIS_START_TIMEOUT}s"
+            for port in "${CLUSTER_PORTS[@]}"; do
+                echo "--- node $port: cluster_state:$(cluster_info "$port" cluster_state) known_nodes:$(cluster_info "$port" cluster_known_nodes)" >&2
+            done
+            die "the cluster did not reach cluster_state:ok within ${CLUSTER_OK_TIMEOUT}s"
         fi
         sleep 0.2
     done
-    pid="$(redis_live_pid)" || die "redis answers but $REDIS_PID names no live redis-server"
-    REDIS_STATE="started (pid $pid)"
+    if ((started == 0)); then
+        REDIS_STATE="reused (ports ${CLUSTER_PORTS[*]})"
+    else
+        REDIS_STATE="started $started node(s) (ports ${CLUSTER_PORTS[*]})"
+    fi
+}
+
+stop_cluster() {
+    local port rc=0
+    for port in "${CLUSTER_PORTS[@]}"; do
+        stop_one "cluster node $port" "$CLUSTER_DIR/$port/redis.pid" redis-server redis-check || rc=1
+    done
+    return $rc
 }
 
 # ---------------------------------------------------------------------------- mariadb
@@ -361,27 +497,40 @@ SQL
 
 # ---------------------------------------------------------------------------- commands
 
+# Removes a test-profile data folder (and nothing outside .data/test/).
+wipe_test_dir() {
+    case "$1" in
+        */.data/test/*) rm -rf "$1" ;;
+        *) die "refusing to wipe unexpected path $1" ;;
+    esac
+}
+
 cmd_start() {
     cmd_install
     take_lock
 
     if [[ "$PROFILE" == test ]]; then
-        # Fresh state on every real start; reuse only if both servers are already up.
-        if redis_live_pid >/dev/null && mariadb_live_pid >/dev/null; then
-            log "test services already running, reusing them (data not wiped)"
-        else
-            if redis_live_pid >/dev/null || mariadb_live_pid >/dev/null; then
-                stop_all
-            fi
-            case "$DATA" in
-                */.data/test) rm -rf "$DATA" ;;
-                *) die "refusing to wipe unexpected path $DATA" ;;
-            esac
+        # Each server starts on fresh data; one already running is reused as it is (data not wiped).
+        if [[ "$REDIS_KIND" == single ]] && ! redis_live_pid >/dev/null; then
+            wipe_test_dir "$REDIS_DIR"
+        fi
+        if [[ "$REDIS_KIND" == cluster ]] && ! cluster_all_live; then
+            # A cluster is only created from empty nodes: stop what is left of an old one.
+            if cluster_any_live; then stop_cluster; fi
+            wipe_test_dir "$CLUSTER_DIR"
+        fi
+        if ! mariadb_live_pid >/dev/null; then
+            wipe_test_dir "$MARIADB_DIR"
         fi
     fi
     mkdir -p "$DATA"
 
-    start_redis
+    if [[ "$REDIS_KIND" == cluster ]]; then
+        mkdir -p "$CLUSTER_DIR"
+        start_cluster
+    else
+        start_redis
+    fi
     start_mariadb
     provision_mariadb
 
@@ -424,6 +573,7 @@ stop_one() {
 stop_all() {
     local rc=0
     stop_one redis "$REDIS_PID" redis-server redis-check || rc=1
+    stop_cluster || rc=1
     stop_one mariadb "$MARIADB_PID" mariadbd mysqld || rc=1
     return $rc
 }
@@ -437,10 +587,20 @@ cmd_status() {
     local pid rc=0
     echo "stampede services ($PROFILE profile, data in ${DATA#"$REPO_ROOT"/}/):"
     if pid="$(redis_live_pid)"; then
-        echo "  redis    running (pid $pid)  $REDIS_URL"
+        echo "  redis    running (pid $pid)  redis://127.0.0.1:$REDIS_PORT"
     else
         echo "  redis    stopped"
-        rc=3
+        if [[ "$REDIS_KIND" == single ]]; then rc=3; fi
+    fi
+    if cluster_all_live && cluster_ok; then
+        echo "  cluster  running, cluster_state:ok (ports ${CLUSTER_PORTS[*]})"
+    else
+        if cluster_any_live; then
+            echo "  cluster  partly running or not ok (ports ${CLUSTER_PORTS[*]})"
+        else
+            echo "  cluster  stopped"
+        fi
+        if [[ "$REDIS_KIND" == cluster ]]; then rc=3; fi
     fi
     if pid="$(mariadb_live_pid)"; then
         if mariadb_ping; then
@@ -457,8 +617,9 @@ cmd_status() {
 }
 
 cmd_env() {
-    echo "export DATABASE_URL=$DATABASE_URL"
-    echo "export REDIS_URL=$REDIS_URL"
+    # Quoted: a cluster URL holds `?` and `&`.
+    echo "export DATABASE_URL='$DATABASE_URL'"
+    echo "export REDIS_URL='$REDIS_URL'"
 }
 
 case "$CMD" in

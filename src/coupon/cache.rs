@@ -300,7 +300,17 @@ pub async fn read_queues(
         }
         let _: () = pipeline.xreadgroup(WRITER_GROUP, consumer, Some(count), None, false, &queue, ">").await?;
     }
-    let mut replies = pipeline.try_all::<Value>().await.into_iter();
+    let replies = pipeline.try_all::<Value>().await;
+    let expected = coupons.len() * if full_pass.is_some() { 5 } else { 1 };
+    if replies.len() != expected {
+        // fred answers a pipeline it could not send whole (a cluster redirection it does not follow, see
+        // store::redis) with one error for all of it: the writer's step fails and is retried.
+        return Err(match replies.into_iter().find_map(Result::err) {
+            Some(error) => error.into(),
+            None => StoreError::ScriptReply { script: "read_queues pipeline", reply: format!("{expected} commands") },
+        });
+    }
+    let mut replies = replies.into_iter();
     let (mut depth, mut pending) = (0u64, 0u64);
     let mut missing_groups = Vec::new();
     for id in coupons {

@@ -165,9 +165,10 @@ impl ScriptGate {
         crate::store::scripts::COUPON_ISSUE.load(&stores.redis).await?;
         self.inner.reloads.fetch_add(1, Ordering::Release);
         metrics::counter!("coupon_script_reloads_total").increment(1);
-        tracing::warn!(
+        // Also the normal start of an instance: the issue script is never loaded unchecked, not even at boot.
+        tracing::info!(
             coupons.rebuilt = rebuilt,
-            "Redis lost its scripts: every coupon checked, issue script reloaded"
+            "issue script missing from Redis (a first start, a Redis restart or a flush): every coupon checked, script loaded"
         );
         Ok(())
     }

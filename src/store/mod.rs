@@ -64,6 +64,8 @@ impl StoreError {
                         | fred::error::ErrorKind::Timeout
                         | fred::error::ErrorKind::Canceled
                         | fred::error::ErrorKind::Cluster
+                        // fred gave up following a cluster's redirections (a slot moving): retrying later works.
+                        | fred::error::ErrorKind::Routing
                         | fred::error::ErrorKind::Backpressure
                 ) || is_redis_busy(e)
             }

@@ -18,6 +18,22 @@ const NOSCRIPT_ATTEMPTS: usize = 5;
 /// Reconnect forever with capped exponential backoff: Redis coming back must heal the service by itself.
 const RECONNECT_MIN_MS: u32 = 50;
 const RECONNECT_MAX_MS: u32 = 2_000;
+/// Cluster redirections fred follows by itself: none. fred 10.1 follows an ASK (a slot being migrated) by
+/// writing ASKING and reading the next reply of that connection as ASKING's answer, while other commands may
+/// be in flight on it; under load in the slot-move test that failed commands with "Max attempts reached",
+/// dropped every connection and answered 500s. With none followed, fred fails a redirected command, unrun,
+/// with "Too many redirections." (after refreshing its slot map on MOVED); script calls try again
+/// ([`retry_unsettled`]), other commands on a moving slot answer 503 for those milliseconds.
+/// docs/scaling.md#moving-a-slot
+const MAX_REDIRECTIONS: u32 = 0;
+/// A script call refused because its slot is moving (ASK or MOVED, or TRYAGAIN when its keys are split
+/// between two nodes mid-migration) is tried again after this pause, doubled each time, at most
+/// [`UNSETTLED_ATTEMPTS`] times. Redis refuses such a call before running any of it, so trying again never
+/// applies it twice. `redis-cli --cluster reshard` moves a slot's keys in batches of ten and then announces
+/// the new owner, a few milliseconds; six tries wait 10 + 20 + 40 + 80 + 160 ms, longer than that and the
+/// request fails with 503 rather than hold its caller.
+const UNSETTLED_PAUSE: Duration = Duration::from_millis(10);
+const UNSETTLED_ATTEMPTS: u32 = 6;
 
 /// A pool of auto-pipelining connections plus the deployment's key prefix.
 #[derive(Clone)]
@@ -37,6 +53,7 @@ impl Redis {
             .with_connection_config(|c| {
                 c.connection_timeout = CONNECT_TIMEOUT;
                 c.internal_command_timeout = COMMAND_TIMEOUT;
+                c.max_redirections = MAX_REDIRECTIONS;
             })
             .with_performance_config(|p| {
                 p.default_command_timeout = COMMAND_TIMEOUT;
@@ -113,7 +130,7 @@ impl Script {
         V::Error: Into<fred::error::Error> + Send,
     {
         let keys: MultipleKeys = keys.into();
-        let args: MultipleValues = args.try_into().map_err(Into::into)?;
+        let args: MultipleValues = args.try_into().map_err(Into::<fred::error::Error>::into)?;
         for _ in 0..NOSCRIPT_ATTEMPTS {
             if let Some(reply) = self.call_if_loaded(redis, keys.clone(), args.clone()).await? {
                 return Ok(reply);
@@ -135,7 +152,9 @@ impl Script {
         V: TryInto<MultipleValues> + Send,
         V::Error: Into<fred::error::Error> + Send,
     {
-        match self.script.evalsha(redis.client(), keys, args).await {
+        let keys: MultipleKeys = keys.into();
+        let args: MultipleValues = args.try_into().map_err(Into::<fred::error::Error>::into)?;
+        match retry_unsettled(|| self.script.evalsha(redis.client(), keys.clone(), args.clone())).await {
             Ok(reply) => Ok(Some(reply)),
             Err(error) if error.details().starts_with("NOSCRIPT") => Ok(None),
             Err(error) => {
@@ -150,4 +169,30 @@ impl Script {
     pub fn unexpected(&self, reply: impl std::fmt::Debug) -> StoreError {
         StoreError::ScriptReply { script: self.name, reply: format!("{reply:?}") }
     }
+}
+
+/// Runs `call` again while its slot is moving, as [`UNSETTLED_PAUSE`] describes.
+async fn retry_unsettled<R, F, Fut>(mut call: F) -> Result<R, fred::error::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<R, fred::error::Error>>,
+{
+    let mut pause = UNSETTLED_PAUSE;
+    for _ in 1..UNSETTLED_ATTEMPTS {
+        match call().await {
+            Err(error) if is_unsettled(&error) => {
+                metrics::counter!("redis_slot_moving_retries_total").increment(1);
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+            }
+            result => return result,
+        }
+    }
+    call().await
+}
+
+/// Whether Redis refused the command, unexecuted, because its slot is moving between cluster nodes.
+fn is_unsettled(error: &fred::error::Error) -> bool {
+    error.details().starts_with("TRYAGAIN")
+        || (*error.kind() == fred::error::ErrorKind::Routing && error.details() == "Too many redirections.")
 }

@@ -201,7 +201,8 @@ async fn the_issue_script_survives_script_flush() {
     let users = create_users(&app.state.stores, 2).await;
     let coupon = create_coupon(&app, 10).await;
     for user in users {
-        let _: () = app.state.stores.redis.client().script_flush(false).await.unwrap();
+        // Every primary's scripts on a cluster (on one Redis, its own).
+        let _: () = app.state.stores.redis.client().script_flush_cluster(false).await.unwrap();
         let (status, body) = app.post(&format!("/api/v1/coupons/{coupon}/issue"), json!({ "userId": user })).await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
     }

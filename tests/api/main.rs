@@ -4,6 +4,7 @@ mod support;
 
 mod admin;
 mod balance;
+mod cluster;
 mod coupons;
 mod docs;
 mod errors;

@@ -60,16 +60,22 @@ async fn top(app: &TestApp, query: &str) -> Value {
 async fn lose_ranking_keys(app: &TestApp) {
     let redis = &app.state.stores.redis;
     let mut keys: Vec<String> = Vec::new();
-    for pattern in ["sales:*", "ranking:*"] {
-        let found: Vec<String> = redis
-            .client()
-            .custom(
-                fred::types::CustomCommand::new_static("KEYS", fred::types::ClusterHash::Random, false),
-                vec![redis.keys.key(pattern)],
-            )
-            .await
-            .unwrap();
-        keys.extend(found);
+    // KEYS answers for one node: on a cluster, ask every primary.
+    let client = redis.client();
+    let nodes = match client.cached_cluster_state() {
+        Some(state) => state.unique_primary_nodes().into_iter().map(Some).collect(),
+        None => vec![None],
+    };
+    for node in nodes {
+        for pattern in ["sales:*", "ranking:*"] {
+            let command = fred::types::CustomCommand::new_static("KEYS", fred::types::ClusterHash::Random, false);
+            let args = vec![redis.keys.key(pattern)];
+            let found: Vec<String> = match &node {
+                Some(node) => client.with_cluster_node(node.clone()).custom(command, args).await.unwrap(),
+                None => client.custom(command, args).await.unwrap(),
+            };
+            keys.extend(found);
+        }
     }
     assert!(!keys.is_empty());
     for key in keys {

@@ -16,7 +16,7 @@ use stampede::state::AppState;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use servers::{MariaDb, RedisServer};
+pub use servers::{MariaDb, RedisCluster, RedisServer};
 
 /// The admin token every test app uses.
 pub const ADMIN_TOKEN: &str = "test-admin-token";

@@ -70,8 +70,13 @@ impl RedisServer {
 
     /// A server with these extra arguments (persistence settings).
     pub fn start_with(args: &[&str]) -> Self {
+        Self::start_on(free_port(), args)
+    }
+
+    /// A server on this port with these extra arguments.
+    fn start_on(port: u16, args: &[&str]) -> Self {
         let dir = tempfile::Builder::new().prefix("stampede-redis-").tempdir().unwrap().keep();
-        let mut server = Self { port: free_port(), dir, child: None };
+        let mut server = Self { port, dir, child: None };
         server.resume(args);
         // The pid changes when a test restarts the server, so the watchdog reads the pid file.
         watch(&format!("$(cat '{}/redis.pid')", server.dir.display()), &server.dir);
@@ -110,6 +115,90 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A Redis Cluster of three masters without replicas owned by a test, for what a shared cluster cannot
+/// show (a slot moved mid-sale). `redis-cli --cluster create` gives each node a third of the slots.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+/// Offset of a node's cluster bus port from its client port (fixed by Redis).
+const CLUSTER_BUS_OFFSET: u16 = 10_000;
+
+impl RedisCluster {
+    pub fn start() -> Self {
+        let nodes: Vec<RedisServer> = (0..3)
+            .map(|_| {
+                RedisServer::start_on(
+                    free_cluster_port(),
+                    &[
+                        "--save",
+                        "",
+                        "--appendonly",
+                        "no",
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                        "--cluster-node-timeout",
+                        "5000",
+                    ],
+                )
+            })
+            .collect();
+        let created = Command::new(binary("redis-cli"))
+            .args(["--cluster", "create"])
+            .args(nodes.iter().map(|node| format!("127.0.0.1:{}", node.port)))
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run redis-cli --cluster create");
+        assert!(created.status.success(), "redis-cli --cluster create: {}", String::from_utf8_lossy(&created.stdout));
+        let cluster = Self { nodes };
+        let started = Instant::now();
+        while !cluster
+            .nodes
+            .iter()
+            .all(|node| cluster.cli(node.port, &["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+        {
+            assert!(started.elapsed() < START_TIMEOUT, "the cluster did not reach cluster_state:ok");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        cluster
+    }
+
+    /// fred's URL of the cluster: the first node, the others as `node` parameters.
+    pub fn url(&self) -> String {
+        let others: Vec<String> = self.nodes[1..].iter().map(|node| format!("node=127.0.0.1:{}", node.port)).collect();
+        format!("redis-cluster://127.0.0.1:{}?{}", self.nodes[0].port, others.join("&"))
+    }
+
+    /// Runs one command with redis-cli on the node at `port`; returns its reply as redis-cli prints it
+    /// (one line per element), trimmed. Panics on an error reply.
+    pub fn cli(&self, port: u16, args: &[&str]) -> String {
+        let out = Command::new(binary("redis-cli"))
+            .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run redis-cli");
+        let reply = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        assert!(out.status.success() && !reply.starts_with("ERR"), "redis-cli {args:?} on {port}: {reply}");
+        reply
+    }
+}
+
+/// A free port whose cluster bus port (+10,000) is a valid port and free too.
+fn free_cluster_port() -> u16 {
+    loop {
+        let port = free_port();
+        if let Some(bus) = port.checked_add(CLUSTER_BUS_OFFSET)
+            && TcpListener::bind(("127.0.0.1", bus)).is_ok()
+        {
+            return port;
+        }
     }
 }
 
