@@ -87,8 +87,8 @@ test: ## What CI runs: fmt check, clippy, all tests, OpenAPI fuzzing, bench smok
 	$(CARGO) test --workspace
 	@# The OpenAPI fuzzing, the benches and the cluster run need the test-profile services (MariaDB 3391,
 	@# Redis 6391, cluster 6395-6397), stopped afterwards. The fuzzing serves the debug binary `cargo test` built.
-	@$(SERVICES) start test; \
-	trap '$(SERVICES) stop test' EXIT; \
+	@trap '$(SERVICES) stop test' EXIT; \
+	$(SERVICES) start test; \
 	$(SERVICES) start test cluster; \
 	(eval "$$($(SERVICES) env test)"; \
 	echo "loadtest/openapi-fuzz.sh $(TARGET_DIR)/debug/stampede"; \
