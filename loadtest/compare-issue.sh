@@ -1,20 +1,25 @@
 #!/usr/bin/env bash
-# Compares stampede builds on the coupon issue endpoint, side by side in one run, each beside its own
+# Compares stampede runs on the coupon issue endpoint, side by side in one run, each beside its own
 # /health/live, since this machine's speed drifts between runs (docs/performance.md).
 #
-#   loadtest/compare-issue.sh <label>=<stampede binary>[:<appendfsync>] ...
+#   loadtest/compare-issue.sh <label>=<stampede binary>[:<appendfsync>][@cluster] ...
 #
-# e.g. loadtest/compare-issue.sh before=/tmp/before-target/release/stampede after=target/release/stampede \
-#          always=target/release/stampede:always
+# e.g. two builds and a persistence setting:
+#          loadtest/compare-issue.sh before=/tmp/before-target/release/stampede after=target/release/stampede \
+#              always=target/release/stampede:always
+#      one build on one Redis against the 3-master cluster (docs/scaling.md):
+#          loadtest/compare-issue.sh single=target/release/stampede cluster=target/release/stampede@cluster
 #
-# For each build, in turn and for ROUNDS rounds: a fresh database `bench_<label>_<round>` and Redis prefix on
-# the dev services (`scripts/services.sh start dev`), USERS seeded by that build, the server started on
+# For each run, in turn and for ROUNDS rounds: a fresh database `bench_<label>_<round>` and Redis prefix on
+# the dev services (`scripts/services.sh start dev`, and `... dev cluster` for `@cluster`; SERVICES names
+# another copy of that script, e.g. one with other ports), USERS seeded by that build, the server started on
 # PORT, a coupon of 2,000,000,000 created (so every request is a 201), then wrk against /health/live and
-# against the issue endpoint (loadtest/wrk/issue.lua). The dev Redis's appendfsync is set per build
-# (default everysec) and put back to everysec at the end. Prints one line per run.
+# against the issue endpoint (loadtest/wrk/issue.lua). The single dev Redis's appendfsync is set per run
+# (default everysec; not on the cluster) and put back to everysec at the end. Prints one line per run.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
+SERVICES="${SERVICES:-scripts/services.sh}"
 ROUNDS="${ROUNDS:-2}"
 DURATION="${DURATION:-10s}"
 CONNECTIONS="${CONNECTIONS:-128}"
@@ -23,12 +28,12 @@ PORT="${PORT:-18080}"
 TOKEN=bench-admin-token
 HOST="http://127.0.0.1:$PORT"
 
-(($# > 0)) || { sed -n 2,16p "$0"; exit 2; }
-scripts/services.sh start dev >/dev/null
-eval "$(scripts/services.sh env dev)"
-server_url="${DATABASE_URL%/*}"
-redis_port="${REDIS_URL##*:}"
-trap 'redis-cli -p "$redis_port" CONFIG SET appendfsync everysec >/dev/null; [[ -n "${pid:-}" ]] && kill "$pid" 2>/dev/null || true' EXIT
+(($# > 0)) || { sed -n 2,18p "$0"; exit 2; }
+"$SERVICES" start dev single >/dev/null
+[[ "$*" == *@cluster* ]] && "$SERVICES" start dev cluster >/dev/null
+eval "$("$SERVICES" env dev single)"
+single_redis_port="${REDIS_URL##*:}"
+trap 'redis-cli -p "$single_redis_port" CONFIG SET appendfsync everysec >/dev/null; [[ -n "${pid:-}" ]] && kill "$pid" 2>/dev/null || true' EXIT
 
 requests_per_second() { awk '/^Requests\/sec:/ { printf "%d", $2 }'; }
 p99() { awk '$1 == "99%" { print $2 }'; }
@@ -37,13 +42,19 @@ for round in $(seq "$ROUNDS"); do
     for spec in "$@"; do
         label="${spec%%=*}"
         rest="${spec#*=}"
+        kind=single
+        [[ "$rest" == *@cluster ]] && kind=cluster && rest="${rest%@cluster}"
         binary="${rest%%:*}"
         fsync=everysec
         [[ "$rest" == *:* ]] && fsync="${rest##*:}"
+        eval "$("$SERVICES" env dev "$kind")"
+        server_url="${DATABASE_URL%/*}"
         database="bench_${label}_${round}"
-        export DATABASE_URL="$server_url/$database" REDIS_PREFIX="bench:${label}:${round}:" ADMIN_TOKEN="$TOKEN"
+        # The prefix names this invocation too: a fresh database beside a previous run's Redis state of the same
+        # label would find its coupon already sold to its users.
+        export DATABASE_URL="$server_url/$database" REDIS_PREFIX="bench:$$:${label}:${round}:" ADMIN_TOKEN="$TOKEN"
         export BIND_ADDR="127.0.0.1:$PORT" RUST_LOG=warn
-        redis-cli -p "$redis_port" CONFIG SET appendfsync "$fsync" >/dev/null
+        [[ "$kind" == single ]] && redis-cli -p "$single_redis_port" CONFIG SET appendfsync "$fsync" >/dev/null
         mariadb --no-defaults -h127.0.0.1 -P"${server_url##*:}" -ustampede -pstampede \
             -e "DROP DATABASE IF EXISTS $database; CREATE DATABASE $database CHARACTER SET utf8mb4"
         "$binary" migrate >/dev/null
@@ -60,8 +71,8 @@ for round in $(seq "$ROUNDS"); do
         live_rps="$(requests_per_second <<<"$live")"
         issue_rps="$(requests_per_second <<<"$issue")"
         statuses="$(grep -E '^status' <<<"$issue" | tr '\n' ' ' || true)"
-        printf '%-10s round %s appendfsync %-8s live %6d req/s  issue %6d req/s (%.2f of live) p99 %s  [%s]\n' \
-            "$label" "$round" "$fsync" "$live_rps" "$issue_rps" "$(echo "$issue_rps / $live_rps" | bc -l)" \
+        printf '%-10s round %s %-7s appendfsync %-8s live %6d req/s  issue %6d req/s (%.2f of live) p99 %s  [%s]\n' \
+            "$label" "$round" "$kind" "$fsync" "$live_rps" "$issue_rps" "$(echo "$issue_rps / $live_rps" | bc -l)" \
             "$(p99 <<<"$issue")" "$statuses"
         kill "$pid"
         wait "$pid" 2>/dev/null || true
