@@ -129,10 +129,9 @@ impl Script {
         V: TryInto<MultipleValues> + Send,
         V::Error: Into<fred::error::Error> + Send,
     {
-        let keys: MultipleKeys = keys.into();
-        let args: MultipleValues = args.try_into().map_err(Into::<fred::error::Error>::into)?;
+        let (keys, args) = (keys.into(), args.try_into().map_err(Into::into)?);
         for _ in 0..NOSCRIPT_ATTEMPTS {
-            if let Some(reply) = self.call_if_loaded(redis, keys.clone(), args.clone()).await? {
+            if let Some(reply) = self.evalsha(redis, &keys, &args).await? {
                 return Ok(reply);
             }
             self.load(redis).await?;
@@ -152,8 +151,16 @@ impl Script {
         V: TryInto<MultipleValues> + Send,
         V::Error: Into<fred::error::Error> + Send,
     {
-        let keys: MultipleKeys = keys.into();
-        let args: MultipleValues = args.try_into().map_err(Into::<fred::error::Error>::into)?;
+        self.evalsha(redis, &keys.into(), &args.try_into().map_err(Into::into)?).await
+    }
+
+    /// One EVALSHA (retried while its slot moves); `Ok(None)` on NOSCRIPT.
+    async fn evalsha<R: FromValue>(
+        &self,
+        redis: &Redis,
+        keys: &MultipleKeys,
+        args: &MultipleValues,
+    ) -> Result<Option<R>, StoreError> {
         match retry_unsettled(|| self.script.evalsha(redis.client(), keys.clone(), args.clone())).await {
             Ok(reply) => Ok(Some(reply)),
             Err(error) if error.details().starts_with("NOSCRIPT") => Ok(None),
