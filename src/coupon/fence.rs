@@ -112,11 +112,11 @@ pub async fn rebuild(stores: &Stores, coupon: &Coupon) -> Result<Option<Cause>, 
     Ok(Some(cause))
 }
 
-/// Checks every campaign (at start-up, and when Redis forgot its scripts); returns how many were rebuilt.
-pub async fn verify_all(stores: &Stores) -> Result<usize, StoreError> {
-    let coupons = db::all_coupons(&stores.db).await?;
+/// Checks `coupons` (every campaign: at start-up, and when Redis forgot its scripts); returns how many were
+/// rebuilt.
+pub async fn verify_all(stores: &Stores, coupons: &[Coupon]) -> Result<usize, StoreError> {
     // Owned futures: one borrowing `stores` and a coupon trips the compiler's `Send` check when spawned.
-    let checks = coupons.into_iter().map(|coupon| {
+    let checks = coupons.iter().cloned().map(|coupon| {
         let stores = stores.clone();
         async move { verify(&stores, &coupon).await }
     });
@@ -161,7 +161,7 @@ impl ScriptGate {
         if self.inner.reloads.load(Ordering::Acquire) != seen {
             return Ok(());
         }
-        let rebuilt = verify_all(stores).await?;
+        let rebuilt = verify_all(stores, &db::all_coupons(&stores.db).await?).await?;
         crate::store::scripts::COUPON_ISSUE.load(&stores.redis).await?;
         self.inner.reloads.fetch_add(1, Ordering::Release);
         metrics::counter!("coupon_script_reloads_total").increment(1);

@@ -201,6 +201,14 @@ pub struct CouponSpec<'a> {
     pub ends_at: Option<DateTime<Utc>>,
 }
 
+impl<'a> CouponSpec<'a> {
+    /// A campaign active from now with no end, the common case (seeds, tests, benches); set `starts_at` or
+    /// `ends_at` with struct update syntax for a window.
+    pub fn open_ended(name: &'a str, discount_type: DiscountType, discount_value: i64, total_quantity: i64) -> Self {
+        Self { name, discount_type, discount_value, total_quantity, starts_at: None, ends_at: None }
+    }
+}
+
 impl NewCoupon {
     /// Validates a campaign: a 1..=200 character name, a valid discount, a quantity of 1..=2^31-1, and an
     /// end after the start. `starts_at` defaults to `now`; no `ends_at` means no end. Times are truncated
@@ -293,8 +301,9 @@ impl Catalog {
 /// At start-up: checks every campaign's Redis state against MySQL, rebuilding those Redis lost or that went
 /// back in time, and loads the campaigns into the catalog.
 pub async fn restore_all(stores: &Stores, catalog: &Catalog) -> Result<(), Error> {
-    fence::verify_all(stores).await?;
-    for coupon in db::all_coupons(&stores.db).await? {
+    let coupons = db::all_coupons(&stores.db).await?;
+    fence::verify_all(stores, &coupons).await?;
+    for coupon in coupons {
         catalog.remember(coupon);
     }
     Ok(())
