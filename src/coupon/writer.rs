@@ -137,7 +137,7 @@ impl Writer {
         let mut tx = stores.db.begin().await?;
         let fences: HashMap<CouponId, db::Fence> = db::lock_fences(&mut tx, &ids).await?.into_iter().collect();
         let mut rows: Vec<NewIssuance> = Vec::new();
-        let mut stale: Vec<&Queued> = Vec::new();
+        let mut stale: Vec<(CouponId, Vec<&Queued>)> = Vec::new();
         for (coupon_id, entries) in &by_coupon {
             let Some(fence) = fences.get(coupon_id) else {
                 tracing::error!(coupon.id = %coupon_id, entries = entries.len(), "queued issuances of a coupon MySQL does not have: dropped");
@@ -145,7 +145,9 @@ impl Writer {
             };
             let (current, older): (Vec<&Queued>, Vec<&Queued>) =
                 entries.iter().partition(|entry| entry.generation == fence.generation);
-            stale.extend(older);
+            if !older.is_empty() {
+                stale.push((*coupon_id, older));
+            }
             if let Some(highest) = current.iter().map(|entry| entry.stream_id).max() {
                 db::advance_persisted(&mut tx, *coupon_id, highest).await?;
             }
@@ -161,9 +163,8 @@ impl Writer {
         tx.commit().await?;
         record_lag(&rows);
 
-        let stale: Vec<Queued> = stale.into_iter().cloned().collect();
-        for entry in &stale {
-            self.redecide(stores, entry).await?;
+        for (coupon_id, entries) in &stale {
+            self.redecide(stores, *coupon_id, entries).await?;
         }
         self.persisted = Some(rows.len());
         Ok(rows.len())
@@ -177,36 +178,37 @@ impl Writer {
         Ok(())
     }
 
-    /// Decides again, against the coupon's current state, an entry that an older state decided: its users
-    /// keep their original `issued_at` and are honoured while stock lasts; the rest are refused, counted and
-    /// logged.
-    async fn redecide(&self, stores: &Stores, entry: &Queued) -> Result<(), StoreError> {
-        let Some(coupon) = db::find_coupon(&stores.db, entry.coupon_id).await? else { return Ok(()) };
-        let at = entry.issued_at.timestamp_micros();
-        let mut replies = Vec::new();
-        for _ in 0..2 {
-            // A state Redis holds but MySQL does not know is rebuilt first, or the winners would be queued
-            // with a generation the next step re-decides again.
-            fence::verify(stores, &coupon).await?;
-            replies = self.gate.issue(stores, coupon.id, &entry.user_ids, at).await?;
-            if !replies.contains(&IssueReply::NotLoaded) {
-                break;
-            }
-        }
-        if replies.contains(&IssueReply::NotLoaded) {
-            return Err(crate::store::scripts::COUPON_ISSUE.unexpected("state missing after rebuild"));
-        }
-        for (user, reply) in entry.user_ids.iter().zip(&replies) {
-            let result = match reply {
-                IssueReply::Issued(_) => "honoured",
-                IssueReply::AlreadyIssued(_) => "already_held",
-                IssueReply::SoldOut | IssueReply::NotActive | IssueReply::NotLoaded => {
-                    // Redis had answered 201 before it lost the state that said so.
-                    tracing::warn!(coupon.id = %coupon.id, user.id = %user, ?reply, entry.generation = entry.generation, "issuance lost with Redis state refused on re-decision");
-                    "refused"
+    /// Decides again, against the coupon's current state, entries of one coupon that an older state decided:
+    /// their users keep their original `issued_at` and are honoured while stock lasts; the rest are refused,
+    /// counted and logged. The campaign is read and its state checked once for all of them.
+    async fn redecide(&self, stores: &Stores, coupon_id: CouponId, entries: &[&Queued]) -> Result<(), StoreError> {
+        let Some(coupon) = db::find_coupon(&stores.db, coupon_id).await? else { return Ok(()) };
+        // A state Redis holds but MySQL does not know is rebuilt first, or the winners would be queued with a
+        // generation the next step re-decides again.
+        fence::verify(stores, &coupon).await?;
+        for entry in entries {
+            let at = entry.issued_at.timestamp_micros();
+            let mut replies = self.gate.issue(stores, coupon.id, &entry.user_ids, at).await?;
+            if replies.contains(&IssueReply::NotLoaded) {
+                // Lost again since the check: rebuild once more, then give up for this step.
+                fence::verify(stores, &coupon).await?;
+                replies = self.gate.issue(stores, coupon.id, &entry.user_ids, at).await?;
+                if replies.contains(&IssueReply::NotLoaded) {
+                    return Err(crate::store::scripts::COUPON_ISSUE.unexpected("state missing after rebuild"));
                 }
-            };
-            metrics::counter!("coupon_redecided_total", "result" => result).increment(1);
+            }
+            for (user, reply) in entry.user_ids.iter().zip(&replies) {
+                let result = match reply {
+                    IssueReply::Issued(_) => "honoured",
+                    IssueReply::AlreadyIssued(_) => "already_held",
+                    IssueReply::SoldOut | IssueReply::NotActive | IssueReply::NotLoaded => {
+                        // Redis had answered 201 before it lost the state that said so.
+                        tracing::warn!(coupon.id = %coupon.id, user.id = %user, ?reply, entry.generation = entry.generation, "issuance lost with Redis state refused on re-decision");
+                        "refused"
+                    }
+                };
+                metrics::counter!("coupon_redecided_total", "result" => result).increment(1);
+            }
         }
         Ok(())
     }
