@@ -54,18 +54,9 @@ impl Bench {
     /// all the issue path checks).
     async fn batch(&self, quantity: u64) -> (CouponId, Vec<UserId>) {
         let quantity = quantity.max(1) as i64;
-        let new = NewCoupon::parse(
-            CouponSpec {
-                name: "bench",
-                discount_type: DiscountType::Fixed,
-                discount_value: 100,
-                total_quantity: quantity,
-                starts_at: None,
-                ends_at: None,
-            },
-            chrono::Utc::now(),
-        )
-        .expect("valid coupon");
+        let new =
+            NewCoupon::parse(CouponSpec::open_ended("bench", DiscountType::Fixed, 100, quantity), chrono::Utc::now())
+                .expect("valid coupon");
         let coupon = self.state.coupons.create(new).await.expect("create coupon");
         let first = self.next_user.fetch_add(quantity, Ordering::Relaxed);
         let users: Vec<UserId> = (first..first + quantity).filter_map(UserId::new).collect();

@@ -79,14 +79,7 @@ pub async fn run(config: &SeedConfig) -> Result<Seeded, coupon::Error> {
     let coupons = coupon::Coupons::start(stores.clone(), coupon::Catalog::default(), Default::default());
     for n in 0..config.coupons {
         let name = format!("coupon-{n}");
-        let spec = coupon::CouponSpec {
-            name: &name,
-            discount_type: coupon::DiscountType::Fixed,
-            discount_value: 1_000,
-            total_quantity: config.coupon_quantity,
-            starts_at: None,
-            ends_at: None,
-        };
+        let spec = coupon::CouponSpec::open_ended(&name, coupon::DiscountType::Fixed, 1_000, config.coupon_quantity);
         seeded.coupons.push(coupons.create(coupon::NewCoupon::parse(spec, chrono::Utc::now())?).await?.id);
     }
     Ok(seeded)

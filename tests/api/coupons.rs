@@ -237,12 +237,8 @@ async fn one_script_call_decides_a_batch_in_order_as_single_calls_would() {
 
     let early = coupon::NewCoupon::parse(
         coupon::CouponSpec {
-            name: "later",
-            discount_type: coupon::DiscountType::Fixed,
-            discount_value: 100,
-            total_quantity: 5,
             starts_at: Some(chrono::Utc::now() + chrono::TimeDelta::hours(1)),
-            ends_at: None,
+            ..coupon::CouponSpec::open_ended("later", coupon::DiscountType::Fixed, 100, 5)
         },
         chrono::Utc::now(),
     );
@@ -319,26 +315,12 @@ async fn a_coupon_is_listed_and_usable_right_after_its_201_before_the_writer_per
     let stores = &state.stores;
     let user = UserId::new(create_users(stores, 1).await[0]).unwrap();
     let new = coupon::NewCoupon::parse(
-        coupon::CouponSpec {
-            name: "now",
-            discount_type: coupon::DiscountType::Fixed,
-            discount_value: 700,
-            total_quantity: 5,
-            starts_at: None,
-            ends_at: None,
-        },
+        coupon::CouponSpec::open_ended("now", coupon::DiscountType::Fixed, 700, 5),
         chrono::Utc::now(),
     );
     let campaign = state.coupons.create(new.unwrap()).await.unwrap();
     let later = coupon::NewCoupon::parse(
-        coupon::CouponSpec {
-            name: "later",
-            discount_type: coupon::DiscountType::Rate,
-            discount_value: 5,
-            total_quantity: 5,
-            starts_at: None,
-            ends_at: None,
-        },
+        coupon::CouponSpec::open_ended("later", coupon::DiscountType::Rate, 5, 5),
         chrono::Utc::now(),
     );
     let second = state.coupons.create(later.unwrap()).await.unwrap();
@@ -401,14 +383,7 @@ async fn my_coupons_lists_them_over_http_with_the_status_filter() {
 /// A campaign of `quantity` created in-process: FIXED 1 won off, active now, no end.
 pub(crate) async fn campaign(state: &AppState, quantity: i64) -> CouponId {
     let new = coupon::NewCoupon::parse(
-        coupon::CouponSpec {
-            name: "c",
-            discount_type: coupon::DiscountType::Fixed,
-            discount_value: 1,
-            total_quantity: quantity,
-            starts_at: None,
-            ends_at: None,
-        },
+        coupon::CouponSpec::open_ended("c", coupon::DiscountType::Fixed, 1, quantity),
         chrono::Utc::now(),
     );
     state.coupons.create(new.unwrap()).await.unwrap().id
@@ -520,12 +495,9 @@ async fn an_ended_campaign_leaves_the_registry_once_everything_it_issued_is_pers
         let start = end - chrono::TimeDelta::hours(1);
         coupon::NewCoupon::parse(
             coupon::CouponSpec {
-                name,
-                discount_type: coupon::DiscountType::Fixed,
-                discount_value: 1,
-                total_quantity: 10,
                 starts_at: Some(start),
                 ends_at: Some(end),
+                ..coupon::CouponSpec::open_ended(name, coupon::DiscountType::Fixed, 1, 10)
             },
             now,
         )

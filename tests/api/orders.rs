@@ -634,14 +634,7 @@ async fn redis_timing_out_while_two_hundred_orders_pay_with_unpersisted_coupons_
     let new = stampede::product::NewProduct::parse("socks", 1_000, 10_000).unwrap();
     let product = stampede::product::create(&stores.db, new).await.unwrap().id;
     let new = coupon::NewCoupon::parse(
-        coupon::CouponSpec {
-            name: "flash",
-            discount_type: coupon::DiscountType::Fixed,
-            discount_value: 100,
-            total_quantity: ORDERS as i64,
-            starts_at: None,
-            ends_at: None,
-        },
+        coupon::CouponSpec::open_ended("flash", coupon::DiscountType::Fixed, 100, ORDERS as i64),
         now,
     );
     let campaign = state.coupons.create(new.unwrap()).await.unwrap().id;

@@ -101,6 +101,28 @@ async fn holders_are_refused_again(app: &TestApp, coupon: i64, holders: &HashSet
     }
 }
 
+/// Waits until the writer has persisted everything Redis says was issued.
+async fn caught_up(app: &TestApp, coupon: i64) {
+    eventually("persisted == issued", NOTICE, || async {
+        let body = progress(app, coupon).await;
+        body["persisted"] == body["issued"]
+    })
+    .await;
+}
+
+/// Waits until every instance is ready again after Redis came back.
+async fn ready_again(apps: &[&TestApp]) {
+    eventually("ready again", NOTICE, || async {
+        for app in apps {
+            if app.get("/health/ready").await.0 != StatusCode::OK {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+}
+
 /// Issues `coupon` to `users` in one script call, so the writer takes them as one stream entry.
 async fn issue_as_one_entry(stores: &Stores, coupon: i64, users: &[i64]) {
     let replies = script_issue(stores, CouponId::new(coupon).unwrap(), users).await;
@@ -229,11 +251,7 @@ async fn flushall_while_two_coupons_sell_on_two_instances_leaves_both_persisted_
 
     assert_eq!(winners(&late).len(), 40, "B had 10 issued and 50 in all");
     for coupon in [a, b] {
-        eventually("persisted == issued", NOTICE, || async {
-            let body = progress(&app, coupon).await;
-            body["persisted"] == body["issued"]
-        })
-        .await;
+        caught_up(&app, coupon).await;
         let holders = rows_within_quantity(app.db(), coupon, 50).await;
         holders_are_refused_again(&other, coupon, &holders).await;
     }
@@ -254,19 +272,12 @@ async fn kill_redis_after_a_burst(fsync: &str) -> (HashSet<i64>, HashSet<i64>, H
     redis.kill();
     lock.commit().await.unwrap();
     redis.resume(&args);
-    eventually("both ready again", NOTICE, || async {
-        app.get("/health/ready").await.0 == StatusCode::OK && other.get("/health/ready").await.0 == StatusCode::OK
-    })
-    .await;
+    ready_again(&[&app, &other]).await;
 
     let after = stampede(&[&app, &other], users.iter().map(|user| (coupon, *user)).collect()).await;
     let first: HashSet<i64> = winners(&burst).into_iter().collect();
     let second: HashSet<i64> = winners(&after).into_iter().collect();
-    eventually("persisted == issued", NOTICE, || async {
-        let body = progress(&app, coupon).await;
-        body["persisted"] == body["issued"]
-    })
-    .await;
+    caught_up(&app, coupon).await;
     let holders = rows_within_quantity(app.db(), coupon, 300).await;
     holders_are_refused_again(&app, coupon, &holders).await;
     (first, second, holders)
@@ -316,10 +327,7 @@ async fn redis_brought_back_from_an_older_file_is_detected_and_rebuilt_before_it
     redis.kill();
     std::fs::copy(&older, &current).unwrap();
     redis.resume(&args);
-    eventually("both ready again", NOTICE, || async {
-        app.get("/health/ready").await.0 == StatusCode::OK && other.get("/health/ready").await.0 == StatusCode::OK
-    })
-    .await;
+    ready_again(&[&app, &other]).await;
     let after = stampede(&[&app, &other], users.iter().map(|user| (coupon, *user)).collect()).await;
 
     assert_eq!(winners(&after).len(), 40, "the 60 MySQL holds are refused, 40 left");
@@ -400,10 +408,7 @@ async fn a_sweep_of_restore_points_never_issues_twice_or_beyond_the_quantity() {
         redis.kill();
         std::fs::copy(snapshot, redis.dir.join("dump.rdb")).unwrap();
         redis.resume(&args);
-        eventually("both ready again", NOTICE, || async {
-            app.get("/health/ready").await.0 == StatusCode::OK && other.get("/health/ready").await.0 == StatusCode::OK
-        })
-        .await;
+        ready_again(&[&app, &other]).await;
         let holders = rows_within_quantity(app.db(), coupon, 300).await;
         assert_eq!(holders.len(), ROUNDS * PER_ROUND, "{}", snapshot.display());
         holders_are_refused_again(&app, coupon, &holders).await;
