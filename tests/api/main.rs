@@ -10,6 +10,7 @@ mod docs;
 mod errors;
 mod health;
 mod journey;
+mod options;
 mod orders;
 mod outbox;
 mod products;
