@@ -404,3 +404,60 @@ impl DetailCopy {
         Self { head: head.into(), tail: tail.into(), flushed_views, loaded: Instant::now() }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::product::ProductDetail;
+
+    fn product() -> Product {
+        let option = |id, name: &str, stock| ProductOption {
+            id: OptionId::new(id).unwrap(),
+            name: name.to_owned(),
+            price: 1_500,
+            stock,
+            status: Status::for_stock(stock),
+        };
+        Product::new(
+            ProductId::new(7).unwrap(),
+            "t-\"shirt\"".to_owned(),
+            1_000,
+            vec![option(3, "S", 0), option(4, "M", 2)],
+        )
+    }
+
+    #[test]
+    fn a_detail_spliced_around_its_view_count_is_the_detail_serialized_whole() {
+        let copy = DetailCopy::new(&product(), 40);
+        let mut spliced = copy.head.to_vec();
+        spliced.extend_from_slice(b"42");
+        spliced.extend_from_slice(&copy.tail);
+        let whole = serde_json::to_vec(&ProductDetail::new(product(), 42)).unwrap();
+        assert_eq!(String::from_utf8(spliced).unwrap(), String::from_utf8(whole).unwrap());
+    }
+
+    #[test]
+    fn a_change_during_a_load_keeps_its_copy_out_and_other_products_changes_do_not() {
+        let copies = Copies::new();
+        let (seven, eight) = (ProductId::new(7).unwrap(), ProductId::new(8).unwrap());
+        let before = copies.epoch();
+        copies.drop_products(&[eight]);
+        copies.keep_detail(seven, Arc::new(DetailCopy::new(&product(), 0)), before);
+        assert!(copies.details.read().unwrap().contains_key(&seven));
+
+        let before = copies.epoch();
+        copies.drop_products(&[seven]);
+        copies.keep_detail(seven, Arc::new(DetailCopy::new(&product(), 0)), before);
+        assert!(copies.details.read().unwrap().is_empty(), "a copy loaded across a change was kept");
+    }
+
+    #[test]
+    fn copies_are_served_only_while_the_change_feed_is_heard() {
+        let copies = Copies::new();
+        let seven = ProductId::new(7).unwrap();
+        copies.keep_detail(seven, Arc::new(DetailCopy::new(&product(), 0)), copies.epoch());
+        assert!(copies.detail(seven).is_none(), "served before the first poll");
+        copies.synced();
+        assert!(copies.detail(seven).is_some());
+    }
+}

@@ -284,3 +284,68 @@ impl ProductDetail {
         Self { id, name, price, stock, status, view_count, options }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn option(name: &str) -> OptionSpec {
+        OptionSpec { name: name.to_owned(), price: None, stock: 1 }
+    }
+
+    fn spec(stock: Option<i64>, options: Option<Vec<OptionSpec>>) -> ProductSpec {
+        ProductSpec { name: "shirt".to_owned(), price: 100, stock, options }
+    }
+
+    #[test]
+    fn a_plain_stock_is_one_option_named_default_at_the_products_price() {
+        let new = spec(Some(5), None).validate().unwrap();
+        assert_eq!(new.options.len(), 1);
+        assert_eq!(
+            (new.options[0].name.as_str(), new.options[0].price_in(new.price), new.options[0].stock),
+            ("default", 100, 5)
+        );
+    }
+
+    #[test]
+    fn exactly_one_of_stock_and_options_and_option_names_distinct_after_trimming() {
+        assert!(spec(None, None).validate().is_err());
+        assert!(spec(Some(1), Some(vec![option("S")])).validate().is_err());
+        assert!(spec(None, Some(vec![])).validate().is_err());
+        assert!(spec(None, Some(vec![option("S"), option(" S ")])).validate().is_err());
+        assert!(spec(None, Some(vec![option("S"), option("s")])).validate().is_ok(), "names compare byte for byte");
+        assert!(spec(None, Some((0..=MAX_OPTIONS).map(|n| option(&n.to_string())).collect())).validate().is_err());
+    }
+
+    #[test]
+    fn an_option_keeps_its_own_price_and_refuses_negative_values() {
+        let priced = OptionSpec { price: Some(250), ..option("XL") }.validate().unwrap();
+        assert_eq!(priced.price_in(100), 250);
+        assert!(OptionSpec { price: Some(-1), ..option("XL") }.validate().is_err());
+        assert!(OptionSpec { stock: -1, ..option("XL") }.validate().is_err());
+        assert!(OptionSpec { stock: MAX_STOCK + 1, ..option("XL") }.validate().is_err());
+        assert!(option(&"x".repeat(101)).validate().is_err());
+    }
+
+    #[test]
+    fn a_restock_is_one_to_a_million_units() {
+        assert!(Restock::parse(0).is_err());
+        assert!(Restock::parse(MAX_RESTOCK + 1).is_err());
+        assert_eq!(Restock::parse(MAX_RESTOCK).unwrap().get(), MAX_RESTOCK);
+    }
+
+    #[test]
+    fn a_products_stock_is_the_sum_of_its_options_and_sold_out_at_zero() {
+        let option = |id, stock| ProductOption {
+            id: OptionId::new(id).unwrap(),
+            name: id.to_string(),
+            price: 1,
+            stock,
+            status: Status::for_stock(stock),
+        };
+        let product = Product::new(ProductId::new(1).unwrap(), "p".to_owned(), 1, vec![option(1, 0), option(2, 3)]);
+        assert_eq!((product.stock, product.status), (3, Status::OnSale));
+        let product = Product::new(ProductId::new(1).unwrap(), "p".to_owned(), 1, vec![option(1, 0), option(2, 0)]);
+        assert_eq!((product.stock, product.status), (0, Status::SoldOut));
+    }
+}
