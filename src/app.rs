@@ -83,7 +83,10 @@ impl App {
     /// finish the unit of work in hand before returning.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> Result<(), StartError> {
         let jobs = TaskTracker::new();
-        spawn_background_jobs(&self.state, &jobs, &shutdown);
+        // Cancelled once the last request is answered and its views are in Redis: the view flusher's last run
+        // then moves them all to MySQL.
+        let drained = CancellationToken::new();
+        spawn_background_jobs(&self.state, &jobs, &shutdown, &drained);
         jobs.close();
         tracing::info!(addr = %self.local_addr(), "serving");
         let router = crate::http::router(self.state.clone());
@@ -93,6 +96,11 @@ impl App {
             .map_err(StartError::Serve);
         // A server error must stop the jobs too.
         shutdown.cancel();
+        // Views counted by the last requests, which drained after the view sender's last tick.
+        if let Err(error) = self.state.products.send_views().await {
+            tracing::warn!(%error, "the last views were not sent to Redis and are lost");
+        }
+        drained.cancel();
         jobs.wait().await;
         self.state.stores.db.close().await;
         tracing::info!("stopped");
@@ -100,16 +108,22 @@ impl App {
     }
 }
 
-/// Starts the writer, relays and schedulers; each stops when `shutdown` is cancelled. The jobs talk to
-/// Redis on their own connection, so their bulk traffic never delays a request's reply.
-fn spawn_background_jobs(state: &AppState, jobs: &TaskTracker, shutdown: &CancellationToken) {
+/// Starts the writer, relays and schedulers; each stops when `shutdown` is cancelled (the view flusher when
+/// `drained` is). The jobs talk to Redis on their own connection, so their bulk traffic never delays a
+/// request's reply.
+fn spawn_background_jobs(
+    state: &AppState,
+    jobs: &TaskTracker,
+    shutdown: &CancellationToken,
+    drained: &CancellationToken,
+) {
     let stores = state.stores.for_jobs();
     jobs.spawn(crate::coupon::writer::run(stores.clone(), shutdown.clone()));
     jobs.spawn(state.users.clone().run(stores.redis.clone(), shutdown.clone()));
     let relay =
         crate::platform::relay::Relay::new(state.config.data_platform_url.as_deref(), state.config.ranking_settings());
     jobs.spawn(crate::platform::relay::run(stores.clone(), relay, shutdown.clone()));
-    jobs.spawn(product::views::run(stores.clone(), state.products.clone(), shutdown.clone()));
+    jobs.spawn(product::views::run(stores.clone(), state.products.clone(), drained.clone()));
     jobs.spawn(state.products.clone().run(shutdown.clone()));
     jobs.spawn(crate::retention::run(stores.clone(), state.config.retention, shutdown.clone()));
     let copy = state.ranking_copy.clone();

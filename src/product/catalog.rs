@@ -81,6 +81,8 @@ struct DetailCopy {
     /// `,"options":[..]}`
     tail: Bytes,
     flushed_views: i64,
+    /// [`ViewCounter::epoch`] when `flushed_views` was read.
+    views_epoch: u64,
     loaded: Instant,
 }
 
@@ -103,13 +105,12 @@ fn stripe(id: ProductId) -> usize {
 }
 
 impl Catalog {
-    /// The catalogue on `stores`; counts views through a task of its own that ends with the last clone.
+    /// The catalogue on `stores`. Its jobs ([`Catalog::run`]) poll for changes and send counted views.
     pub fn new(stores: Stores) -> Self {
-        let views = ViewCounter::start(stores.redis.clone());
         Self(Arc::new(Inner {
             stores,
             copies: Copies::new(),
-            views,
+            views: ViewCounter::default(),
             gate: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
         }))
     }
@@ -200,7 +201,7 @@ impl Catalog {
             Some(copy) => copy,
             None => self.load(id).await?,
         };
-        let unflushed = self.0.views.count(id).await?;
+        let unflushed = self.0.views.count(id, copy.views_epoch);
         let mut body = Vec::with_capacity(copy.head.len() + 20 + copy.tail.len());
         body.extend_from_slice(&copy.head);
         body.extend_from_slice((copy.flushed_views + unflushed).to_string().as_bytes());
@@ -215,8 +216,9 @@ impl Catalog {
             return Ok(copy);
         }
         let before = copies.epoch();
+        let views_epoch = self.0.views.epoch();
         let (product, flushed_views) = db::find(&self.0.stores.db, id).await?.ok_or(Error::NotFound(id))?;
-        let copy = Arc::new(DetailCopy::new(&product, flushed_views));
+        let copy = Arc::new(DetailCopy::new(&product, flushed_views, views_epoch));
         copies.keep_detail(id, copy.clone(), before);
         Ok(copy)
     }
@@ -245,8 +247,19 @@ impl Catalog {
         Ok(())
     }
 
-    /// Applies announcements every [`POLL`] until `shutdown`.
+    /// Sends the views counted here to Redis; called once more after the last request of a graceful shutdown.
+    pub async fn send_views(&self) -> Result<(), StoreError> {
+        self.0.views.send(&self.0.stores.redis).await
+    }
+
+    /// Until `shutdown`: applies announcements every [`POLL`], and sends counted views to Redis every
+    /// [`super::views::SEND_PERIOD`].
     pub async fn run(self, shutdown: CancellationToken) {
+        let views = self.0.views.clone().run(self.0.stores.redis.clone(), shutdown.clone());
+        tokio::join!(views, self.poll_until(shutdown));
+    }
+
+    async fn poll_until(&self, shutdown: CancellationToken) {
         let mut ticks = tokio::time::interval(POLL);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -388,7 +401,7 @@ struct DetailTail<'a> {
 }
 
 impl DetailCopy {
-    fn new(product: &Product, flushed_views: i64) -> Self {
+    fn new(product: &Product, flushed_views: i64, views_epoch: u64) -> Self {
         let head = DetailHead {
             id: product.id,
             name: &product.name,
@@ -401,7 +414,7 @@ impl DetailCopy {
         head.extend_from_slice(b",\"viewCount\":");
         let mut tail = serde_json::to_vec(&DetailTail { options: &product.options }).expect("options serialize");
         tail[0] = b','; // the opening brace
-        Self { head: head.into(), tail: tail.into(), flushed_views, loaded: Instant::now() }
+        Self { head: head.into(), tail: tail.into(), flushed_views, views_epoch, loaded: Instant::now() }
     }
 }
 
@@ -428,7 +441,7 @@ mod tests {
 
     #[test]
     fn a_detail_spliced_around_its_view_count_is_the_detail_serialized_whole() {
-        let copy = DetailCopy::new(&product(), 40);
+        let copy = DetailCopy::new(&product(), 40, 0);
         let mut spliced = copy.head.to_vec();
         spliced.extend_from_slice(b"42");
         spliced.extend_from_slice(&copy.tail);
@@ -442,12 +455,12 @@ mod tests {
         let (seven, eight) = (ProductId::new(7).unwrap(), ProductId::new(8).unwrap());
         let before = copies.epoch();
         copies.drop_products(&[eight]);
-        copies.keep_detail(seven, Arc::new(DetailCopy::new(&product(), 0)), before);
+        copies.keep_detail(seven, Arc::new(DetailCopy::new(&product(), 0, 0)), before);
         assert!(copies.details.read().unwrap().contains_key(&seven));
 
         let before = copies.epoch();
         copies.drop_products(&[seven]);
-        copies.keep_detail(seven, Arc::new(DetailCopy::new(&product(), 0)), before);
+        copies.keep_detail(seven, Arc::new(DetailCopy::new(&product(), 0, 0)), before);
         assert!(copies.details.read().unwrap().is_empty(), "a copy loaded across a change was kept");
     }
 
@@ -455,7 +468,7 @@ mod tests {
     fn copies_are_served_only_while_the_change_feed_is_heard() {
         let copies = Copies::new();
         let seven = ProductId::new(7).unwrap();
-        copies.keep_detail(seven, Arc::new(DetailCopy::new(&product(), 0)), copies.epoch());
+        copies.keep_detail(seven, Arc::new(DetailCopy::new(&product(), 0, 0)), copies.epoch());
         assert!(copies.detail(seven).is_none(), "served before the first poll");
         copies.synced();
         assert!(copies.detail(seven).is_some());

@@ -1,5 +1,5 @@
-//! Product views: counted in Redis by [`ViewCounter`], moved to `products.view_count` in batches by the
-//! flusher ([`run`]).
+//! Product views: counted in process and sent to Redis in batches by [`ViewCounter`], moved from Redis to
+//! `products.view_count` in batches by the flusher ([`run`]).
 //!
 //! Views are counted in `<prefix>views:{views}:pending` (field = product id, value = views). The flusher takes
 //! them as a batch by renaming that hash to `<prefix>views:{views}:batch` (see `lua/product_views_take.lua`),
@@ -9,12 +9,13 @@
 //! from Redis only afterwards. A flusher dying between the two leaves the batch in Redis; the next run finds
 //! its id in MySQL and just drops it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
 use fred::prelude::*;
-use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::{Catalog, Error, db};
@@ -25,8 +26,11 @@ use crate::store::{Redis, StoreError, Stores};
 pub const FLUSH_PERIOD: Duration = Duration::from_secs(1);
 /// How long batch ids are remembered; a failed batch is retried within seconds, so a day is ample.
 const REMEMBER_BATCHES: chrono::TimeDelta = chrono::TimeDelta::days(1);
-/// Most views counted by one Redis pipeline.
-const MAX_COUNTED_AT_ONCE: usize = 4_096;
+/// How often counted views are sent to Redis: the most an instance holds that Redis has not, far less than
+/// what Redis itself may lose on a crash with `appendfsync everysec`.
+pub const SEND_PERIOD: Duration = Duration::from_millis(10);
+/// Products whose Redis count an instance remembers; beyond, those with nothing unsent are forgotten.
+const REMEMBERED_PRODUCTS: usize = 100_000;
 
 fn pending_key(redis: &Redis) -> String {
     redis.keys.key("views:{views}:pending")
@@ -36,50 +40,98 @@ fn batch_key(redis: &Redis) -> String {
     redis.keys.key("views:{views}:batch")
 }
 
-/// Counts views in Redis, many requests' views per round trip: while one pipeline is in flight, the views
-/// that arrive wait for the next one. A request is answered only after Redis holds its view, so none is
-/// lost, and a detail costs a share of a round trip rather than one. Cheap to clone.
-#[derive(Clone)]
-pub struct ViewCounter(mpsc::UnboundedSender<View>);
+/// Counts views in process and sends them to Redis every [`SEND_PERIOD`] in one pipeline, so a detail costs
+/// no Redis round trip of its own. A failed send keeps the views for the next; a graceful shutdown sends the
+/// rest after the last request ([`ViewCounter::send`]). A crash loses at most the last period's views of
+/// this instance, less than Redis itself may lose (docs/ranking.md#views). Cheap to clone.
+#[derive(Clone, Default)]
+pub struct ViewCounter(Arc<Counter>);
 
-struct View {
-    product: ProductId,
-    /// The product's views not yet flushed to MySQL, this one included.
-    unflushed: oneshot::Sender<Result<i64, fred::error::Error>>,
+#[derive(Default)]
+struct Counter {
+    views: Mutex<HashMap<ProductId, Counted>>,
+    /// Sends started so far: a send's number tells whether Redis answered it after a copy was loaded.
+    sends: AtomicU64,
+}
+
+/// One product's views as this instance knows them.
+#[derive(Clone, Copy, Default)]
+struct Counted {
+    /// Counted here, not sent to Redis yet.
+    unsent: i64,
+    /// Not yet flushed to MySQL, as Redis answered send number `measured`.
+    in_redis: i64,
+    measured: u64,
 }
 
 impl ViewCounter {
-    /// Starts the task that counts; it ends when the last clone is dropped.
-    pub fn start(redis: Redis) -> Self {
-        let (sender, receiver) = mpsc::unbounded_channel();
-        tokio::spawn(count_batches(redis, receiver));
-        Self(sender)
+    /// The number to load a copy's flushed views under (taken before reading MySQL): Redis counts measured
+    /// by sends started later exclude what that read may include.
+    pub fn epoch(&self) -> u64 {
+        self.0.sends.load(Ordering::Acquire)
     }
 
-    /// Counts one view of `product`; returns its views not yet flushed to MySQL, this one included.
-    pub async fn count(&self, product: ProductId) -> Result<i64, StoreError> {
-        let (unflushed, counted) = oneshot::channel();
-        self.0.send(View { product, unflushed }).map_err(|_| counter_gone())?;
-        Ok(counted.await.map_err(|_| counter_gone())??)
+    /// Counts one view of `product`; returns its views not yet flushed to MySQL, this one included, as far as
+    /// they can be added to flushed views read at `epoch`. Redis's count from an earlier send may include views
+    /// that read already has (a flush ran in between), so it is left out until the next send: the sum may
+    /// undercount for a moment, never count a view twice.
+    pub fn count(&self, product: ProductId, epoch: u64) -> i64 {
+        let mut views = self.0.views.lock().expect("never poisoned");
+        let counted = views.entry(product).or_default();
+        counted.unsent += 1;
+        counted.unsent + if counted.measured > epoch { counted.in_redis } else { 0 }
     }
-}
 
-fn counter_gone() -> StoreError {
-    StoreError::Redis(fred::error::Error::new(fred::error::ErrorKind::Canceled, "the view counter stopped"))
-}
-
-async fn count_batches(redis: Redis, mut views: mpsc::UnboundedReceiver<View>) {
-    let mut batch = Vec::new();
-    while views.recv_many(&mut batch, MAX_COUNTED_AT_ONCE).await > 0 {
-        let mut counts: BTreeMap<ProductId, i64> = BTreeMap::new();
-        for view in &batch {
-            *counts.entry(view.product).or_default() += 1;
+    /// Sends the views counted since the last send to Redis in one pipeline; on failure they stay for the next.
+    pub async fn send(&self, redis: &Redis) -> Result<(), StoreError> {
+        let unsent: BTreeMap<ProductId, i64> = {
+            let mut views = self.0.views.lock().expect("never poisoned");
+            views
+                .iter_mut()
+                .filter(|(_, counted)| counted.unsent > 0)
+                .map(|(product, counted)| (*product, std::mem::take(&mut counted.unsent)))
+                .collect()
+        };
+        if unsent.is_empty() {
+            return Ok(());
         }
-        let counted = record(&redis, &counts).await;
-        for view in batch.drain(..) {
-            let reply = counted.as_ref().map(|unflushed| unflushed[&view.product]).map_err(Clone::clone);
-            // A request that gave up (its client left) no longer waits for the answer; its view counted.
-            let _ = view.unflushed.send(reply);
+        let number = self.0.sends.fetch_add(1, Ordering::AcqRel) + 1;
+        let sent = record(redis, &unsent).await;
+        let mut views = self.0.views.lock().expect("never poisoned");
+        match sent {
+            Ok(in_redis) => {
+                for (product, count) in in_redis {
+                    let counted = views.entry(product).or_default();
+                    if number > counted.measured {
+                        (counted.in_redis, counted.measured) = (count, number);
+                    }
+                }
+                if views.len() > REMEMBERED_PRODUCTS {
+                    views.retain(|_, counted| counted.unsent > 0);
+                }
+                Ok(())
+            }
+            Err(error) => {
+                for (product, count) in unsent {
+                    views.entry(product).or_default().unsent += count;
+                }
+                Err(error.into())
+            }
+        }
+    }
+
+    /// Sends every [`SEND_PERIOD`] until `shutdown`; the last send is the caller's, after the last request.
+    pub async fn run(self, redis: Redis, shutdown: CancellationToken) {
+        let mut ticks = tokio::time::interval(SEND_PERIOD);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = ticks.tick() => {}
+            }
+            if let Err(error) = self.send(&redis).await {
+                tracing::warn!(%error, "views not sent to Redis; they are kept for the next send");
+            }
         }
     }
 }
@@ -176,12 +228,12 @@ pub async fn flush_once(stores: &Stores, catalog: &Catalog) -> Result<Flushed, E
     Ok(Flushed::Applied { products: batch.views.len(), views })
 }
 
-/// Flushes every [`FLUSH_PERIOD`] until `shutdown`, then once more so that views counted before it are
-/// in MySQL when the process exits (views counted by requests still draining stay in Redis for the next
-/// start). Only the idle sleep races the shutdown, never a flush.
-pub async fn run(stores: Stores, catalog: Catalog, shutdown: CancellationToken) {
+/// Flushes every [`FLUSH_PERIOD`] until `drained` (the server answered its last request and sent its views
+/// to Redis), then once more, so every view counted before a graceful shutdown is in MySQL when the process
+/// exits. Only the idle sleep races the token, never a flush.
+pub async fn run(stores: Stores, catalog: Catalog, drained: CancellationToken) {
     loop {
-        let stopping = shutdown.is_cancelled();
+        let stopping = drained.is_cancelled();
         match flush_once(&stores, &catalog).await {
             Ok(Flushed::Applied { products, views }) => {
                 tracing::debug!(product.count = products, views, "views flushed");
@@ -193,8 +245,25 @@ pub async fn run(stores: Stores, catalog: Catalog, shutdown: CancellationToken) 
             return;
         }
         tokio::select! {
-            () = shutdown.cancelled() => {}
+            () = drained.cancelled() => {}
             () = tokio::time::sleep(FLUSH_PERIOD) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redis_counts_older_than_a_copys_flushed_views_are_left_out_so_no_view_counts_twice() {
+        let counter = ViewCounter::default();
+        let product = ProductId::new(1).unwrap();
+        // A send (number 1) answered that Redis holds 1,000 views not yet flushed.
+        counter.0.views.lock().unwrap().insert(product, Counted { unsent: 0, in_redis: 1_000, measured: 1 });
+        counter.0.sends.store(1, Ordering::Release);
+        assert_eq!(counter.count(product, 0), 1_001, "a copy read before that send adds the Redis count");
+        // A copy read after send 1, perhaps after a flush moved those 1,000 views to MySQL.
+        assert_eq!(counter.count(product, counter.epoch()), 2, "only the views counted here since");
     }
 }

@@ -11,8 +11,10 @@ async fn view_count(app: &TestApp, id: i64) -> i64 {
     sqlx::query_scalar("SELECT view_count FROM products WHERE id = ?").bind(id).fetch_one(app.db()).await.unwrap()
 }
 
-/// Flushes until Redis holds no more views (the background flusher may be flushing at the same time).
+/// Sends this instance's counted views to Redis, then flushes until Redis holds no more (the background
+/// flusher may be flushing at the same time).
 async fn flush_all(app: &TestApp) {
+    app.state.products.send_views().await.unwrap();
     while views::flush_once(&app.state.stores, &app.state.products).await.unwrap() != Flushed::Nothing {}
 }
 
@@ -116,6 +118,7 @@ async fn a_batch_applied_before_a_crash_is_not_counted_again() {
 
     // A flusher that wrote MySQL and died before dropping the batch from Redis. (The background flusher
     // may take the batch first; then this applies nothing and the batch is already gone.)
+    app.state.products.send_views().await.unwrap();
     if let Some(batch) = views::take_batch(&stores.redis).await.unwrap() {
         db::add_views(&stores.db, &batch.id, &batch.views, chrono::Utc::now()).await.unwrap();
     }
@@ -163,6 +166,7 @@ async fn malformed_product_requests_get_400_and_unknown_products_404() {
     let (status, body) = app.post("/api/v1/admin/ranking/refresh", serde_json::json!({})).await;
     assert_eq!((status, body["code"].as_str()), (StatusCode::UNAUTHORIZED, Some("UNAUTHORIZED")), "{body}");
     assert_eq!(view_count(&app, id).await, 0);
+    app.state.products.send_views().await.unwrap();
     assert!(views::take_batch(&app.state.stores.redis).await.unwrap().is_none(), "a rejected request counted a view");
 }
 
