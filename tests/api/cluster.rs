@@ -184,13 +184,7 @@ async fn moving_a_coupons_slot_to_another_master_mid_sale_issues_exactly_the_qua
     assert_eq!(won.len() as i64, quantity, "a user won twice");
     let body = wait_persisted(&app, coupon, quantity).await;
     assert_eq!((body["issued"].as_i64(), body["remaining"].as_i64()), (Some(quantity), Some(0)), "{body}");
-    let rows: Vec<i64> = sqlx::query_scalar("SELECT user_id FROM user_coupons WHERE coupon_id = ?")
-        .bind(coupon)
-        .fetch_all(app.db())
-        .await
-        .unwrap();
-    assert_eq!(rows.len() as i64, quantity);
-    assert_eq!(rows.into_iter().collect::<HashSet<_>>(), won);
+    assert_eq!(holders(&app, coupon).await, won);
     assert_eq!(progress(&other, coupon).await["persisted"], quantity);
     // The apps before the cluster, so that no job logs the cluster going away.
     other.stop().await;
