@@ -44,7 +44,7 @@ REDIS ?= single
 # The integration-test modules `make test` runs a second time on the test-profile Redis Cluster
 # (TEST_REDIS_URL=redis-cluster://...): every module whose tests reach Redis through the shared server. Their
 # tests that start a redis-server of their own (to kill, flush or restart it) still run on it there.
-CLUSTER_TESTS := coupons:: orders:: balance:: products:: users:: journey:: outbox:: ranking::
+CLUSTER_TESTS := coupons:: orders:: options:: balance:: products:: users:: journey:: outbox:: ranking::
 
 # Exports DATABASE_URL and REDIS_URL of the dev services into the recipe's shell.
 DEV_ENV = eval "$$($(SERVICES) env dev $(REDIS))"

@@ -9,7 +9,7 @@ use stampede::balance::{self, ChargeAmount};
 use stampede::config::{BalanceLimits, StoreConfig};
 use stampede::id::{ProductId, UserId};
 use stampede::order::{self, ItemRequest, NewOrder};
-use stampede::product::{self, NewProduct};
+use stampede::product::{Catalog, ProductSpec};
 use stampede::store::{Stores, mysql};
 use stampede::user::{self, UserName};
 use tokio::runtime::Runtime;
@@ -32,29 +32,36 @@ async fn connect() -> Stores {
 }
 
 /// A buyer and `products` products of price 1 with all the stock a bench run can use.
-async fn fixtures(stores: &Stores, products: usize) -> (UserId, Vec<ProductId>) {
+async fn fixtures(stores: &Stores, catalog: &Catalog, products: usize) -> (UserId, Vec<ProductId>) {
     let user = user::create(stores, UserName::parse("bench buyer").unwrap()).await.unwrap().id;
     let mut ids = Vec::new();
     for n in 0..products {
-        let new = NewProduct::parse(&format!("bench product {n}"), 1, i64::from(i32::MAX)).unwrap();
-        ids.push(product::create(&stores.db, new).await.unwrap().id);
+        let new = ProductSpec::single(&format!("bench product {n}"), 1, i64::from(i32::MAX)).validate().unwrap();
+        ids.push(catalog.create(new).await.unwrap().id);
     }
     (user, ids)
 }
 
 /// Makes `count` PENDING orders of one unit of each product, with the balance to pay them all.
-async fn pending_orders(stores: &Stores, user: UserId, products: &[ProductId], count: u64) -> Vec<order::Order> {
+async fn pending_orders(
+    stores: &Stores,
+    catalog: &Catalog,
+    user: UserId,
+    products: &[ProductId],
+    count: u64,
+) -> Vec<order::Order> {
     let limits = BalanceLimits::default();
     let needed = count as i64 * products.len() as i64;
     while balance::get(stores, user).await.unwrap().balance < needed {
         let amount = ChargeAmount::parse(limits.charge_max, &limits).unwrap();
         balance::charge(stores, &limits, user, amount, None).await.unwrap();
     }
-    let items: Vec<ItemRequest> = products.iter().map(|&product_id| ItemRequest { product_id, quantity: 1 }).collect();
+    let items: Vec<ItemRequest> =
+        products.iter().map(|&product_id| ItemRequest { product_id, option_id: None, quantity: 1 }).collect();
     let mut orders = Vec::with_capacity(count as usize);
     for _ in 0..count {
         let new = NewOrder { user_id: user, items: items.clone(), coupon_id: None };
-        orders.push(order::create(stores, new, false).await.unwrap());
+        orders.push(order::create(stores, catalog, new, false).await.unwrap());
     }
     orders
 }
@@ -62,19 +69,20 @@ async fn pending_orders(stores: &Stores, user: UserId, products: &[ProductId], c
 fn bench_pay(c: &mut Criterion) {
     let runtime = Runtime::new().unwrap();
     let stores = runtime.block_on(connect());
+    let catalog = runtime.block_on(async { Catalog::new(stores.clone()) });
     let mut group = c.benchmark_group("pay");
     for products in [1, 3] {
-        let (user, ids) = runtime.block_on(fixtures(&stores, products));
+        let (user, ids) = runtime.block_on(fixtures(&stores, &catalog, products));
         group.bench_function(format!("{products}_item_order"), |b| {
             b.to_async(&runtime).iter_custom(|iters| {
-                let stores = stores.clone();
+                let (stores, catalog) = (stores.clone(), catalog.clone());
                 let ids = ids.clone();
                 async move {
-                    let orders = pending_orders(&stores, user, &ids, iters).await;
+                    let orders = pending_orders(&stores, &catalog, user, &ids, iters).await;
                     let mut timed = Duration::ZERO;
                     for pending in orders {
                         let started = Instant::now();
-                        let paid = order::pay(&stores, user, pending.order_id).await.unwrap();
+                        let paid = order::pay(&stores, &catalog, user, pending.order_id).await.unwrap();
                         timed += started.elapsed();
                         std::hint::black_box(paid);
                     }

@@ -57,8 +57,9 @@ async fn products(stores: &Stores, count: usize) -> Vec<ProductId> {
     let existing: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM products").fetch_one(&stores.db).await.unwrap();
     let missing = count.saturating_sub(existing as usize);
     for from in (0..missing).step_by(INSERT_CHUNK) {
-        let rows: Vec<(String, i64, i64)> =
-            (from..missing.min(from + INSERT_CHUNK)).map(|n| (format!("bench-product-{n}"), 1_000, 1_000)).collect();
+        let rows: Vec<_> = (from..missing.min(from + INSERT_CHUNK))
+            .map(|n| product::ProductSpec::single(&format!("bench-product-{n}"), 1_000, 1_000).validate().unwrap())
+            .collect();
         product::db::insert_batch(&stores.db, &rows).await.unwrap();
     }
     let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM products ORDER BY id LIMIT ?")

@@ -60,11 +60,11 @@ impl App {
         crate::telemetry::metrics();
         let coupons = crate::coupon::Coupons::start(stores.clone(), catalog, users.clone());
         let state = AppState(Arc::new(Shared {
+            products: product::Catalog::new(stores.clone()),
             stores,
             config: Arc::new(config),
             coupons,
             users,
-            product_gate: product::LoadGate::default(),
             ranking_gate: ranking::ComputeGate::default(),
             ranking_copy: ranking::published::Published::default(),
         }));
@@ -109,7 +109,8 @@ fn spawn_background_jobs(state: &AppState, jobs: &TaskTracker, shutdown: &Cancel
     let relay =
         crate::platform::relay::Relay::new(state.config.data_platform_url.as_deref(), state.config.ranking_settings());
     jobs.spawn(crate::platform::relay::run(stores.clone(), relay, shutdown.clone()));
-    jobs.spawn(product::views::run(stores.clone(), shutdown.clone()));
+    jobs.spawn(product::views::run(stores.clone(), state.products.clone(), shutdown.clone()));
+    jobs.spawn(state.products.clone().run(shutdown.clone()));
     jobs.spawn(crate::retention::run(stores.clone(), state.config.retention, shutdown.clone()));
     let copy = state.ranking_copy.clone();
     jobs.spawn(ranking::published::run(stores.redis.clone(), state.config.ranking_settings(), copy, shutdown.clone()));

@@ -175,9 +175,13 @@ pub struct SeedConfig {
     #[arg(long, default_value_t = 0)]
     pub users: u64,
 
-    /// Products to create (price 1,000..100,000 won, stock 1,000).
+    /// Products to create (price 1,000..100,000 won).
     #[arg(long, default_value_t = 0)]
     pub products: u64,
+
+    /// Options of each product, stock 1,000 each: one is named `default`, more are `option-1`, `option-2`, ...
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=100))]
+    pub options_per_product: u64,
 
     /// Rows per INSERT statement.
     #[arg(long, default_value_t = 5_000)]

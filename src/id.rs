@@ -83,4 +83,5 @@ ids! {
     ProductId => "product",
     CouponId => "coupon",
     OrderId => "order",
+    OptionId => "product option",
 }

@@ -57,13 +57,13 @@ pub async fn run(config: &SeedConfig) -> Result<Seeded, coupon::Error> {
         .map(|(from, count)| {
             let (stores, bar) = (&stores, &bar);
             async move {
-                let rows: Vec<(String, i64, i64)> = {
+                let products: Vec<product::NewProduct> = {
                     let mut rng = rand::rng();
                     (from..from + count)
-                        .map(|n| (format!("product-{n}"), rng.random_range(10..=1000) * 100, 1_000))
+                        .map(|n| seed_product(n, rng.random_range(10..=1000) * 100, config.options_per_product))
                         .collect()
                 };
-                let inserted = product::db::insert_batch(&stores.db, &rows).await?;
+                let inserted = product::db::insert_batch(&stores.db, &products).await?;
                 bar.inc(count);
                 Ok::<_, StoreError>(inserted)
             }
@@ -83,6 +83,18 @@ pub async fn run(config: &SeedConfig) -> Result<Seeded, coupon::Error> {
         seeded.coupons.push(coupons.create(coupon::NewCoupon::parse(spec, chrono::Utc::now())?).await?.id);
     }
     Ok(seeded)
+}
+
+/// Product `n`, sold in `options` options of 1,000 units each.
+fn seed_product(n: u64, price: i64, options: u64) -> product::NewProduct {
+    let option = |name: String| product::OptionSpec { name, price: None, stock: 1_000 };
+    let options = if options == 1 {
+        vec![option(product::DEFAULT_OPTION.to_owned())]
+    } else {
+        (1..=options).map(|k| option(format!("option-{k}"))).collect()
+    };
+    let spec = product::ProductSpec { name: format!("product-{n}"), price, stock: None, options: Some(options) };
+    spec.validate().expect("seed products are valid")
 }
 
 /// `(first index, count)` of each batch covering `0..total`.

@@ -28,8 +28,8 @@ pub struct Shared {
     pub coupons: crate::coupon::Coupons,
     /// In-process mirror of the users known to exist (shared with [`Shared::coupons`]), refreshed by a job.
     pub users: crate::user::cache::KnownUsers,
-    /// Makes a burst of requests for an uncached product or listing page read MySQL once.
-    pub product_gate: product::LoadGate,
+    /// The catalogue: products and options, with in-process copies of listing pages and details.
+    pub products: product::Catalog,
     /// Makes a burst of requests for an uncached ranking window compute it once.
     pub ranking_gate: ranking::ComputeGate,
     /// The ranking's lists, serialized, in process: what `GET /products/top` answers from.

@@ -12,6 +12,13 @@ pub fn i64<'de, D: Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> 
     deserializer.deserialize_i64(WholeVisitor)
 }
 
+/// An optional [`i64`]: absent (with `#[serde(default)]`) or `null` is `None`.
+pub fn option_i64<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<i64>, D::Error> {
+    #[derive(serde::Deserialize)]
+    struct Whole(#[serde(deserialize_with = "i64")] i64);
+    Ok(<Option<Whole> as serde::Deserialize>::deserialize(deserializer)?.map(|Whole(value)| value))
+}
+
 struct WholeVisitor;
 
 impl Visitor<'_> for WholeVisitor {

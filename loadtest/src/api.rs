@@ -23,9 +23,16 @@ pub struct Api {
     admin_token: String,
 }
 
-/// A product as the admin API returns it.
-#[derive(Debug, Clone, Copy, Deserialize)]
+/// A product as the API shows it.
+#[derive(Debug, Clone, Deserialize)]
 pub struct Product {
+    pub id: i64,
+    pub options: Vec<ProductOption>,
+}
+
+/// One option of a product.
+#[derive(Debug, Clone, Copy, Deserialize)]
+pub struct ProductOption {
     pub id: i64,
     pub price: i64,
     pub stock: i64,
@@ -69,8 +76,10 @@ impl Api {
         Ok(created.id)
     }
 
-    pub async fn create_product(&self, name: &str, price: i64, stock: u64) -> Result<Product, Error> {
-        let body = json!({ "name": name, "price": price, "stock": stock });
+    /// A product sold in options of `(name, stock)`, all at `price`.
+    pub async fn create_product(&self, name: &str, price: i64, options: &[(String, u64)]) -> Result<Product, Error> {
+        let options: Vec<Value> = options.iter().map(|(name, stock)| json!({ "name": name, "stock": stock })).collect();
+        let body = json!({ "name": name, "price": price, "options": options });
         self.call(self.admin(Method::POST, "/products").json(&body), 201).await
     }
 

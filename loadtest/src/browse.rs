@@ -21,7 +21,7 @@ pub async fn list(user: &mut GooseUser, shared: Arc<Shared>) -> TransactionResul
 /// A random catalog product's detail (which counts a view).
 pub async fn detail(user: &mut GooseUser, shared: Arc<Shared>) -> TransactionResult {
     let catalog = &shared.fixture()?.catalog;
-    let product = catalog[rand::random_range(0..catalog.len())];
+    let product = &catalog[rand::random_range(0..catalog.len())];
     let goose = user.get_named(&format!("/api/v1/products/{}", product.id), PRODUCT).await?;
     request::succeeded(&goose)
 }

@@ -1,8 +1,9 @@
-//! Buyers: charge the balance, order one unit (with the checkout coupon on a buyer's first order), pay.
-//! `checkout` buys across the catalog; `checkout-hot` has every buyer after one product with
-//! `HOT_STOCK` units, so payments contend on one stock row and the product sells out mid-run.
+//! Buyers: charge the balance, order one unit of an option (with the checkout coupon on a buyer's first
+//! order), pay. `checkout` buys random options across the catalog; `checkout-hot` has every buyer after one
+//! option with `HOT_STOCK` units, so payments contend on one stock row and the option sells out mid-run.
 //!
-//! After the run, [`verify_hot`] checks the hot product's stock against the payments the buyers saw.
+//! After the run, [`verify_hot`] checks the hot option's stock against the payments the buyers saw, and
+//! that the other option of its product was not touched.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -62,18 +63,25 @@ struct CreatedOrder {
 pub async fn buy(user: &mut GooseUser, shared: Arc<Shared>, variant: Variant) -> TransactionResult {
     let fixture = shared.fixture()?;
     let checkout = fixture.checkout.as_ref().ok_or_else(|| crate::missing("checkout"))?;
-    let product = match variant {
-        Variant::Hot => checkout.hot_product.ok_or_else(|| crate::missing("hot product"))?,
-        Variant::Catalog => fixture.catalog[rand::random_range(0..fixture.catalog.len())],
+    let (product, option) = match variant {
+        Variant::Hot => {
+            let product = checkout.hot_product.as_ref().ok_or_else(|| crate::missing("hot product"))?;
+            (product, product.options[0])
+        }
+        Variant::Catalog => {
+            let product = &fixture.catalog[rand::random_range(0..fixture.catalog.len())];
+            (product, product.options[rand::random_range(0..product.options.len())])
+        }
     };
     let counters = shared.checkout.of(variant);
     let (buyer, first_order) = checkout.buyers.take_cycling();
 
     let path = format!("/api/v1/users/{buyer}/balance/charge");
-    let charged = request::post(user, &path, &json!({ "amount": product.price })).await?;
+    let charged = request::post(user, &path, &json!({ "amount": option.price })).await?;
     request::record(user, CHARGE, &charged, charged.expect(&[200])).await?;
 
-    let mut order = json!({ "userId": buyer, "items": [{ "productId": product.id, "quantity": 1 }] });
+    let item = json!({ "productId": product.id, "optionId": option.id, "quantity": 1 });
+    let mut order = json!({ "userId": buyer, "items": [item] });
     if first_order {
         order["couponId"] = json!(checkout.coupon_id);
     }
@@ -126,16 +134,23 @@ pub async fn verify(api: &Api, hot_product: Option<Product>, stats: &Stats) -> b
     }
 }
 
-/// The hot product's stock never goes below 0 and falls by exactly the units paid for; a pay without an
-/// answer may or may not have committed, so it widens the allowed range by one unit each.
+/// The hot option's stock never goes below 0 and falls by exactly the units paid for (a pay without an
+/// answer may or may not have committed, so it widens the allowed range by one unit each); the product's
+/// other option keeps its stock.
 async fn verify_hot(api: &Api, initial: Product, counters: &Counters) -> bool {
     let paid = counters.paid.load(Ordering::Relaxed) as i64;
     let unknown = counters.pay_unknown.load(Ordering::Relaxed) as i64;
     let mut checks = Checks::default();
     match api.product(initial.id).await {
         Ok(now) => {
-            let sold = initial.stock - now.stock;
-            checks.check("stock never below 0", now.stock >= 0, format!("stock {} of {}", now.stock, initial.stock));
+            let (hot, before) = (now.options[0], initial.options[0]);
+            let sold = before.stock - hot.stock;
+            checks.check("stock never below 0", hot.stock >= 0, format!("stock {} of {}", hot.stock, before.stock));
+            checks.check(
+                "the other option is untouched",
+                now.options[1].stock == initial.options[1].stock,
+                format!("stock {} of {}", now.options[1].stock, initial.options[1].stock),
+            );
             checks.check(
                 "units sold equal the payments answered 200",
                 (paid..=paid + unknown).contains(&sold),

@@ -13,7 +13,7 @@ use crate::settings::Settings;
 
 /// Discount of the checkout coupon, in won; every catalog price is at least this.
 pub const CHECKOUT_DISCOUNT: i64 = 1_000;
-/// Stock of each catalog product: enough that ordinary checkout never sells out.
+/// Stock of each option of a catalog product: enough that ordinary checkout never sells out.
 const CATALOG_STOCK: u64 = 1_000_000;
 /// Price of the hot product, in won.
 const HOT_PRICE: i64 = 10_000;
@@ -50,7 +50,7 @@ pub struct Checkout {
     pub coupon_id: i64,
     /// Handed out round-robin; a buyer's first order uses its coupon, later ones go without.
     pub buyers: Pool,
-    /// The product every `checkout-hot` buyer wants, as created (its initial stock).
+    /// The product whose first option every `checkout-hot` buyer wants, as created (its initial stock).
     pub hot_product: Option<Product>,
 }
 
@@ -89,7 +89,9 @@ pub async fn set_up(api: Api, settings: &Settings, needs: Needs) -> Result<Fixtu
                 // 1,000 to 50,000 won, spread over the catalog.
                 let price = CHECKOUT_DISCOUNT * (1 + (i as i64 * 7) % 50);
                 let api = &api;
-                async move { api.create_product(&format!("loadtest {run} product {i}"), price, CATALOG_STOCK).await }
+                let options: Vec<(String, u64)> =
+                    (1..=settings.options_per_product).map(|k| (format!("size {k}"), CATALOG_STOCK)).collect();
+                async move { api.create_product(&format!("loadtest {run} product {i}"), price, &options).await }
             })
             .await
         })
@@ -121,9 +123,13 @@ pub async fn set_up(api: Api, settings: &Settings, needs: Needs) -> Result<Fixtu
         })
         .await?;
         let hot_product = if needs.hot_product {
-            let product =
-                api.create_product(&format!("loadtest {run} hot product"), HOT_PRICE, settings.hot_stock).await?;
-            println!("set-up: hot product {} with {} units", product.id, product.stock);
+            // Buyers want the first option; the second one shares the product and must stay untouched.
+            let options = [("hot".to_owned(), settings.hot_stock), ("other".to_owned(), settings.hot_stock)];
+            let product = api.create_product(&format!("loadtest {run} hot product"), HOT_PRICE, &options).await?;
+            println!(
+                "set-up: hot option {} of product {} with {} units",
+                product.options[0].id, product.id, settings.hot_stock
+            );
             Some(product)
         } else {
             None

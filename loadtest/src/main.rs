@@ -185,7 +185,7 @@ async fn verify(shared: &Shared) -> Result<bool, api::Error> {
         passed &= flash_sale::verify(&fixture.api, flash, &shared.flash_sale, shared.settings.setup_concurrency).await;
     }
     if let Some(checkout) = &fixture.checkout {
-        passed &= checkout::verify(&fixture.api, checkout.hot_product, &shared.checkout).await;
+        passed &= checkout::verify(&fixture.api, checkout.hot_product.clone(), &shared.checkout).await;
     }
     Ok(passed)
 }

@@ -18,7 +18,9 @@ pub struct Settings {
     pub catalog_products: usize,
     /// `CHECKOUT_USERS`: buyers created for the checkout scenarios, each holding one checkout coupon.
     pub checkout_users: usize,
-    /// `HOT_STOCK`: stock of the one product every `checkout-hot` buyer wants.
+    /// `OPTIONS_PER_PRODUCT`: options (sizes) of each catalog product, each with its own stock.
+    pub options_per_product: usize,
+    /// `HOT_STOCK`: stock of the one option every `checkout-hot` buyer wants.
     pub hot_stock: u64,
     /// `SETUP_CONCURRENCY`: admin requests in flight at once during set-up and verification.
     pub setup_concurrency: usize,
@@ -38,6 +40,7 @@ impl Settings {
             flash_repeat_percent: var("FLASH_REPEAT_PERCENT", 10)?,
             catalog_products: var("CATALOG_PRODUCTS", 100)?,
             checkout_users: var("CHECKOUT_USERS", 1000)?,
+            options_per_product: var("OPTIONS_PER_PRODUCT", 3)?,
             hot_stock: var("HOT_STOCK", 1000)?,
             setup_concurrency: var("SETUP_CONCURRENCY", 32)?,
             instances: env::var("INSTANCES")
@@ -51,6 +54,9 @@ impl Settings {
             settings.instances.iter().find(|url| !url.starts_with("http://") && !url.starts_with("https://"))
         {
             return Err(format!("INSTANCES: {bad:?} is not an http(s) URL"));
+        }
+        if !(1..=100).contains(&settings.options_per_product) {
+            return Err("OPTIONS_PER_PRODUCT must be 1..=100".to_string());
         }
         if settings.flash_repeat_percent > 100 {
             return Err("FLASH_REPEAT_PERCENT must be 0..=100".to_string());
@@ -71,15 +77,17 @@ Environment (the load test's own knobs; goose's options follow):
   FLASH_REPEAT_PERCENT  10     share of winners that ask again at once (must get 409 or 410)
   CATALOG_PRODUCTS      100    products created for browse and checkout
   CHECKOUT_USERS        1000   buyers created for checkout, each issued one checkout coupon
-  HOT_STOCK             1000   stock of the product every checkout-hot buyer wants
+  OPTIONS_PER_PRODUCT   3      options (sizes) of each catalog product, each with its own stock
+  HOT_STOCK             1000   stock of the option every checkout-hot buyer wants (its product has a
+                               second option nobody buys)
   SETUP_CONCURRENCY     32     admin requests in flight during set-up and verification
   INSTANCES             (none) comma-separated base URLs of several instances on one Redis and MySQL:
                                virtual user n uses instance n mod count; set-up and checks use --host
 
 Scenarios (--scenarios, comma separated; '-' may be left out, * is a wildcard):
   flash-sale    every user issues the flash coupon for a fresh user id until the pool is spent
-  checkout      charge, order with a coupon, pay, over the catalog
-  checkout-hot  the same, every buyer after one product with HOT_STOCK units
+  checkout      charge, order an option with a coupon, pay, over the catalog
+  checkout-hot  the same, every buyer after one option with HOT_STOCK units
   browse        product list, detail, top 5
   mixed         a sale day: mixed-browse (weight 7), mixed-flash-sale (2), mixed-checkout (1);
                 the default without --scenarios

@@ -1,7 +1,9 @@
 -- wrk script: POST /api/v1/orders with "pay": true (create and pay in one call), one unit of one product.
 --
 -- Env: FIRST_USER / USERS (buyers, who need balance: charge them first with charge.lua), FIRST_PRODUCT /
--- PRODUCTS (the products bought, round robin; PRODUCTS=1 is the hot-product worst case), THREADS (= -t).
+-- PRODUCTS (the products bought, round robin, each sold in one option; PRODUCTS=1 is the hot-product worst
+-- case), THREADS (= -t). LINES=<file> buys named options instead: one "productId optionId" per line, round
+-- robin (a file of one line is the hot-option worst case).
 --
 --   FIRST_USER=2 USERS=20000 FIRST_PRODUCT=1 PRODUCTS=1000 wrk -t2 -c64 -d10s -s loadtest/wrk/order.lua http://127.0.0.1:8080
 -- Thread index and per-status counts, from the file beside this one.
@@ -14,12 +16,27 @@ function init(args)
     products = tonumber(os.getenv("PRODUCTS") or "1000")
     stride = tonumber(os.getenv("THREADS") or "2")
     n = thread_index
+    lines = {}
+    local file = os.getenv("LINES")
+    if file then
+        for line in io.lines(file) do
+            local product, option = line:match("^(%d+)%s+(%d+)")
+            if product then
+                table.insert(lines, string.format('{"productId":%s,"optionId":%s,"quantity":1}', product, option))
+            end
+        end
+    end
 end
 
 function request()
     local user = first_user + (n % users)
-    local product = first_product + (n % products)
+    local item
+    if #lines > 0 then
+        item = lines[(n % #lines) + 1]
+    else
+        item = string.format('{"productId":%d,"quantity":1}', first_product + (n % products))
+    end
     n = n + stride
-    local body = string.format('{"userId":%d,"items":[{"productId":%d,"quantity":1}],"pay":true}', user, product)
+    local body = string.format('{"userId":%d,"items":[%s],"pay":true}', user, item)
     return wrk.format("POST", "/api/v1/orders", { ["Content-Type"] = "application/json" }, body)
 end

@@ -84,6 +84,8 @@ impl Error {
             },
             Error::Product(e) => match e {
                 product::Error::NotFound(_) => (S::NOT_FOUND, "PRODUCT_NOT_FOUND", message),
+                product::Error::OptionNotFound { .. } => (S::NOT_FOUND, "OPTION_NOT_FOUND", message),
+                product::Error::OptionNameTaken { .. } => (S::CONFLICT, "OPTION_NAME_TAKEN", message),
                 product::Error::Invalid(_) => (S::BAD_REQUEST, "INVALID_REQUEST", message),
                 product::Error::Store(e) => store_parts(e),
             },
@@ -109,7 +111,8 @@ impl Error {
                 order::Error::Invalid(_) => (S::BAD_REQUEST, "INVALID_ORDER", message),
                 order::Error::UserNotFound(_) => (S::NOT_FOUND, "USER_NOT_FOUND", message),
                 order::Error::ProductNotFound(_) => (S::NOT_FOUND, "PRODUCT_NOT_FOUND", message),
-                order::Error::OutOfStock(_) => (S::CONFLICT, "OUT_OF_STOCK", message),
+                order::Error::OptionNotFound { .. } => (S::NOT_FOUND, "OPTION_NOT_FOUND", message),
+                order::Error::OutOfStock { .. } => (S::CONFLICT, "OUT_OF_STOCK", message),
                 order::Error::CouponUnavailable(_) => (S::CONFLICT, "COUPON_UNAVAILABLE", message),
                 order::Error::InsufficientBalance(_) => (S::CONFLICT, "INSUFFICIENT_BALANCE", message),
                 order::Error::NotFound(_) => (S::NOT_FOUND, "ORDER_NOT_FOUND", message),

@@ -37,7 +37,9 @@ pub fn base() -> utoipa::openapi::OpenApi {
 /// Serves the finished document.
 pub fn router(mut spec: utoipa::openapi::OpenApi) -> Router<AppState> {
     document_common_answers(&mut spec);
-    let json = spec.to_pretty_json().expect("the OpenAPI document serializes");
+    let mut document = serde_json::to_value(&spec).expect("the OpenAPI document serializes");
+    document_links(&mut document);
+    let json = serde_json::to_string_pretty(&document).expect("a JSON value serializes");
     Router::new().route(
         "/openapi.json",
         get(move || {
@@ -93,5 +95,156 @@ fn document_common_answers(spec: &mut utoipa::openapi::OpenApi) {
                 add("503", unavailable);
             }
         }
+    }
+}
+
+/// A link from a create operation's answer to an operation that uses the id it answered with.
+struct Link {
+    from: &'static str,
+    status: &'static str,
+    name: &'static str,
+    to: &'static str,
+    /// `(parameter of the target, runtime expression giving it)`.
+    parameters: &'static [(&'static str, &'static str)],
+}
+
+/// Where the id a create operation answers with is used next. Clients (and schemathesis' stateful phase)
+/// follow these from a created resource to the operations on it.
+const LINKS: &[Link] = &[
+    Link {
+        from: "create_user",
+        status: "201",
+        name: "GetBalance",
+        to: "get_balance",
+        parameters: &[("userId", "$response.body#/id")],
+    },
+    Link {
+        from: "create_user",
+        status: "201",
+        name: "ChargeBalance",
+        to: "charge_balance",
+        parameters: &[("userId", "$response.body#/id")],
+    },
+    Link {
+        from: "create_user",
+        status: "201",
+        name: "ListBalanceHistory",
+        to: "list_balance_history",
+        parameters: &[("userId", "$response.body#/id")],
+    },
+    Link {
+        from: "create_user",
+        status: "201",
+        name: "ListUserCoupons",
+        to: "list_user_coupons",
+        parameters: &[("userId", "$response.body#/id")],
+    },
+    Link {
+        from: "create_product",
+        status: "201",
+        name: "GetProduct",
+        to: "get_product",
+        parameters: &[("productId", "$response.body#/id")],
+    },
+    Link {
+        from: "create_product",
+        status: "201",
+        name: "AddProductOption",
+        to: "add_product_option",
+        parameters: &[("productId", "$response.body#/id")],
+    },
+    Link {
+        from: "add_product_option",
+        status: "201",
+        name: "RestockProductOption",
+        to: "restock_product_option",
+        parameters: &[("productId", "$request.path.productId"), ("optionId", "$response.body#/id")],
+    },
+    Link {
+        from: "create_coupon",
+        status: "201",
+        name: "IssueCoupon",
+        to: "issue_coupon",
+        parameters: &[("couponId", "$response.body#/id")],
+    },
+    Link {
+        from: "create_coupon",
+        status: "201",
+        name: "GetCouponProgress",
+        to: "get_coupon_progress",
+        parameters: &[("couponId", "$response.body#/id")],
+    },
+    Link {
+        from: "issue_coupon",
+        status: "201",
+        name: "ListUserCoupons",
+        to: "list_user_coupons",
+        parameters: &[("userId", "$response.body#/userId")],
+    },
+    Link {
+        from: "create_order",
+        status: "201",
+        name: "GetOrder",
+        to: "get_order",
+        parameters: &[("orderId", "$response.body#/orderId")],
+    },
+    Link {
+        from: "create_order",
+        status: "201",
+        name: "PayOrder",
+        to: "pay_order",
+        parameters: &[("orderId", "$response.body#/orderId")],
+    },
+];
+
+/// Adds [`LINKS`] to the create operations' success responses. Written into the JSON document, since
+/// utoipa 5.5 serializes a link's `operationId` as `operation_id`.
+fn document_links(document: &mut serde_json::Value) {
+    let operations = document["paths"].as_object_mut().expect("paths").values_mut().flat_map(|item| {
+        item.as_object_mut().expect("a path item").values_mut().filter(|operation| operation.is_object())
+    });
+    for operation in operations {
+        let id = operation["operationId"].as_str().unwrap_or_default().to_owned();
+        for link in LINKS.iter().filter(|link| link.from == id) {
+            let response = &mut operation["responses"][link.status];
+            assert!(response.is_object(), "{id} documents no {} to link from", link.status);
+            let parameters: serde_json::Map<String, serde_json::Value> =
+                link.parameters.iter().map(|(name, value)| ((*name).to_owned(), (*value).into())).collect();
+            response["links"][link.name] = serde_json::json!({ "operationId": link.to, "parameters": parameters });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_link_leads_from_a_documented_answer_to_an_operation_taking_its_parameters() {
+        let (_, spec) = super::super::api().split_for_parts();
+        let mut document = serde_json::to_value(&spec).unwrap();
+        super::document_links(&mut document);
+        let operations: Vec<&serde_json::Value> = document["paths"]
+            .as_object()
+            .unwrap()
+            .values()
+            .flat_map(|item| item.as_object().unwrap().values().filter(|operation| operation.is_object()))
+            .collect();
+        let mut links = 0;
+        for operation in &operations {
+            for response in operation["responses"].as_object().unwrap().values() {
+                for link in response["links"].as_object().into_iter().flat_map(|links| links.values()) {
+                    let target = operations
+                        .iter()
+                        .find(|o| o["operationId"] == link["operationId"])
+                        .unwrap_or_else(|| panic!("no operation {}", link["operationId"]));
+                    let names: Vec<_> =
+                        target["parameters"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+                    for parameter in link["parameters"].as_object().unwrap().keys() {
+                        assert!(names.contains(&parameter.as_str()), "{} takes no {parameter}", link["operationId"]);
+                    }
+                    links += 1;
+                }
+            }
+        }
+        assert_eq!(links, super::LINKS.len());
     }
 }

@@ -20,7 +20,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[serde(rename_all = "camelCase")]
 pub struct CreateOrder {
     user_id: UserId,
-    /// 1..=100 distinct products, quantities 1..=1000.
+    /// 1..=100 distinct (product, option) lines, quantities 1..=1000.
     #[schema(min_items = 1, max_items = 100)]
     items: Vec<ItemRequest>,
     coupon_id: Option<CouponId>,
@@ -38,7 +38,7 @@ async fn create_order(
     Json(req): Json<CreateOrder>,
 ) -> Result<(StatusCode, axum::Json<Order>)> {
     let new = NewOrder { user_id: req.user_id, items: req.items, coupon_id: req.coupon_id };
-    let order = order::create(&app.stores, new, req.pay).await?;
+    let order = order::create(&app.stores, &app.products, new, req.pay).await?;
     Ok((StatusCode::CREATED, axum::Json(order)))
 }
 
@@ -59,7 +59,7 @@ async fn pay_order(
     Path(order_id): Path<OrderId>,
     Json(req): Json<PayRequest>,
 ) -> Result<axum::Json<Paid>> {
-    Ok(axum::Json(order::pay(&app.stores, req.user_id, order_id).await?))
+    Ok(axum::Json(order::pay(&app.stores, &app.products, req.user_id, order_id).await?))
 }
 
 /// The order with its current status.

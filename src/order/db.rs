@@ -5,21 +5,37 @@ use chrono::{DateTime, Utc};
 use sqlx::{Connection, MySqlConnection, MySqlPool, QueryBuilder};
 
 use super::{Item, Order, Status};
-use crate::id::{CouponId, OrderId, ProductId, UserId};
+use crate::id::{CouponId, OptionId, OrderId, ProductId, UserId};
 use crate::platform::OrderEvent;
 use crate::store::mysql;
 
-/// What pricing and the stock check need of a product.
+/// What pricing and the stock check need of an option.
 #[derive(Debug, sqlx::FromRow)]
-pub struct ProductRow {
-    pub id: ProductId,
+pub struct OptionRow {
+    pub id: OptionId,
+    pub product_id: ProductId,
+    pub name: String,
     pub price: i64,
     pub stock: i64,
 }
 
-/// The products among `ids` that exist (a plain read: no lock).
-pub async fn products(db: &MySqlPool, ids: &[ProductId]) -> Result<Vec<ProductRow>, sqlx::Error> {
-    let mut query = QueryBuilder::new("SELECT id, price, CAST(stock AS SIGNED) AS stock FROM products WHERE id IN (");
+/// Every option of the products among `ids` (a plain read: no lock); a product without options does not
+/// exist.
+pub async fn options_of(db: &MySqlPool, ids: &[ProductId]) -> Result<Vec<OptionRow>, sqlx::Error> {
+    let mut query = QueryBuilder::new(
+        "SELECT id, product_id, name, price, CAST(stock AS SIGNED) AS stock FROM product_options WHERE product_id IN (",
+    );
+    let mut list = query.separated(", ");
+    for id in ids {
+        list.push_bind(*id);
+    }
+    query.push(")");
+    query.build_query_as().fetch_all(db).await
+}
+
+/// The stock of each of `ids` that exists (a plain read: no lock).
+pub async fn stocks(db: &MySqlPool, ids: &[OptionId]) -> Result<Vec<(OptionId, i64)>, sqlx::Error> {
+    let mut query = QueryBuilder::new("SELECT id, CAST(stock AS SIGNED) FROM product_options WHERE id IN (");
     let mut list = query.separated(", ");
     for id in ids {
         list.push_bind(*id);
@@ -63,10 +79,14 @@ async fn insert(
     .execute(&mut *tx)
     .await?;
     let id = OrderId::new(done.last_insert_id() as i64).expect("AUTO_INCREMENT ids are positive");
-    let mut items = QueryBuilder::new("INSERT INTO order_items (order_id, product_id, quantity, unit_price, amount) ");
+    let mut items = QueryBuilder::new(
+        "INSERT INTO order_items (order_id, product_id, option_id, option_name, quantity, unit_price, amount) ",
+    );
     items.push_values(&order.items, |mut row, item| {
         row.push_bind(id)
             .push_bind(item.product_id)
+            .push_bind(item.option_id)
+            .push_bind(&item.option_name)
             .push_bind(item.quantity)
             .push_bind(item.unit_price)
             .push_bind(item.amount);
@@ -113,17 +133,17 @@ pub async fn lock_coupon(tx: &mut MySqlConnection, user_id: UserId, coupon_id: C
     Ok(())
 }
 
-/// Takes `quantity` units; `false` (nothing changed) when fewer are left. A product reaching 0 becomes
-/// SOLD_OUT: `status` is assigned first, from the stock before this UPDATE, which is right whether the
-/// server evaluates assignments left to right (MySQL) or all from the old row.
-pub async fn take_stock(tx: &mut MySqlConnection, product_id: ProductId, quantity: i64) -> Result<bool, sqlx::Error> {
+/// Takes `quantity` units of an option; `false` (nothing changed) when fewer are left. An option reaching 0
+/// becomes SOLD_OUT: `status` is assigned first, from the stock before this UPDATE, which is right whether
+/// the server evaluates assignments left to right (MySQL) or all from the old row.
+pub async fn take_stock(tx: &mut MySqlConnection, option_id: OptionId, quantity: i64) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
-        "UPDATE products SET status = IF(stock = ?, 'SOLD_OUT', status), stock = stock - ?
+        "UPDATE product_options SET status = IF(stock = ?, 'SOLD_OUT', status), stock = stock - ?
          WHERE id = ? AND stock >= ?",
     )
     .bind(quantity)
     .bind(quantity)
-    .bind(product_id)
+    .bind(option_id)
     .bind(quantity)
     .execute(&mut *tx)
     .await?;
@@ -177,12 +197,14 @@ struct OrderRow {
 #[derive(sqlx::FromRow)]
 struct ItemRow {
     product_id: ProductId,
+    option_id: OptionId,
+    option_name: String,
     quantity: i64,
     unit_price: i64,
     amount: i64,
 }
 
-/// The order with its items (ascending product id).
+/// The order with its items (ascending product, then option id).
 pub async fn find(db: &MySqlPool, order_id: OrderId) -> Result<Option<Order>, sqlx::Error> {
     let row: Option<OrderRow> = sqlx::query_as(
         "SELECT id, user_id, status, total_amount, discount_amount, final_amount, coupon_id, created_at, paid_at
@@ -193,8 +215,8 @@ pub async fn find(db: &MySqlPool, order_id: OrderId) -> Result<Option<Order>, sq
     .await?;
     let Some(row) = row else { return Ok(None) };
     let items: Vec<ItemRow> = sqlx::query_as(
-        "SELECT product_id, CAST(quantity AS SIGNED) AS quantity, unit_price, amount
-         FROM order_items WHERE order_id = ? ORDER BY product_id",
+        "SELECT product_id, option_id, option_name, CAST(quantity AS SIGNED) AS quantity, unit_price, amount
+         FROM order_items WHERE order_id = ? ORDER BY product_id, option_id",
     )
     .bind(order_id)
     .fetch_all(db)
@@ -209,6 +231,8 @@ pub async fn find(db: &MySqlPool, order_id: OrderId) -> Result<Option<Order>, sq
             .into_iter()
             .map(|i| Item {
                 product_id: i.product_id,
+                option_id: i.option_id,
+                option_name: i.option_name,
                 quantity: i.quantity,
                 unit_price: i.unit_price,
                 amount: i.amount,

@@ -7,8 +7,12 @@
 //! 2. the coupon row (`AVAILABLE -> USED`),
 //! 3. the balance row (`amount >= finalAmount` guard) and its PAYMENT entry,
 //! 4. the payment and outbox INSERTs,
-//! 5. the products, in ascending id order (`stock >= quantity` guard), last, so the hottest rows (a flash
-//!    sale's product) are locked only for their own UPDATEs and the COMMIT.
+//! 5. the options bought, in ascending (product id, option id) order (`stock >= quantity` guard), last, so
+//!    the hottest rows (a flash sale's option) are locked only for their own UPDATEs and the COMMIT, and
+//!    multi-item orders never deadlock on each other.
+//!
+//! After the commit, every instance's catalogue copies of the products bought are dropped (see
+//! `product::catalog`).
 //!
 //! Every check that can be made without locks (order state, coupon, stock, balance) is made first, so a
 //! doomed payment fails without taking a lock; the guards make the outcome right under any concurrency.
@@ -24,20 +28,22 @@ use sqlx::MySqlPool;
 use thiserror::Error;
 
 use crate::coupon::{self, HeldCoupon, HeldStatus};
-use crate::id::{CouponId, OrderId, ProductId, UserId};
+use crate::id::{CouponId, OptionId, OrderId, ProductId, UserId};
 use crate::platform::{EventItem, OrderEvent};
+use crate::product::Catalog;
 use crate::store::{StoreError, Stores, mysql};
 use crate::{balance, user};
 
-/// Most distinct products in one order.
+/// Most distinct (product, option) lines in one order.
 pub const MAX_ITEMS: usize = 100;
-/// Most units of one product in one order.
+/// Most units of one line in one order.
 pub const MAX_QUANTITY: i64 = 1000;
 
 /// Why an order operation failed.
 #[derive(Debug, Error)]
 pub enum Error {
-    /// 400 INVALID_ORDER: empty items, a quantity outside 1..=1000, a repeated product, a total too large.
+    /// 400 INVALID_ORDER: empty items, a quantity outside 1..=1000, a repeated (product, option), an option
+    /// left out for a product that has several, a total too large.
     #[error("{0}")]
     Invalid(String),
     /// 404 USER_NOT_FOUND.
@@ -46,9 +52,12 @@ pub enum Error {
     /// 404 PRODUCT_NOT_FOUND.
     #[error("product {0} not found")]
     ProductNotFound(ProductId),
-    /// 409 OUT_OF_STOCK.
-    #[error("product {0} does not have enough stock")]
-    OutOfStock(ProductId),
+    /// 404 OPTION_NOT_FOUND: no such option of that product.
+    #[error("product {product} has no option {option}")]
+    OptionNotFound { product: ProductId, option: OptionId },
+    /// 409 OUT_OF_STOCK, naming the option.
+    #[error("option {option} ({name:?}) of product {product} does not have enough stock")]
+    OutOfStock { product: ProductId, option: OptionId, name: String },
     /// 409 COUPON_UNAVAILABLE: not held by the user, already used, or outside its dates.
     #[error("coupon {0} cannot be used")]
     CouponUnavailable(CouponId),
@@ -106,6 +115,9 @@ impl Status {
 #[serde(rename_all = "camelCase")]
 pub struct ItemRequest {
     pub product_id: ProductId,
+    /// The option bought; may be left out only for a product sold in exactly one option.
+    #[serde(default)]
+    pub option_id: Option<OptionId>,
     /// 1..=1000.
     #[schema(minimum = 1, maximum = 1000)]
     #[serde(deserialize_with = "crate::whole::i64")]
@@ -121,18 +133,21 @@ pub struct NewOrder {
 }
 
 /// A priced line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Item {
     pub product_id: ProductId,
+    pub option_id: OptionId,
+    /// The option's name when the order was created.
+    pub option_name: String,
     pub quantity: i64,
-    /// Won per unit when the order was created.
+    /// The option's price when the order was created, in won per unit.
     pub unit_price: i64,
     /// `quantity * unitPrice`.
     pub amount: i64,
 }
 
-/// A stored order. Items are in ascending product id order.
+/// A stored order. Items are in ascending (product id, option id) order.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Order {
@@ -163,21 +178,12 @@ pub struct Paid {
 
 /// Validates and prices `new`; stores it PENDING, or with `pay` creates and pays it in one transaction
 /// (then a failure leaves no order behind).
-pub async fn create(stores: &Stores, new: NewOrder, pay: bool) -> Result<Order, Error> {
+pub async fn create(stores: &Stores, catalog: &Catalog, new: NewOrder, pay: bool) -> Result<Order, Error> {
     let requested = validate_items(new.items)?;
     user::ensure_exists(stores, new.user_id).await?;
-    let ids: Vec<ProductId> = requested.iter().map(|item| item.product_id).collect();
-    let products = db::products(&stores.db, &ids).await?;
-    let mut items = Vec::with_capacity(requested.len());
-    for request in &requested {
-        let product =
-            products.iter().find(|p| p.id == request.product_id).ok_or(Error::ProductNotFound(request.product_id))?;
-        if product.stock < request.quantity {
-            return Err(Error::OutOfStock(product.id));
-        }
-        let amount = product.price.checked_mul(request.quantity).ok_or_else(too_large)?;
-        items.push(Item { product_id: product.id, quantity: request.quantity, unit_price: product.price, amount });
-    }
+    let mut ids: Vec<ProductId> = requested.iter().map(|item| item.product_id).collect();
+    ids.dedup();
+    let items = price_items(&requested, &db::options_of(&stores.db, &ids).await?)?;
     let now = Utc::now().trunc_subsecs(6);
     let held = match new.coupon_id {
         Some(coupon_id) => Some(usable_coupon(stores, new.user_id, coupon_id, now).await?),
@@ -206,12 +212,12 @@ pub async fn create(stores: &Stores, new: NewOrder, pay: bool) -> Result<Order, 
     if balance < draft.final_amount {
         return Err(Error::InsufficientBalance(draft.final_amount));
     }
-    let paid = pay_in_transaction(stores, &draft, held.as_ref(), None).await?;
+    let paid = pay_in_transaction(stores, catalog, &draft, held.as_ref(), None).await?;
     Ok(Order { order_id: paid.order_id, status: Status::Paid, paid_at: Some(paid.paid_at), ..draft })
 }
 
 /// Pays a PENDING order of `user_id`.
-pub async fn pay(stores: &Stores, user_id: UserId, order_id: OrderId) -> Result<Paid, Error> {
+pub async fn pay(stores: &Stores, catalog: &Catalog, user_id: UserId, order_id: OrderId) -> Result<Paid, Error> {
     let order =
         db::find(&stores.db, order_id).await?.filter(|o| o.user_id == user_id).ok_or(Error::NotFound(order_id))?;
     if order.status != Status::Pending {
@@ -228,18 +234,18 @@ pub async fn pay(stores: &Stores, user_id: UserId, order_id: OrderId) -> Result<
         },
         None => None,
     };
-    let ids: Vec<ProductId> = order.items.iter().map(|item| item.product_id).collect();
-    let stocks = db::products(&stores.db, &ids).await?;
-    let in_stock = |item: &&Item| stocks.iter().any(|p| p.id == item.product_id && p.stock >= item.quantity);
+    let ids: Vec<OptionId> = order.items.iter().map(|item| item.option_id).collect();
+    let stocks = db::stocks(&stores.db, &ids).await?;
+    let in_stock = |item: &&Item| stocks.iter().any(|(id, stock)| *id == item.option_id && *stock >= item.quantity);
     if let Some(item) = order.items.iter().find(|item| !in_stock(item)) {
-        return fail(stores, order_id, Error::OutOfStock(item.product_id)).await;
+        return fail(stores, order_id, item.out_of_stock()).await;
     }
     let balance = balance::db::amount(&stores.db, user_id).await?.unwrap_or(0);
     if balance < order.final_amount {
         return short_of_balance(stores, &order).await;
     }
-    match pay_in_transaction(stores, &order, held.as_ref(), Some(order_id)).await {
-        Err(e @ (Error::OutOfStock(_) | Error::CouponUnavailable(_))) => fail(stores, order_id, e).await,
+    match pay_in_transaction(stores, catalog, &order, held.as_ref(), Some(order_id)).await {
+        Err(e @ (Error::OutOfStock { .. } | Error::CouponUnavailable(_))) => fail(stores, order_id, e).await,
         result => result,
     }
 }
@@ -271,7 +277,7 @@ fn too_large() -> Error {
     Error::Invalid("the order total is too large".to_owned())
 }
 
-/// Non-empty, at most [`MAX_ITEMS`], quantities 1..=[`MAX_QUANTITY`], distinct products; sorted by id.
+/// Non-empty, at most [`MAX_ITEMS`], quantities 1..=[`MAX_QUANTITY`]; sorted by product.
 fn validate_items(mut items: Vec<ItemRequest>) -> Result<Vec<ItemRequest>, Error> {
     if items.is_empty() || items.len() > MAX_ITEMS {
         return Err(Error::Invalid(format!("an order needs 1..={MAX_ITEMS} items")));
@@ -283,10 +289,61 @@ fn validate_items(mut items: Vec<ItemRequest>) -> Result<Vec<ItemRequest>, Error
         )));
     }
     items.sort_by_key(|item| item.product_id);
-    if let Some(pair) = items.windows(2).find(|pair| pair[0].product_id == pair[1].product_id) {
-        return Err(Error::Invalid(format!("product {} appears twice", pair[0].product_id)));
+    Ok(items)
+}
+
+/// Prices each requested line at its option, from `options` (every option of the products asked for);
+/// the lines come back sorted by (product id, option id), the pay transaction's lock order, and distinct.
+fn price_items(requested: &[ItemRequest], options: &[db::OptionRow]) -> Result<Vec<Item>, Error> {
+    let mut items = Vec::with_capacity(requested.len());
+    for request in requested {
+        let product = request.product_id;
+        let mut of_product = options.iter().filter(|option| option.product_id == product).peekable();
+        if of_product.peek().is_none() {
+            return Err(Error::ProductNotFound(product));
+        }
+        let option = match request.option_id {
+            Some(id) => {
+                of_product.find(|option| option.id == id).ok_or(Error::OptionNotFound { product, option: id })?
+            }
+            None => match (of_product.next(), of_product.next()) {
+                (Some(only), None) => only,
+                _ => {
+                    return Err(Error::Invalid(format!(
+                        "product {product} is sold in several options: name one with optionId"
+                    )));
+                }
+            },
+        };
+        let item = Item {
+            product_id: product,
+            option_id: option.id,
+            option_name: option.name.clone(),
+            quantity: request.quantity,
+            unit_price: option.price,
+            amount: option.price.checked_mul(request.quantity).ok_or_else(too_large)?,
+        };
+        if option.stock < request.quantity {
+            return Err(item.out_of_stock());
+        }
+        items.push(item);
+    }
+    items.sort_by_key(|item| (item.product_id, item.option_id));
+    if let Some(pair) =
+        items.windows(2).find(|pair| (pair[0].product_id, pair[0].option_id) == (pair[1].product_id, pair[1].option_id))
+    {
+        return Err(Error::Invalid(format!(
+            "option {} of product {} appears twice",
+            pair[0].option_id, pair[0].product_id
+        )));
     }
     Ok(items)
+}
+
+impl Item {
+    fn out_of_stock(&self) -> Error {
+        Error::OutOfStock { product: self.product_id, option: self.option_id, name: self.option_name.clone() }
+    }
 }
 
 /// The coupon as held by `user_id`, if AVAILABLE to them now (issued a moment ago and not yet persisted
@@ -309,6 +366,7 @@ async fn usable_coupon(
 /// `existing`: the PENDING order to pay; `None` inserts `order` as a new PAID order in the transaction.
 async fn pay_in_transaction(
     stores: &Stores,
+    catalog: &Catalog,
     order: &Order,
     held: Option<&HeldCoupon>,
     existing: Option<OrderId>,
@@ -322,14 +380,19 @@ async fn pay_in_transaction(
     )
     .await;
     match outcome {
-        Ok(PayOutcome::Paid(paid)) => Ok(paid),
+        Ok(PayOutcome::Paid(paid)) => {
+            let mut bought: Vec<ProductId> = order.items.iter().map(|item| item.product_id).collect();
+            bought.dedup();
+            catalog.changed(&bought).await;
+            Ok(paid)
+        }
         Ok(PayOutcome::NotPayable) => Err(Error::NotPayable(order.order_id)),
         Ok(PayOutcome::CouponUsed) => {
             Err(Error::CouponUnavailable(order.coupon_id.expect("only an order with a coupon uses one")))
         }
         Ok(PayOutcome::CouponStateRebuilt) => Err(Error::Contended),
         Ok(PayOutcome::InsufficientBalance) => Err(Error::InsufficientBalance(order.final_amount)),
-        Ok(PayOutcome::OutOfStock(product_id)) => Err(Error::OutOfStock(product_id)),
+        Ok(PayOutcome::OutOfStock(item)) => Err(order.items[item].out_of_stock()),
         Err(e) if mysql::is_lock_conflict(&e) => {
             tracing::warn!(order.user_id = %order.user_id, error = %e, "pay transaction kept losing lock conflicts");
             Err(Error::Contended)
@@ -347,7 +410,8 @@ enum PayOutcome {
     /// for the writer to decide, so the client retries.
     CouponStateRebuilt,
     InsufficientBalance,
-    OutOfStock(ProductId),
+    /// The index of the item short of stock.
+    OutOfStock(usize),
 }
 
 /// One run of the pay transaction, in the lock order of the module docs.
@@ -392,12 +456,12 @@ async fn pay_once(
     };
     db::insert_payment(&mut tx, order_id, order.user_id, order.final_amount, now).await?;
     db::insert_outbox(&mut tx, &event(order, order_id, now)).await?;
-    // Products last, ascending (items are sorted at validation): no deadlock between multi-item orders,
-    // and the hottest rows are held only for these UPDATEs and the COMMIT.
-    for item in &order.items {
-        if !db::take_stock(&mut tx, item.product_id, item.quantity).await? {
+    // Options last, in (product, option) order (items are sorted when priced): no deadlock between
+    // multi-item orders, and the hottest rows are held only for these UPDATEs and the COMMIT.
+    for (index, item) in order.items.iter().enumerate() {
+        if !db::take_stock(&mut tx, item.option_id, item.quantity).await? {
             tx.rollback().await?;
-            return Ok(PayOutcome::OutOfStock(item.product_id));
+            return Ok(PayOutcome::OutOfStock(index));
         }
     }
     tx.commit().await?;
@@ -421,6 +485,8 @@ fn event(order: &Order, order_id: OrderId, paid_at: DateTime<Utc>) -> OrderEvent
             .iter()
             .map(|item| EventItem {
                 product_id: item.product_id,
+                option_id: Some(item.option_id),
+                option_name: Some(item.option_name.clone()),
                 quantity: item.quantity,
                 unit_price: item.unit_price,
                 amount: item.amount,
@@ -436,19 +502,49 @@ mod tests {
     use super::*;
 
     fn item(id: i64, quantity: i64) -> ItemRequest {
-        ItemRequest { product_id: ProductId::new(id).unwrap(), quantity }
+        ItemRequest { product_id: ProductId::new(id).unwrap(), option_id: None, quantity }
+    }
+
+    fn of(product: i64, option: Option<i64>) -> ItemRequest {
+        ItemRequest {
+            product_id: ProductId::new(product).unwrap(),
+            option_id: option.and_then(OptionId::new),
+            quantity: 1,
+        }
+    }
+
+    fn option(id: i64, product: i64) -> db::OptionRow {
+        db::OptionRow {
+            id: OptionId::new(id).unwrap(),
+            product_id: ProductId::new(product).unwrap(),
+            name: format!("option {id}"),
+            price: 10,
+            stock: 5,
+        }
     }
 
     #[test]
-    fn items_are_sorted_by_product_so_every_payment_locks_in_one_order() {
-        let sorted = validate_items(vec![item(3, 1), item(1, 2), item(2, 1000)]).unwrap();
-        assert_eq!(sorted.iter().map(|i| i.product_id.get()).collect::<Vec<_>>(), [1, 2, 3]);
+    fn lines_are_sorted_by_product_and_option_so_every_payment_locks_in_one_order() {
+        let options = [option(7, 1), option(3, 1), option(5, 2), option(9, 3)];
+        let requested = validate_items(vec![of(3, None), of(1, Some(7)), of(2, None), of(1, Some(3))]).unwrap();
+        let items = price_items(&requested, &options).unwrap();
+        let order: Vec<_> = items.iter().map(|i| (i.product_id.get(), i.option_id.get())).collect();
+        assert_eq!(order, [(1, 3), (1, 7), (2, 5), (3, 9)]);
     }
 
     #[test]
-    fn items_must_be_distinct_non_empty_and_in_range() {
+    fn an_option_is_named_for_a_product_with_several_and_found_only_in_its_own_product() {
+        let options = [option(3, 1), option(7, 1), option(5, 2)];
+        assert!(matches!(price_items(&[of(1, None)], &options), Err(Error::Invalid(_))));
+        assert!(matches!(price_items(&[of(2, Some(3))], &options), Err(Error::OptionNotFound { .. })));
+        assert!(matches!(price_items(&[of(4, None)], &options), Err(Error::ProductNotFound(_))));
+        assert!(matches!(price_items(&[of(2, None), of(2, Some(5))], &options), Err(Error::Invalid(_))));
+        assert!(matches!(price_items(&[of(1, Some(3)), of(1, Some(3))], &options), Err(Error::Invalid(_))));
+    }
+
+    #[test]
+    fn items_must_be_non_empty_and_in_range() {
         assert!(validate_items(vec![]).is_err());
-        assert!(validate_items(vec![item(1, 1), item(1, 2)]).is_err());
         assert!(validate_items(vec![item(1, 0)]).is_err());
         assert!(validate_items(vec![item(1, 1001)]).is_err());
         assert!(validate_items((1..=101).map(|id| item(id, 1)).collect()).is_err());

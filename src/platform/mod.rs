@@ -8,7 +8,7 @@ pub mod sink;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::id::{OrderId, ProductId, UserId};
+use crate::id::{OptionId, OrderId, ProductId, UserId};
 
 /// What the data platform receives for each paid order, as JSON. `eventId` is fixed when the payment
 /// commits, so every retry of one event carries the same id and the platform can deduplicate.
@@ -23,11 +23,16 @@ pub struct OrderEvent {
     pub paid_at: DateTime<Utc>,
 }
 
-/// One line of a paid order.
+/// One line of a paid order, as in the order. Events written before products had options carry no option
+/// (`null`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EventItem {
     pub product_id: ProductId,
+    #[serde(default)]
+    pub option_id: Option<OptionId>,
+    #[serde(default)]
+    pub option_name: Option<String>,
     pub quantity: i64,
     pub unit_price: i64,
     pub amount: i64,

@@ -1,31 +1,49 @@
-//! Products: the catalogue that orders buy from and the ranking names.
+//! Products: the catalogue that orders buy from and the ranking names. A product is sold in one or more
+//! options (size, colour, ...), each with its own price and stock; the product's stock is their sum.
 
-pub mod cache;
+pub mod catalog;
 pub mod db;
 pub mod views;
-
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::id::ProductId;
-use crate::store::{StoreError, Stores};
+use crate::id::{OptionId, ProductId};
+use crate::store::StoreError;
+
+pub use catalog::Catalog;
+
+/// Most options of one product.
+pub const MAX_OPTIONS: usize = 100;
+/// Most units one restock adds.
+pub const MAX_RESTOCK: i64 = 1_000_000;
+/// Most units an option holds: its stock is a MySQL INT.
+pub const MAX_STOCK: i64 = i32::MAX as i64;
+/// The option a product created with a plain `stock` is sold in.
+pub const DEFAULT_OPTION: &str = "default";
 
 /// Why a product operation failed.
 #[derive(Debug, Error)]
 pub enum Error {
     #[error("product {0} not found")]
     NotFound(ProductId),
+    #[error("product {product} has no option {option}")]
+    OptionNotFound { product: ProductId, option: OptionId },
+    #[error("product {product} already has an option named {name:?}")]
+    OptionNameTaken { product: ProductId, name: String },
     #[error("{0}")]
-    Invalid(&'static str),
+    Invalid(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
 crate::store::store_error_conversions!(Error);
 
-/// Whether a product can be bought: `SOLD_OUT` exactly when its stock is 0.
+fn invalid(message: impl Into<String>) -> Error {
+    Error::Invalid(message.into())
+}
+
+/// Whether a product or an option can be bought: `SOLD_OUT` exactly when its stock is 0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 #[schema(as = ProductStatus)]
@@ -47,51 +65,157 @@ impl Status {
     }
 }
 
-/// A product as stored.
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+/// One option of a product, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct Product {
-    pub id: ProductId,
+#[schema(as = ProductOption)]
+pub struct ProductOption {
+    pub id: OptionId,
     pub name: String,
-    /// Won per unit.
+    /// Won per unit: the option's own price, or the product's when created without one.
     pub price: i64,
     pub stock: i64,
     pub status: Status,
 }
 
-/// A valid new product: a 1..=200 character name, price and stock not negative.
+/// A product with its options, in ascending option id order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Product {
+    pub id: ProductId,
+    pub name: String,
+    /// Won per unit of an option that names no price of its own.
+    pub price: i64,
+    /// The sum of the options' stock.
+    pub stock: i64,
+    /// `SOLD_OUT` when every option is.
+    pub status: Status,
+    pub options: Vec<ProductOption>,
+}
+
+impl Product {
+    /// The product with its stock and status computed from `options`.
+    pub fn new(id: ProductId, name: String, price: i64, options: Vec<ProductOption>) -> Self {
+        let stock = options.iter().map(|option| option.stock).sum();
+        Self { id, name, price, stock, status: Status::for_stock(stock), options }
+    }
+}
+
+/// A product as an admin asks for it: either one `stock` (sold in one option named `default`) or `options`.
+#[derive(Debug, Clone)]
+pub struct ProductSpec {
+    pub name: String,
+    pub price: i64,
+    pub stock: Option<i64>,
+    pub options: Option<Vec<OptionSpec>>,
+}
+
+/// An option as an admin asks for it; without a price it sells at its product's.
+#[derive(Debug, Clone)]
+pub struct OptionSpec {
+    pub name: String,
+    pub price: Option<i64>,
+    pub stock: i64,
+}
+
+/// A valid new product: a 1..=200 character name, a price >= 0, and 1..=[`MAX_OPTIONS`] options of distinct
+/// names.
 #[derive(Debug, Clone)]
 pub struct NewProduct {
     name: String,
     price: i64,
+    options: Vec<NewOption>,
+}
+
+/// A valid new option: a 1..=100 character name, a price >= 0 or none (its product's), stock
+/// 0..=[`MAX_STOCK`].
+#[derive(Debug, Clone)]
+pub struct NewOption {
+    name: String,
+    price: Option<i64>,
     stock: i64,
 }
 
-impl NewProduct {
-    pub fn parse(name: &str, price: i64, stock: i64) -> Result<Self, Error> {
-        let name = name.trim();
-        if name.is_empty() || name.chars().count() > 200 {
-            return Err(Error::Invalid("name must be 1..=200 characters"));
-        }
-        if price < 0 {
-            return Err(Error::Invalid("price must be >= 0"));
-        }
-        if !(0..=i64::from(i32::MAX)).contains(&stock) {
-            return Err(Error::Invalid("stock must be 0..=2147483647"));
-        }
-        Ok(Self { name: name.to_owned(), price, stock })
+impl NewOption {
+    /// Won per unit when sold in a product priced `product_price`.
+    fn price_in(&self, product_price: i64) -> i64 {
+        self.price.unwrap_or(product_price)
     }
 }
 
-/// Stores a new product.
-pub async fn create(db: &sqlx::MySqlPool, new: NewProduct) -> Result<Product, Error> {
-    let status = Status::for_stock(new.stock);
-    let id = db::insert(db, &new.name, new.price, new.stock, status).await?;
-    Ok(Product { id, name: new.name, price: new.price, stock: new.stock, status })
+fn valid_price(price: i64) -> Result<i64, Error> {
+    if price < 0 {
+        return Err(invalid("price must be >= 0"));
+    }
+    Ok(price)
+}
+
+/// `name` trimmed, if it has 1..=`max` characters.
+fn valid_name(name: &str, what: &str, max: usize) -> Result<String, Error> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > max {
+        return Err(invalid(format!("{what} must be 1..={max} characters")));
+    }
+    Ok(name.to_owned())
+}
+
+impl ProductSpec {
+    /// A product sold in one option named `default`, as `{"name", "price", "stock"}` asks.
+    pub fn single(name: &str, price: i64, stock: i64) -> Self {
+        Self { name: name.to_owned(), price, stock: Some(stock), options: None }
+    }
+
+    pub fn validate(self) -> Result<NewProduct, Error> {
+        let name = valid_name(&self.name, "name", 200)?;
+        let price = valid_price(self.price)?;
+        let specs = match (self.stock, self.options) {
+            (Some(stock), None) => vec![OptionSpec { name: DEFAULT_OPTION.to_owned(), price: None, stock }],
+            (None, Some(options)) => options,
+            _ => return Err(invalid("give either stock or options, not both")),
+        };
+        if !(1..=MAX_OPTIONS).contains(&specs.len()) {
+            return Err(invalid(format!("a product needs 1..={MAX_OPTIONS} options")));
+        }
+        let options = specs.into_iter().map(OptionSpec::validate).collect::<Result<Vec<_>, _>>()?;
+        let mut names: Vec<&str> = options.iter().map(|option| option.name.as_str()).collect();
+        names.sort_unstable();
+        if let Some(pair) = names.windows(2).find(|pair| pair[0] == pair[1]) {
+            return Err(invalid(format!("option name {:?} appears twice", pair[0])));
+        }
+        Ok(NewProduct { name, price, options })
+    }
+}
+
+impl OptionSpec {
+    pub fn validate(self) -> Result<NewOption, Error> {
+        let name = valid_name(&self.name, "option name", 100)?;
+        let price = self.price.map(valid_price).transpose()?;
+        if !(0..=MAX_STOCK).contains(&self.stock) {
+            return Err(invalid(format!("stock must be 0..={MAX_STOCK}")));
+        }
+        Ok(NewOption { name, price, stock: self.stock })
+    }
+}
+
+/// A valid restock: 1..=[`MAX_RESTOCK`] units.
+#[derive(Debug, Clone, Copy)]
+pub struct Restock(i64);
+
+impl Restock {
+    pub fn parse(quantity: i64) -> Result<Self, Error> {
+        if !(1..=MAX_RESTOCK).contains(&quantity) {
+            return Err(invalid(format!("quantity must be 1..={MAX_RESTOCK}")));
+        }
+        Ok(Self(quantity))
+    }
+
+    pub fn get(self) -> i64 {
+        self.0
+    }
 }
 
 /// A valid page of the listing: `page >= 0`, `size` 1..=100.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PageRequest {
     page: i64,
     size: i64,
@@ -105,10 +229,10 @@ impl PageRequest {
     pub fn parse(page: Option<i64>, size: Option<i64>) -> Result<Self, Error> {
         let (page, size) = (page.unwrap_or(0), size.unwrap_or(Self::DEFAULT_SIZE));
         if page < 0 {
-            return Err(Error::Invalid("page must be >= 0"));
+            return Err(invalid("page must be >= 0"));
         }
         if !(1..=Self::MAX_SIZE).contains(&size) {
-            return Err(Error::Invalid("size must be 1..=100"));
+            return Err(invalid("size must be 1..=100"));
         }
         Ok(Self { page, size })
     }
@@ -128,7 +252,7 @@ impl PageRequest {
 }
 
 /// One page of the catalogue, ordered by id.
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProductPage {
     pub products: Vec<Product>,
@@ -138,91 +262,90 @@ pub struct ProductPage {
     pub total_elements: i64,
 }
 
-/// A product with how often its detail was viewed.
+/// A product with how often its detail was viewed. Documents the body that [`Catalog::view`] serializes.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProductDetail {
     pub id: ProductId,
     pub name: String,
-    /// Won per unit.
+    /// Won per unit of an option that names no price of its own.
     pub price: i64,
+    /// The sum of the options' stock.
     pub stock: i64,
     pub status: Status,
     /// Views flushed to MySQL plus those still counted in Redis, this one included.
     pub view_count: i64,
+    pub options: Vec<ProductOption>,
 }
 
-/// Stripes of [`LoadGate`]: concurrent misses of different keys rarely share one.
-const LOAD_STRIPES: usize = 64;
-
-/// Serializes cache misses of one key (a product, a page) within this instance, so a burst of requests
-/// for a hot product reaches MySQL once per cache period instead of once per request. Cheap to clone.
-#[derive(Clone)]
-pub struct LoadGate(Arc<[tokio::sync::Mutex<()>]>);
-
-impl Default for LoadGate {
-    fn default() -> Self {
-        Self((0..LOAD_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect())
+impl ProductDetail {
+    pub fn new(product: Product, view_count: i64) -> Self {
+        let Product { id, name, price, stock, status, options } = product;
+        Self { id, name, price, stock, status, view_count, options }
     }
 }
 
-impl LoadGate {
-    async fn lock(&self, key: u64) -> tokio::sync::MutexGuard<'_, ()> {
-        self.0[(key % LOAD_STRIPES as u64) as usize].lock().await
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// A product as cached for its detail page: the row and the views already flushed to MySQL.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StoredProduct {
-    pub product: Product,
-    pub flushed_views: i64,
-}
-
-/// One page of the listing. Served from a Redis copy up to [`cache::PAGE_TTL_SECS`] old, so stock and
-/// status may lag MySQL by that much; a miss reads MySQL and stores the copy.
-pub async fn list(stores: &Stores, gate: &LoadGate, request: PageRequest) -> Result<ProductPage, Error> {
-    if let Some(page) = cache::page(&stores.redis, request).await? {
-        return Ok(page);
+    fn option(name: &str) -> OptionSpec {
+        OptionSpec { name: name.to_owned(), price: None, stock: 1 }
     }
-    let _loading = gate.lock(request.page.unsigned_abs().wrapping_mul(131) ^ request.size.unsigned_abs()).await;
-    if let Some(page) = cache::page(&stores.redis, request).await? {
-        return Ok(page);
-    }
-    let (products, total_elements) =
-        tokio::try_join!(db::page(&stores.db, request.size, request.offset()), db::count(&stores.db))?;
-    let page = ProductPage { products, page: request.page, size: request.size, total_elements };
-    cache::store_page(&stores.redis, request, &page).await?;
-    Ok(page)
-}
 
-/// The product's detail, counting this view. The product comes from a Redis copy up to
-/// [`cache::PAGE_TTL_SECS`] old (like the listing); the view is counted in Redis only, and
-/// [`views::flush_once`] moves the counts to MySQL in batches.
-pub async fn view(stores: &Stores, gate: &LoadGate, id: ProductId) -> Result<ProductDetail, Error> {
-    let stored = match cache::product(&stores.redis, id).await? {
-        Some(stored) => stored,
-        None => load(stores, gate, id).await?,
-    };
-    let unflushed = cache::record_view(&stores.redis, id).await?;
-    let StoredProduct { product, flushed_views } = stored;
-    Ok(ProductDetail {
-        id: product.id,
-        name: product.name,
-        price: product.price,
-        stock: product.stock,
-        status: product.status,
-        view_count: flushed_views + unflushed,
-    })
-}
-
-/// Reads a product from MySQL into the cache, once per burst of misses.
-async fn load(stores: &Stores, gate: &LoadGate, id: ProductId) -> Result<StoredProduct, Error> {
-    let _loading = gate.lock(id.get().unsigned_abs()).await;
-    if let Some(stored) = cache::product(&stores.redis, id).await? {
-        return Ok(stored);
+    fn spec(stock: Option<i64>, options: Option<Vec<OptionSpec>>) -> ProductSpec {
+        ProductSpec { name: "shirt".to_owned(), price: 100, stock, options }
     }
-    let stored = db::find(&stores.db, id).await?.ok_or(Error::NotFound(id))?;
-    cache::store_product(&stores.redis, &stored).await?;
-    Ok(stored)
+
+    #[test]
+    fn a_plain_stock_is_one_option_named_default_at_the_products_price() {
+        let new = spec(Some(5), None).validate().unwrap();
+        assert_eq!(new.options.len(), 1);
+        assert_eq!(
+            (new.options[0].name.as_str(), new.options[0].price_in(new.price), new.options[0].stock),
+            ("default", 100, 5)
+        );
+    }
+
+    #[test]
+    fn exactly_one_of_stock_and_options_and_option_names_distinct_after_trimming() {
+        assert!(spec(None, None).validate().is_err());
+        assert!(spec(Some(1), Some(vec![option("S")])).validate().is_err());
+        assert!(spec(None, Some(vec![])).validate().is_err());
+        assert!(spec(None, Some(vec![option("S"), option(" S ")])).validate().is_err());
+        assert!(spec(None, Some(vec![option("S"), option("s")])).validate().is_ok(), "names compare byte for byte");
+        assert!(spec(None, Some((0..=MAX_OPTIONS).map(|n| option(&n.to_string())).collect())).validate().is_err());
+    }
+
+    #[test]
+    fn an_option_keeps_its_own_price_and_refuses_negative_values() {
+        let priced = OptionSpec { price: Some(250), ..option("XL") }.validate().unwrap();
+        assert_eq!(priced.price_in(100), 250);
+        assert!(OptionSpec { price: Some(-1), ..option("XL") }.validate().is_err());
+        assert!(OptionSpec { stock: -1, ..option("XL") }.validate().is_err());
+        assert!(OptionSpec { stock: MAX_STOCK + 1, ..option("XL") }.validate().is_err());
+        assert!(option(&"x".repeat(101)).validate().is_err());
+    }
+
+    #[test]
+    fn a_restock_is_one_to_a_million_units() {
+        assert!(Restock::parse(0).is_err());
+        assert!(Restock::parse(MAX_RESTOCK + 1).is_err());
+        assert_eq!(Restock::parse(MAX_RESTOCK).unwrap().get(), MAX_RESTOCK);
+    }
+
+    #[test]
+    fn a_products_stock_is_the_sum_of_its_options_and_sold_out_at_zero() {
+        let option = |id, stock| ProductOption {
+            id: OptionId::new(id).unwrap(),
+            name: id.to_string(),
+            price: 1,
+            stock,
+            status: Status::for_stock(stock),
+        };
+        let product = Product::new(ProductId::new(1).unwrap(), "p".to_owned(), 1, vec![option(1, 0), option(2, 3)]);
+        assert_eq!((product.stock, product.status), (3, Status::OnSale));
+        let product = Product::new(ProductId::new(1).unwrap(), "p".to_owned(), 1, vec![option(1, 0), option(2, 0)]);
+        assert_eq!((product.stock, product.status), (0, Status::SoldOut));
+    }
 }

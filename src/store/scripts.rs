@@ -20,6 +20,8 @@ macro_rules! scripts {
 }
 
 scripts! {
+    CATALOG_ANNOUNCE => "catalog_announce",
+    CATALOG_CHANGES => "catalog_changes",
     COUPON_ISSUE => "coupon_issue",
     COUPON_LOAD => "coupon_load",
     COUPON_QUEUE_ACK => "coupon_queue_ack",

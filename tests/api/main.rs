@@ -11,6 +11,7 @@ mod docs;
 mod errors;
 mod health;
 mod journey;
+mod options;
 mod orders;
 mod outbox;
 mod products;

@@ -32,11 +32,14 @@ async fn pending(app: &TestApp, user: i64, items: Value) -> i64 {
 }
 
 async fn product(app: &TestApp, id: i64) -> (i64, String) {
-    sqlx::query_as("SELECT CAST(stock AS SIGNED), status FROM products WHERE id = ?")
-        .bind(id)
-        .fetch_one(app.db())
-        .await
-        .unwrap()
+    sqlx::query_as(
+        "SELECT CAST(SUM(stock) AS SIGNED), IF(SUM(stock) = 0, 'SOLD_OUT', 'ON_SALE') FROM product_options
+         WHERE product_id = ?",
+    )
+    .bind(id)
+    .fetch_one(app.db())
+    .await
+    .unwrap()
 }
 
 async fn order_status(app: &TestApp, id: i64) -> String {
@@ -79,8 +82,10 @@ async fn create_prices_the_order_applies_the_coupon_and_stores_it_pending() {
     assert_eq!(
         body["items"],
         json!([
-            { "productId": socks, "quantity": 3, "unitPrice": 1_999, "amount": 5_997 },
-            { "productId": hat, "quantity": 2, "unitPrice": 5_000, "amount": 10_000 },
+            { "productId": socks, "optionId": app.option_of(socks).await.get(), "optionName": "default",
+              "quantity": 3, "unitPrice": 1_999, "amount": 5_997 },
+            { "productId": hat, "optionId": app.option_of(hat).await.get(), "optionName": "default",
+              "quantity": 2, "unitPrice": 5_000, "amount": 10_000 },
         ])
     );
     assert_eq!(
@@ -512,7 +517,14 @@ async fn orders_payments_used_coupons_and_history_keep_every_instant_from_1970_t
             order_id: OrderId::new(i64::MAX).unwrap(),
             user_id,
             status: Status::Pending,
-            items: vec![Item { product_id: product, quantity: 1, unit_price: 100, amount: 100 }],
+            items: vec![Item {
+                product_id: product,
+                option_id: app.option_of(product.get()).await,
+                option_name: "default".to_owned(),
+                quantity: 1,
+                unit_price: 100,
+                amount: 100,
+            }],
             total_amount: 100,
             discount_amount: 0,
             final_amount: 100,
@@ -631,14 +643,15 @@ async fn redis_timing_out_while_two_hundred_orders_pay_with_unpersisted_coupons_
     let (state, now) = (app.state(), chrono::Utc::now());
     let stores = &state.stores;
     let limits = stampede::config::BalanceLimits::default();
-    let new = stampede::product::NewProduct::parse("socks", 1_000, 10_000).unwrap();
-    let product = stampede::product::create(&stores.db, new).await.unwrap().id;
+    let new = stampede::product::ProductSpec::single("socks", 1_000, 10_000).validate().unwrap();
+    let catalog = &state.products;
+    let product = catalog.create(new).await.unwrap().id;
     let new = coupon::NewCoupon::parse(
         coupon::CouponSpec::open_ended("flash", coupon::DiscountType::Fixed, 100, ORDERS as i64),
         now,
     );
     let campaign = state.coupons.create(new.unwrap()).await.unwrap().id;
-    let items = vec![order::ItemRequest { product_id: product, quantity: 1 }];
+    let items = vec![order::ItemRequest { product_id: product, option_id: None, quantity: 1 }];
     let mut orders = Vec::new();
     for user in create_users(stores, ORDERS).await {
         let user = UserId::new(user).unwrap();
@@ -646,15 +659,20 @@ async fn redis_timing_out_while_two_hundred_orders_pay_with_unpersisted_coupons_
         let amount = stampede::balance::ChargeAmount::parse(10_000, &limits).unwrap();
         stampede::balance::charge(stores, &limits, user, amount, None).await.unwrap();
         let new = order::NewOrder { user_id: user, items: items.clone(), coupon_id: Some(campaign) };
-        orders.push((user, order::create(stores, new, false).await.unwrap().order_id));
+        orders.push((user, order::create(stores, catalog, new, false).await.unwrap().order_id));
     }
     let persisted: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM user_coupons").fetch_one(&stores.db).await.unwrap();
     assert_eq!(persisted, 0);
 
     signal_redis(&redis, "-STOP");
-    let pays = join_all(orders.iter().map(|&(user, id)| order::pay(stores, user, id)));
+    let pays = join_all(orders.iter().map(|&(user, id)| order::pay(stores, catalog, user, id)));
     let creates = join_all(orders.iter().take(20).map(|&(user, _)| {
-        order::create(stores, order::NewOrder { user_id: user, items: items.clone(), coupon_id: Some(campaign) }, false)
+        order::create(
+            stores,
+            catalog,
+            order::NewOrder { user_id: user, items: items.clone(), coupon_id: Some(campaign) },
+            false,
+        )
     }));
     let (pays, creates) = tokio::join!(pays, creates);
     signal_redis(&redis, "-CONT");
@@ -670,7 +688,7 @@ async fn redis_timing_out_while_two_hundred_orders_pay_with_unpersisted_coupons_
     assert_eq!(stored, ORDERS as i64, "a create during the outage stored an order");
 
     // Redis back: every order pays with its coupon, and no won was made or lost.
-    let paid = join_all(orders.iter().map(|&(user, id)| order::pay(stores, user, id))).await;
+    let paid = join_all(orders.iter().map(|&(user, id)| order::pay(stores, catalog, user, id))).await;
     assert_eq!(paid.iter().filter(|p| p.as_ref().is_ok_and(|p| p.final_amount == 900)).count(), ORDERS, "{paid:?}");
     let money: i64 = sqlx::query_scalar(
         "SELECT CAST((SELECT SUM(amount) FROM balances) + (SELECT SUM(amount) FROM payments) AS SIGNED)",

@@ -336,7 +336,9 @@ async fn every_window_equals_a_brute_force_sum(shards: u32) {
     config.ranking.shards = Shards::new(shards).unwrap();
     config.ranking.refresh = NEVER.parse().unwrap();
     let app = TestApp::spawn_with(config).await;
-    let rows: Vec<(String, i64, i64)> = (0..PRODUCTS).map(|n| (format!("p{n}"), 100 + n as i64, 10)).collect();
+    let rows: Vec<_> = (0..PRODUCTS)
+        .map(|n| stampede::product::ProductSpec::single(&format!("p{n}"), 100 + n as i64, 10).validate().unwrap())
+        .collect();
     stampede::product::db::insert_batch(app.db(), &rows).await.unwrap();
     let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM products ORDER BY id").fetch_all(app.db()).await.unwrap();
     // Ids 9, 10, 11, 65, 66, 100, 129, 130: equal scores are ordered "10" < "100" < "11" < "129" < ... < "9"

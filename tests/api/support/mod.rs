@@ -180,6 +180,33 @@ impl TestApp {
         body["id"].as_i64().unwrap()
     }
 
+    /// Creates a product sold in options of `(name, stock)`, priced `price` each; returns its id and the
+    /// options' ids in the order given.
+    pub async fn create_product_with_options(
+        &self,
+        name: &str,
+        price: i64,
+        options: &[(&str, i64)],
+    ) -> (i64, Vec<i64>) {
+        let options: Vec<Value> = options.iter().map(|(name, stock)| json!({ "name": name, "stock": stock })).collect();
+        let (status, body) = self
+            .admin_post("/api/v1/admin/products", json!({ "name": name, "price": price, "options": options }))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let ids = body["options"].as_array().unwrap().iter().map(|o| o["id"].as_i64().unwrap()).collect();
+        (body["id"].as_i64().unwrap(), ids)
+    }
+
+    /// The id of the only option of a product created with a plain stock.
+    pub async fn option_of(&self, product: i64) -> stampede::id::OptionId {
+        let id: i64 = sqlx::query_scalar("SELECT id FROM product_options WHERE product_id = ?")
+            .bind(product)
+            .fetch_one(self.db())
+            .await
+            .unwrap();
+        stampede::id::OptionId::new(id).unwrap()
+    }
+
     /// The app's MySQL pool, for asserting on stored rows.
     pub fn db(&self) -> &sqlx::MySqlPool {
         &self.state.stores.db
@@ -240,8 +267,8 @@ where
     }
 }
 
-/// Inserts a PAID order of `user_id`, paid at `paid_at`, with `(product_id, quantity)` lines, straight in
-/// SQL as the pay transaction would leave it; returns the order id.
+/// Inserts a PAID order of `user_id`, paid at `paid_at`, with `(product_id, quantity)` lines (each of the
+/// product's first option), straight in SQL as the pay transaction would leave it; returns the order id.
 pub async fn insert_paid_order(
     db: &sqlx::MySqlPool,
     user_id: i64,
@@ -260,11 +287,12 @@ pub async fn insert_paid_order(
     let order_id = done.last_insert_id() as i64;
     for (product_id, quantity) in items {
         sqlx::query(
-            "INSERT INTO order_items (order_id, product_id, quantity, unit_price, amount) VALUES (?, ?, ?, 0, 0)",
+            "INSERT INTO order_items (order_id, product_id, option_id, option_name, quantity, unit_price, amount)
+             SELECT ?, product_id, MIN(id), 'default', ?, 0, 0 FROM product_options WHERE product_id = ?",
         )
         .bind(order_id)
-        .bind(product_id)
         .bind(quantity)
+        .bind(product_id)
         .execute(db)
         .await
         .unwrap();

@@ -1,0 +1,463 @@
+//! The catalogue as the shop reads and changes it: listing pages and product details served from copies
+//! kept in this process, already serialized, and dropped when a change commits.
+//!
+//! Freshness (docs/orders.md#catalogue): the instance that commits a payment, a restock or a new product or
+//! option drops its copies of the products involved before it answers, then announces them in Redis
+//! (`lua/catalog_announce.lua`). Every instance asks Redis for announcements every [`POLL`] and drops what
+//! they name, so a change shows everywhere within about that long. A copy is served only while this instance
+//! has heard from Redis within [`SYNC_STALE`], and never once older than [`MAX_AGE`], which bounds staleness
+//! when an announcement itself is lost (Redis down right after a commit).
+//!
+//! A copy being loaded while its product changes is not kept: loads compare per-product change counters
+//! before and after reading MySQL.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use super::db::{self, AddedOption, Restocked};
+use super::views::ViewCounter;
+use super::{Error, NewOption, NewProduct, PageRequest, Product, ProductOption, ProductPage, Restock, Status};
+use crate::id::{OptionId, ProductId};
+use crate::store::scripts::{CATALOG_ANNOUNCE, CATALOG_CHANGES};
+use crate::store::{Redis, StoreError, Stores};
+
+/// How often an instance asks Redis for announced changes: how late another instance's commit may show.
+pub const POLL: Duration = Duration::from_millis(50);
+/// Copies are not served when this instance has not heard from Redis for this long: it could be missing
+/// announcements.
+const SYNC_STALE: Duration = Duration::from_secs(1);
+/// The oldest copy served: the bound on staleness when an announcement was lost.
+const MAX_AGE: Duration = Duration::from_secs(2);
+/// Versions the announcement set remembers; an instance further behind drops every copy.
+const REMEMBERED_VERSIONS: i64 = 100_000;
+/// Most products one poll names; more drop every copy.
+const MAX_CHANGES_PER_POLL: usize = 10_000;
+/// Most product details kept; beyond it the copies are dropped and loaded again.
+const MAX_DETAILS: usize = 100_000;
+/// Most listing pages kept, likewise.
+const MAX_PAGES: usize = 1_000;
+/// Stripes of the per-product change counters and of the load gate.
+const STRIPES: usize = 1_024;
+
+/// The catalogue handle: cheap to clone, one per process.
+#[derive(Clone)]
+pub struct Catalog(Arc<Inner>);
+
+struct Inner {
+    stores: Stores,
+    copies: Copies,
+    views: ViewCounter,
+    /// Serializes loads of one product or page, so a burst of requests for it reads MySQL once.
+    gate: Box<[tokio::sync::Mutex<()>]>,
+}
+
+/// The in-process copies and what tells whether they may be served.
+struct Copies {
+    details: RwLock<HashMap<ProductId, Arc<DetailCopy>>>,
+    pages: RwLock<HashMap<PageRequest, Arc<PageCopy>>>,
+    /// Products in the catalogue, counted once per product creation.
+    total: Mutex<Option<i64>>,
+    /// Raised when a product of the stripe changes.
+    stripes: Box<[AtomicU64]>,
+    /// Raised when everything is dropped.
+    everything: AtomicU64,
+    /// The announcement version applied (-1: none yet).
+    version: AtomicI64,
+    /// When Redis last answered a poll, as [`Copies::started`] + this many milliseconds (0: never).
+    synced_ms: AtomicU64,
+    started: Instant,
+}
+
+/// A product's detail, serialized around its view count.
+struct DetailCopy {
+    /// `{"id":..,"status":..,"viewCount":`
+    head: Bytes,
+    /// `,"options":[..]}`
+    tail: Bytes,
+    flushed_views: i64,
+    loaded: Instant,
+}
+
+/// A serialized listing page and the ids it covers.
+struct PageCopy {
+    body: Bytes,
+    ids: Option<(ProductId, ProductId)>,
+    loaded: Instant,
+}
+
+/// The counters a load compares before and after reading MySQL.
+#[derive(PartialEq, Eq)]
+struct Epoch {
+    everything: u64,
+    stripes: Vec<u64>,
+}
+
+fn stripe(id: ProductId) -> usize {
+    (id.get() as u64 % STRIPES as u64) as usize
+}
+
+impl Catalog {
+    /// The catalogue on `stores`; counts views through a task of its own that ends with the last clone.
+    pub fn new(stores: Stores) -> Self {
+        let views = ViewCounter::start(stores.redis.clone());
+        Self(Arc::new(Inner {
+            stores,
+            copies: Copies::new(),
+            views,
+            gate: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+        }))
+    }
+
+    /// Stores a new product; every instance's listing shows it within [`POLL`].
+    pub async fn create(&self, new: NewProduct) -> Result<Product, Error> {
+        let product = db::insert(&self.0.stores.db, &new).await?;
+        self.changed_everything().await;
+        Ok(product)
+    }
+
+    /// Adds an option to a product.
+    pub async fn add_option(&self, product_id: ProductId, new: NewOption) -> Result<ProductOption, Error> {
+        match db::add_option(&self.0.stores.db, product_id, &new).await? {
+            AddedOption::Added(option) => {
+                self.changed(&[product_id]).await;
+                Ok(option)
+            }
+            AddedOption::NoProduct => Err(Error::NotFound(product_id)),
+            AddedOption::Full => Err(Error::Invalid(format!("a product has at most {} options", super::MAX_OPTIONS))),
+            AddedOption::NameTaken => Err(Error::OptionNameTaken { product: product_id, name: new.name }),
+        }
+    }
+
+    /// Adds units to an option; a sold-out option (and its product) is on sale again.
+    pub async fn restock(
+        &self,
+        product_id: ProductId,
+        option_id: OptionId,
+        restock: Restock,
+    ) -> Result<ProductOption, Error> {
+        match db::restock(&self.0.stores.db, product_id, option_id, restock.get()).await? {
+            Restocked::Done(option) => {
+                self.changed(&[product_id]).await;
+                Ok(option)
+            }
+            Restocked::NoProduct => Err(Error::NotFound(product_id)),
+            Restocked::NoOption => Err(Error::OptionNotFound { product: product_id, option: option_id }),
+            Restocked::TooMuch => {
+                Err(Error::Invalid(format!("option {option_id} would hold more than {} units", super::MAX_STOCK)))
+            }
+        }
+    }
+
+    /// Drops this instance's copies of `ids` at once and announces the change to the others. Called after a
+    /// commit changed their stock. The announcement runs on its own, so a slow Redis never delays the answer
+    /// to a committed payment; a failed one is logged and leaves the other instances' copies to expire
+    /// within [`MAX_AGE`].
+    pub async fn changed(&self, ids: &[ProductId]) {
+        self.0.copies.drop_products(ids);
+        let members: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
+        tokio::spawn(announce(self.0.stores.redis.clone(), members));
+    }
+
+    async fn changed_everything(&self) {
+        self.0.copies.drop_everything();
+        tokio::spawn(announce(self.0.stores.redis.clone(), vec![ALL.to_owned()]));
+    }
+
+    /// One page of the listing, serialized.
+    pub async fn list(&self, request: PageRequest) -> Result<Bytes, Error> {
+        let copies = &self.0.copies;
+        if let Some(body) = copies.page(request) {
+            return Ok(body);
+        }
+        let _loading = self.lock(request.page().unsigned_abs().wrapping_mul(131) ^ request.size().unsigned_abs()).await;
+        if let Some(body) = copies.page(request) {
+            return Ok(body);
+        }
+        let before = copies.epoch();
+        let db = &self.0.stores.db;
+        let counted = *copies.total.lock().expect("never poisoned");
+        let total = match counted {
+            Some(total) => total,
+            None => db::count(db).await?,
+        };
+        let products = db::page(db, request.size(), request.offset()).await?;
+        let ids = products.first().zip(products.last()).map(|(first, last)| (first.id, last.id));
+        let page = ProductPage { products, page: request.page(), size: request.size(), total_elements: total };
+        let body = Bytes::from(serde_json::to_vec(&page).expect("a page serializes"));
+        copies.keep_page(request, &page, PageCopy { body: body.clone(), ids, loaded: Instant::now() }, before);
+        Ok(body)
+    }
+
+    /// A product's detail, serialized, counting this view: `viewCount` includes it.
+    pub async fn view(&self, id: ProductId) -> Result<Bytes, Error> {
+        let copy = match self.0.copies.detail(id) {
+            Some(copy) => copy,
+            None => self.load(id).await?,
+        };
+        let unflushed = self.0.views.count(id).await?;
+        let mut body = Vec::with_capacity(copy.head.len() + 20 + copy.tail.len());
+        body.extend_from_slice(&copy.head);
+        body.extend_from_slice((copy.flushed_views + unflushed).to_string().as_bytes());
+        body.extend_from_slice(&copy.tail);
+        Ok(Bytes::from(body))
+    }
+
+    async fn load(&self, id: ProductId) -> Result<Arc<DetailCopy>, Error> {
+        let _loading = self.lock(id.get().unsigned_abs()).await;
+        let copies = &self.0.copies;
+        if let Some(copy) = copies.detail(id) {
+            return Ok(copy);
+        }
+        let before = copies.epoch();
+        let (product, flushed_views) = db::find(&self.0.stores.db, id).await?.ok_or(Error::NotFound(id))?;
+        let copy = Arc::new(DetailCopy::new(&product, flushed_views));
+        copies.keep_detail(id, copy.clone(), before);
+        Ok(copy)
+    }
+
+    async fn lock(&self, key: u64) -> tokio::sync::MutexGuard<'_, ()> {
+        self.0.gate[(key % STRIPES as u64) as usize].lock().await
+    }
+
+    /// Applies the announcements made since the last poll; `Err` leaves the copies to go stale.
+    pub async fn poll(&self) -> Result<(), StoreError> {
+        let copies = &self.0.copies;
+        let seen = copies.version.load(Ordering::Acquire);
+        let redis = &self.0.stores.redis;
+        let args = vec![seen.to_string(), REMEMBERED_VERSIONS.to_string(), MAX_CHANGES_PER_POLL.to_string()];
+        let reply: Vec<String> = CATALOG_CHANGES.call(redis, keys(redis), args).await?;
+        let Some((version, members)) = reply.split_first() else { return Err(CATALOG_CHANGES.unexpected(&reply)) };
+        let version: i64 = version.parse().map_err(|_| CATALOG_CHANGES.unexpected(&reply))?;
+        if members.iter().any(|member| member == ALL) {
+            copies.drop_everything();
+        } else if !members.is_empty() {
+            let ids: Vec<ProductId> = members.iter().filter_map(|m| m.parse().ok().and_then(ProductId::new)).collect();
+            copies.drop_products(&ids);
+        }
+        copies.version.store(version, Ordering::Release);
+        copies.synced();
+        Ok(())
+    }
+
+    /// Applies announcements every [`POLL`] until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut ticks = tokio::time::interval(POLL);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                _ = ticks.tick() => {}
+            }
+            if let Err(error) = self.poll().await {
+                tracing::debug!(%error, "catalogue changes not polled; copies are served for at most a second more");
+            }
+        }
+    }
+}
+
+/// The announcement member that drops every copy.
+const ALL: &str = "all";
+
+fn keys(redis: &Redis) -> Vec<String> {
+    vec![redis.keys.key("catalog:{catalog}:version"), redis.keys.key("catalog:{catalog}:changed")]
+}
+
+/// Tells every instance that these products (or [`ALL`]) changed in MySQL.
+pub async fn announce(redis: Redis, members: Vec<String>) {
+    let mut args = Vec::with_capacity(members.len() + 1);
+    args.push(REMEMBERED_VERSIONS.to_string());
+    args.extend(members);
+    if let Err(error) = CATALOG_ANNOUNCE.call::<i64, _, _>(&redis, keys(&redis), args).await {
+        metrics::counter!("catalog_announce_failures_total").increment(1);
+        tracing::warn!(%error, "catalogue change not announced; other instances may show it up to 2 s late");
+    }
+}
+
+impl Copies {
+    fn new() -> Self {
+        Self {
+            details: RwLock::default(),
+            pages: RwLock::default(),
+            total: Mutex::default(),
+            stripes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
+            everything: AtomicU64::new(0),
+            version: AtomicI64::new(-1),
+            synced_ms: AtomicU64::new(0),
+            started: Instant::now(),
+        }
+    }
+
+    fn synced(&self) {
+        let ms = self.started.elapsed().as_millis() as u64;
+        self.synced_ms.store(ms.max(1), Ordering::Release);
+    }
+
+    /// Whether copies may be served now: Redis answered a poll lately.
+    fn in_sync(&self) -> bool {
+        let synced = self.synced_ms.load(Ordering::Acquire);
+        synced > 0 && self.started.elapsed().as_millis() as u64 <= synced + SYNC_STALE.as_millis() as u64
+    }
+
+    fn detail(&self, id: ProductId) -> Option<Arc<DetailCopy>> {
+        let copy = self.details.read().expect("never poisoned").get(&id).cloned()?;
+        (self.in_sync() && copy.loaded.elapsed() < MAX_AGE).then_some(copy)
+    }
+
+    fn page(&self, request: PageRequest) -> Option<Bytes> {
+        let copy = self.pages.read().expect("never poisoned").get(&request).cloned()?;
+        (self.in_sync() && copy.loaded.elapsed() < MAX_AGE).then(|| copy.body.clone())
+    }
+
+    fn epoch(&self) -> Epoch {
+        Epoch {
+            everything: self.everything.load(Ordering::Acquire),
+            stripes: self.stripes.iter().map(|stripe| stripe.load(Ordering::Acquire)).collect(),
+        }
+    }
+
+    /// Whether none of `ids` (nor everything) changed since `before`.
+    fn unchanged(&self, before: &Epoch, ids: impl IntoIterator<Item = ProductId>) -> bool {
+        self.everything.load(Ordering::Acquire) == before.everything
+            && ids.into_iter().all(|id| self.stripes[stripe(id)].load(Ordering::Acquire) == before.stripes[stripe(id)])
+    }
+
+    fn keep_detail(&self, id: ProductId, copy: Arc<DetailCopy>, before: Epoch) {
+        let mut details = self.details.write().expect("never poisoned");
+        if !self.unchanged(&before, [id]) {
+            return;
+        }
+        if details.len() >= MAX_DETAILS {
+            details.clear();
+        }
+        details.insert(id, copy);
+    }
+
+    fn keep_page(&self, request: PageRequest, page: &ProductPage, copy: PageCopy, before: Epoch) {
+        let mut pages = self.pages.write().expect("never poisoned");
+        if !self.unchanged(&before, page.products.iter().map(|product| product.id)) {
+            return;
+        }
+        *self.total.lock().expect("never poisoned") = Some(page.total_elements);
+        if pages.len() >= MAX_PAGES {
+            pages.clear();
+        }
+        pages.insert(request, Arc::new(copy));
+    }
+
+    /// Drops the copies showing `ids`. The counters rise under the write locks, so a load that checks them
+    /// under the same lock either sees the rise or is dropped here.
+    fn drop_products(&self, ids: &[ProductId]) {
+        let mut details = self.details.write().expect("never poisoned");
+        let mut pages = self.pages.write().expect("never poisoned");
+        for id in ids {
+            self.stripes[stripe(*id)].fetch_add(1, Ordering::AcqRel);
+            details.remove(id);
+        }
+        pages.retain(|_, copy| !copy.ids.is_some_and(|(first, last)| ids.iter().any(|id| (first..=last).contains(id))));
+    }
+
+    fn drop_everything(&self) {
+        let mut details = self.details.write().expect("never poisoned");
+        let mut pages = self.pages.write().expect("never poisoned");
+        self.everything.fetch_add(1, Ordering::AcqRel);
+        details.clear();
+        pages.clear();
+        *self.total.lock().expect("never poisoned") = None;
+    }
+}
+
+/// The detail's fields before `viewCount`, in the contract's order.
+#[derive(Serialize)]
+struct DetailHead<'a> {
+    id: ProductId,
+    name: &'a str,
+    price: i64,
+    stock: i64,
+    status: Status,
+}
+
+#[derive(Serialize)]
+struct DetailTail<'a> {
+    options: &'a [ProductOption],
+}
+
+impl DetailCopy {
+    fn new(product: &Product, flushed_views: i64) -> Self {
+        let head = DetailHead {
+            id: product.id,
+            name: &product.name,
+            price: product.price,
+            stock: product.stock,
+            status: product.status,
+        };
+        let mut head = serde_json::to_vec(&head).expect("a product serializes");
+        head.pop(); // the closing brace
+        head.extend_from_slice(b",\"viewCount\":");
+        let mut tail = serde_json::to_vec(&DetailTail { options: &product.options }).expect("options serialize");
+        tail[0] = b','; // the opening brace
+        Self { head: head.into(), tail: tail.into(), flushed_views, loaded: Instant::now() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::product::ProductDetail;
+
+    fn product() -> Product {
+        let option = |id, name: &str, stock| ProductOption {
+            id: OptionId::new(id).unwrap(),
+            name: name.to_owned(),
+            price: 1_500,
+            stock,
+            status: Status::for_stock(stock),
+        };
+        Product::new(
+            ProductId::new(7).unwrap(),
+            "t-\"shirt\"".to_owned(),
+            1_000,
+            vec![option(3, "S", 0), option(4, "M", 2)],
+        )
+    }
+
+    #[test]
+    fn a_detail_spliced_around_its_view_count_is_the_detail_serialized_whole() {
+        let copy = DetailCopy::new(&product(), 40);
+        let mut spliced = copy.head.to_vec();
+        spliced.extend_from_slice(b"42");
+        spliced.extend_from_slice(&copy.tail);
+        let whole = serde_json::to_vec(&ProductDetail::new(product(), 42)).unwrap();
+        assert_eq!(String::from_utf8(spliced).unwrap(), String::from_utf8(whole).unwrap());
+    }
+
+    #[test]
+    fn a_change_during_a_load_keeps_its_copy_out_and_other_products_changes_do_not() {
+        let copies = Copies::new();
+        let (seven, eight) = (ProductId::new(7).unwrap(), ProductId::new(8).unwrap());
+        let before = copies.epoch();
+        copies.drop_products(&[eight]);
+        copies.keep_detail(seven, Arc::new(DetailCopy::new(&product(), 0)), before);
+        assert!(copies.details.read().unwrap().contains_key(&seven));
+
+        let before = copies.epoch();
+        copies.drop_products(&[seven]);
+        copies.keep_detail(seven, Arc::new(DetailCopy::new(&product(), 0)), before);
+        assert!(copies.details.read().unwrap().is_empty(), "a copy loaded across a change was kept");
+    }
+
+    #[test]
+    fn copies_are_served_only_while_the_change_feed_is_heard() {
+        let copies = Copies::new();
+        let seven = ProductId::new(7).unwrap();
+        copies.keep_detail(seven, Arc::new(DetailCopy::new(&product(), 0)), copies.epoch());
+        assert!(copies.detail(seven).is_none(), "served before the first poll");
+        copies.synced();
+        assert!(copies.detail(seven).is_some());
+    }
+}
