@@ -17,7 +17,6 @@ REPORTS := .data/reports
 TARGET_DIR := $(shell $(CARGO) metadata --format-version 1 --no-deps 2>/dev/null | sed -E 's/.*"target_directory":"([^"]*)".*/\1/')
 STAMPEDE := $(TARGET_DIR)/release/stampede
 LOADTEST := $(TARGET_DIR)/release/loadtest
-HOST := http://127.0.0.1:8080
 DEV_ADMIN_TOKEN := dev-admin-token
 
 # Criterion benches run once each in smoke mode (`-- --test`) by `make test`, against the test-profile services.
@@ -35,6 +34,9 @@ LOAD_SCENARIOS ?= flash-sale mixed
 LOAD_USERS ?= 200
 LOAD_HATCH_RATE ?= 200
 LOAD_RUN_TIME ?= 30s
+# Instances of the service `make load` runs on 127.0.0.1:8080, 8081, ... (at most 10), sharing the dev Redis and
+# MariaDB; goose's virtual users are spread over them, the checks read the counts through the first.
+LOAD_INSTANCES ?= 1
 
 # Which Redis the dev targets use: `single` (one redis-server) or `cluster` (three masters).
 REDIS ?= single
@@ -62,19 +64,8 @@ run: ## Start dev Redis/MariaDB, build release, run the server in the foreground
 	echo "admin token: $$ADMIN_TOKEN   (Authorization: Bearer $$ADMIN_TOKEN)"; \
 	exec $(STAMPEDE) serve
 
-stop: ## Stop the server started by `make load`, then the dev Redis/MariaDB
-	@pidfile=$(DEV_DATA)/stampede.pid; \
-	if [[ -f $$pidfile ]]; then \
-	    pid=$$(tr -dc 0-9 <$$pidfile); \
-	    alive() { ps -p "$$pid" -o stat= 2>/dev/null | grep -qv '^Z'; }; \
-	    if [[ -n $$pid ]] && alive && [[ "$$(ps -p $$pid -o comm=)" == stampede* ]]; then \
-	        echo "stopping stampede (pid $$pid)"; \
-	        kill -TERM $$pid; \
-	        for _ in $$(seq 60); do alive || break; sleep 0.5; done; \
-	        if alive; then echo "stampede (pid $$pid) still running after 30s" >&2; exit 1; fi; \
-	    fi; \
-	    rm -f $$pidfile; \
-	fi
+stop: ## Stop the servers started by `make load`, then the dev Redis/MariaDB
+	scripts/instances.sh stop
 	$(SERVICES) stop dev
 
 status: ## Show whether the dev services are running
@@ -106,42 +97,19 @@ bench: ## Run the criterion benchmarks against the dev services
 	$(SERVICES) start dev $(REDIS)
 	$(DEV_ENV); $(CARGO) bench
 
-load: ## Load-test a local server (starts one if none answers); HTML reports in .data/reports/
+load: ## Load-test LOAD_INSTANCES local servers on 8080.. (starts those not answering); reports in .data/reports/
 	$(SERVICES) start dev $(REDIS)
-	@if curl -fs $(HOST)/health/live >/dev/null 2>&1; then \
-	    echo "load: using the server already answering on $(HOST)"; \
-	else \
-	    $(CARGO) build --release --bin stampede; \
-	    $(DEV_ENV); \
-	    echo "load: starting stampede serve in the background (log: $(DEV_DATA)/stampede.log; stop with: make stop)"; \
-	    ADMIN_TOKEN="$${ADMIN_TOKEN:-$(DEV_ADMIN_TOKEN)}" BIND_ADDR=127.0.0.1:8080 \
-	        $$(command -v setsid || true) nohup $(STAMPEDE) serve </dev/null >>$(DEV_DATA)/stampede.log 2>&1 & \
-	    pid=$$!; \
-	    echo $$pid >$(DEV_DATA)/stampede.pid; \
-	    for _ in $$(seq 120); do \
-	        if curl -fs $(HOST)/health/ready >/dev/null 2>&1; then break; fi; \
-	        if ! ps -p $$pid -o stat= 2>/dev/null | grep -qv '^Z'; then \
-	            tail -n 30 $(DEV_DATA)/stampede.log >&2; \
-	            echo "load: stampede exited during startup (log: $(DEV_DATA)/stampede.log)" >&2; \
-	            rm -f $(DEV_DATA)/stampede.pid; \
-	            exit 1; \
-	        fi; \
-	        sleep 0.5; \
-	    done; \
-	    if ! curl -fs $(HOST)/health/ready >/dev/null 2>&1; then \
-	        tail -n 30 $(DEV_DATA)/stampede.log >&2; \
-	        echo "load: stampede (pid $$pid) not ready after 60s (log: $(DEV_DATA)/stampede.log)" >&2; \
-	        exit 1; \
-	    fi; \
-	    echo "load: stampede ready (pid $$pid)"; \
-	fi
+	$(CARGO) build --release --bin stampede
 	$(CARGO) build --release -p loadtest
 	@mkdir -p $(REPORTS)
-	@failed=(); \
+	@instances="$$(scripts/instances.sh start $(STAMPEDE) $(LOAD_INSTANCES) $(REDIS))"; \
+	host="$${instances%%,*}"; \
+	if (( $(LOAD_INSTANCES) > 1 )); then export INSTANCES="$$instances"; echo "load: users spread over $$instances"; fi; \
+	failed=(); \
 	for scenario in $(LOAD_SCENARIOS); do \
 	    echo "load: scenario $$scenario"; \
 	    ADMIN_TOKEN="$${ADMIN_TOKEN:-$(DEV_ADMIN_TOKEN)}" $(LOADTEST) \
-	        --host $(HOST) \
+	        --host "$$host" \
 	        --scenarios $$scenario \
 	        --users $(LOAD_USERS) \
 	        --increase-rate $(LOAD_HATCH_RATE) \

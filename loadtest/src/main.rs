@@ -168,6 +168,13 @@ async fn set_up(user: &mut GooseUser, shared: Arc<Shared>) -> TransactionResult 
     }
 }
 
+/// Points this virtual user at its instance of `INSTANCES`: user n at instance n mod count, so the users
+/// of every scenario are spread evenly over the instances.
+async fn pick_instance(user: &mut GooseUser, shared: Arc<Shared>) -> TransactionResult {
+    let instances = &shared.settings.instances;
+    user.set_base_url(&instances[user.weighted_users_index % instances.len()])
+}
+
 /// Checks what the run left behind; `true` when everything that ran passed its checks.
 async fn verify(shared: &Shared) -> Result<bool, api::Error> {
     let Some(fixture) = shared.fixture.get() else {
@@ -184,7 +191,12 @@ async fn verify(shared: &Shared) -> Result<bool, api::Error> {
 }
 
 fn scenario(name: &str, kind: Kind, weight: usize, shared: &Arc<Shared>) -> Result<Scenario, GooseError> {
-    let scenario = Scenario::new(name).set_weight(weight)?;
+    let mut scenario = Scenario::new(name).set_weight(weight)?;
+    if !shared.settings.instances.is_empty() {
+        scenario = scenario.register_transaction(
+            transaction("pick instance", shared, |user, shared| Box::pin(pick_instance(user, shared))).set_on_start(),
+        );
+    }
     Ok(match kind {
         Kind::FlashSale => scenario.register_transaction(transaction("issue", shared, |user, shared| {
             Box::pin(flash_sale::issue(user, shared))

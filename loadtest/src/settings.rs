@@ -24,6 +24,10 @@ pub struct Settings {
     pub hot_stock: u64,
     /// `SETUP_CONCURRENCY`: admin requests in flight at once during set-up and verification.
     pub setup_concurrency: usize,
+    /// `INSTANCES`: base URLs of several stampede instances sharing one Redis and MySQL; virtual user n
+    /// sends its requests to instance `n mod len` (set-up and verification use `--host`). Empty: every user
+    /// uses `--host`.
+    pub instances: Vec<String>,
 }
 
 impl Settings {
@@ -39,7 +43,18 @@ impl Settings {
             options_per_product: var("OPTIONS_PER_PRODUCT", 3)?,
             hot_stock: var("HOT_STOCK", 1000)?,
             setup_concurrency: var("SETUP_CONCURRENCY", 32)?,
+            instances: env::var("INSTANCES")
+                .unwrap_or_default()
+                .split(',')
+                .map(|url| url.trim().trim_end_matches('/').to_string())
+                .filter(|url| !url.is_empty())
+                .collect(),
         };
+        if let Some(bad) =
+            settings.instances.iter().find(|url| !url.starts_with("http://") && !url.starts_with("https://"))
+        {
+            return Err(format!("INSTANCES: {bad:?} is not an http(s) URL"));
+        }
         if !(1..=100).contains(&settings.options_per_product) {
             return Err("OPTIONS_PER_PRODUCT must be 1..=100".to_string());
         }
@@ -66,6 +81,8 @@ Environment (the load test's own knobs; goose's options follow):
   HOT_STOCK             1000   stock of the option every checkout-hot buyer wants (its product has a
                                second option nobody buys)
   SETUP_CONCURRENCY     32     admin requests in flight during set-up and verification
+  INSTANCES             (none) comma-separated base URLs of several instances on one Redis and MySQL:
+                               virtual user n uses instance n mod count; set-up and checks use --host
 
 Scenarios (--scenarios, comma separated; '-' may be left out, * is a wildcard):
   flash-sale    every user issues the flash coupon for a fresh user id until the pool is spent

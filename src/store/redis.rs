@@ -9,7 +9,9 @@ use fred::types::{MultipleKeys, MultipleValues};
 use super::StoreError;
 
 /// A command that has not answered within this is failed, so a stuck Redis turns into 503s, not hung requests.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+/// Below the contract's 2 s for a 503 (API.md), with room for the rest of the request: at 2 s a request
+/// waiting on a dead cluster master was answered after 2.0-2.1 s (tests/api/cluster.rs).
+const COMMAND_TIMEOUT: Duration = Duration::from_millis(1_500);
 /// Time allowed to open a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Loads of a script one call may make when Redis keeps answering NOSCRIPT (its scripts flushed again and

@@ -1,11 +1,12 @@
-//! Redis Cluster: a coupon's slot moved to another master in the middle of its sale, on a cluster of the
-//! test's own (a shared cluster's slots are every test's). The rest of the Redis-touching suite runs on a
-//! shared cluster too when `TEST_REDIS_URL` names one (`make test` does).
+//! Redis Cluster, on clusters of the tests' own (a shared cluster's slots and nodes are every test's): a
+//! coupon's slot moved to another master in the middle of its sale, and a master killed mid-sale and started
+//! again. The rest of the Redis-touching suite runs on a shared cluster too when `TEST_REDIS_URL` names one
+//! (`make test` does).
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::{StreamExt, future, stream};
 use reqwest::StatusCode;
@@ -183,16 +184,203 @@ async fn moving_a_coupons_slot_to_another_master_mid_sale_issues_exactly_the_qua
     assert_eq!(won.len() as i64, quantity, "a user won twice");
     let body = wait_persisted(&app, coupon, quantity).await;
     assert_eq!((body["issued"].as_i64(), body["remaining"].as_i64()), (Some(quantity), Some(0)), "{body}");
-    let rows: Vec<i64> = sqlx::query_scalar("SELECT user_id FROM user_coupons WHERE coupon_id = ?")
-        .bind(coupon)
-        .fetch_all(app.db())
-        .await
-        .unwrap();
-    assert_eq!(rows.len() as i64, quantity);
-    assert_eq!(rows.into_iter().collect::<HashSet<_>>(), won);
+    assert_eq!(holders(&app, coupon).await, won);
     assert_eq!(progress(&other, coupon).await["persisted"], quantity);
     // The apps before the cluster, so that no job logs the cluster going away.
     other.stop().await;
     app.stop().await;
     drop(cluster);
+}
+
+/// Persistence and coverage of the cluster of the node-down test: every write is in the AOF before Redis
+/// answers it, so a killed node comes back with every issuance it acknowledged; and the masters still
+/// up keep serving their own slots once they have marked the dead one failed (by default a cluster missing
+/// a slot refuses every command, docs/scaling.md#a-master-down).
+const DURABLE_PARTIAL_COVERAGE: [&str; 6] =
+    ["--appendonly", "yes", "--appendfsync", "always", "--cluster-require-full-coverage", "no"];
+/// The contract's bound on a 503: "answered within 2 s" (API.md, errors).
+const UNAVAILABLE_WITHIN: Duration = Duration::from_secs(2);
+/// How long a user keeps asking again after a 503 once the node is back, before the test fails.
+const RETRY_FOR: Duration = Duration::from_secs(30);
+
+/// One issue request: the user, the status, whether a 503 carried `Retry-After`, and the time to answer.
+struct Asked {
+    user: i64,
+    status: StatusCode,
+    retry_after: bool,
+    elapsed: Duration,
+}
+
+async fn ask(app: &TestApp, coupon: i64, user: i64) -> Asked {
+    let started = Instant::now();
+    let response = app
+        .http
+        .post(app.url(&format!("/api/v1/coupons/{coupon}/issue")))
+        .json(&json!({ "userId": user }))
+        .send()
+        .await
+        .expect("request reaches the app");
+    let elapsed = started.elapsed();
+    let (status, retry_after) = (response.status(), response.headers().contains_key("retry-after"));
+    let body = response.text().await.unwrap();
+    assert!(
+        [StatusCode::CREATED, StatusCode::CONFLICT, StatusCode::GONE, StatusCode::SERVICE_UNAVAILABLE]
+            .contains(&status),
+        "coupon {coupon}, user {user}: {status} {body}"
+    );
+    Asked { user, status, retry_after, elapsed }
+}
+
+/// Every `(coupon, user)` asked once, [`IN_FLIGHT`] at a time, alternating between the two apps.
+async fn ask_all(apps: [&TestApp; 2], asks: Vec<(i64, i64)>) -> Vec<(i64, Asked)> {
+    stream::iter(asks.into_iter().enumerate())
+        .map(|(n, (coupon, user))| async move { (coupon, ask(apps[n % 2], coupon, user).await) })
+        .buffer_unordered(IN_FLIGHT)
+        .collect()
+        .await
+}
+
+/// Asks until the answer is not a 503, for at most [`RETRY_FOR`].
+async fn ask_until_answered(app: &TestApp, coupon: i64, user: i64) -> Asked {
+    let started = Instant::now();
+    loop {
+        let asked = ask(app, coupon, user).await;
+        if asked.status != StatusCode::SERVICE_UNAVAILABLE {
+            return asked;
+        }
+        assert!(started.elapsed() < RETRY_FOR, "user {user} still gets 503 for coupon {coupon} after {RETRY_FOR:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Each user asks [`ask_until_answered`], [`IN_FLIGHT`] at a time, alternating between the two apps.
+async fn ask_each_until_answered(apps: [&TestApp; 2], coupon: i64, users: &[i64]) -> Vec<Asked> {
+    stream::iter(users.iter().enumerate())
+        .map(|(n, &user)| ask_until_answered(apps[n % 2], coupon, user))
+        .buffer_unordered(IN_FLIGHT)
+        .collect()
+        .await
+}
+
+/// The users holding `coupon` in MySQL.
+async fn holders(app: &TestApp, coupon: i64) -> HashSet<i64> {
+    let rows: Vec<i64> = sqlx::query_scalar("SELECT user_id FROM user_coupons WHERE coupon_id = ?")
+        .bind(coupon)
+        .fetch_all(app.db())
+        .await
+        .unwrap();
+    let holders: HashSet<i64> = rows.iter().copied().collect();
+    assert_eq!(holders.len(), rows.len(), "a user holds coupon {coupon} twice");
+    holders
+}
+
+/// The index in `cluster.nodes` of the master serving `coupon`'s keys.
+fn master_of(cluster: &RedisCluster, app: &TestApp, coupon: i64) -> usize {
+    let meta = format!("{}coupon:{{{coupon}}}:meta", app.state.stores.redis.keys.prefix());
+    let slot: u16 = cluster.cli(cluster.nodes[0].port, &["CLUSTER", "KEYSLOT", &meta]).parse().unwrap();
+    let port = masters(cluster)
+        .into_iter()
+        .find(|node| node.slots.iter().any(|(a, b)| (*a..=*b).contains(&slot)))
+        .expect("every slot has a master")
+        .port;
+    cluster.nodes.iter().position(|node| node.port == port).unwrap()
+}
+
+/// What the users of the healthy master's coupon got while the other master was down.
+struct NodeDown {
+    /// The answers to the asks for the coupon whose master stayed up, sent while the other was down.
+    healthy_during: Vec<Asked>,
+}
+
+/// Two coupons on two masters, each sold to 200 users; the first coupon's master is killed (its port then
+/// refuses connections) and 300 users ask for each coupon; the master starts again on its data, every user
+/// who got a 503 asks again, and fresh users buy the first coupon until it sells out. Checks on the way
+/// that the dead master's coupon answered 503 with Retry-After within the contract's 2 s, and at the end
+/// that both coupons issued exactly once to each winner, as MySQL and the admin progress say.
+async fn sell_through_a_dead_master() -> NodeDown {
+    let mut cluster = RedisCluster::start_with(&DURABLE_PARTIAL_COVERAGE);
+    let mut store = isolated_store().await;
+    store.redis_url = cluster.url();
+    let app = TestApp::spawn_with(serve_config(store)).await;
+    let other = TestApp::spawn_with(app.config.clone()).await;
+    let apps = [&app, &other];
+    let users = create_users(&app.state.stores, 2_000).await;
+    // `down` sells out after the restart; `up` never sells out here, so each of its asks can win.
+    let (down_quantity, up_quantity) = (1_000, 5_000);
+    let down = create_coupon(&app, down_quantity).await;
+    let down_node = master_of(&cluster, &app, down);
+    let mut up = create_coupon(&app, up_quantity).await;
+    while master_of(&cluster, &app, up) == down_node {
+        up = create_coupon(&app, up_quantity).await;
+    }
+
+    let before: Vec<(i64, i64)> =
+        users[..200].iter().map(|&u| (down, u)).chain(users[200..400].iter().map(|&u| (up, u))).collect();
+    let before = ask_all(apps, before).await;
+    assert!(before.iter().all(|(_, asked)| asked.status == StatusCode::CREATED), "a 201 for every first ask");
+
+    cluster.kill(down_node);
+    let during: Vec<(i64, i64)> =
+        users[400..700].iter().map(|&u| (down, u)).chain(users[700..1_000].iter().map(|&u| (up, u))).collect();
+    let during = ask_all(apps, during).await;
+    let (mut down_during, mut healthy_during) = (Vec::new(), Vec::new());
+    for (coupon, asked) in during {
+        if coupon == down { down_during.push(asked) } else { healthy_during.push(asked) }
+    }
+    eprintln!(
+        "master down: coupon {down} slowest 503 {:?}; coupon {up} {} 201s of {}",
+        down_during.iter().map(|asked| asked.elapsed).max().unwrap(),
+        healthy_during.iter().filter(|asked| asked.status == StatusCode::CREATED).count(),
+        healthy_during.len()
+    );
+    for asked in &down_during {
+        assert_eq!(asked.status, StatusCode::SERVICE_UNAVAILABLE, "user {} of the dead master's coupon", asked.user);
+        assert!(asked.retry_after, "a 503 without Retry-After");
+        assert!(asked.elapsed <= UNAVAILABLE_WITHIN, "a 503 after {:?}", asked.elapsed);
+    }
+
+    // Back on the same data. A user who got a 503 asks again: 201, or 409 when the first ask had been
+    // applied after all and only its answer was lost.
+    cluster.restart(down_node);
+    cluster.wait_until_ok();
+    let unanswered = |coupon_asks: &[Asked]| -> Vec<i64> {
+        coupon_asks.iter().filter(|a| a.status == StatusCode::SERVICE_UNAVAILABLE).map(|a| a.user).collect()
+    };
+    let down_again = unanswered(&down_during);
+    let up_again = unanswered(&healthy_during);
+    for (coupon, users) in [(down, &down_again), (up, &up_again)] {
+        let again = ask_each_until_answered(apps, coupon, users).await;
+        assert!(again.iter().all(|asked| [StatusCode::CREATED, StatusCode::CONFLICT].contains(&asked.status)));
+    }
+    let fresh = ask_each_until_answered(apps, down, &users[1_000..]).await;
+    assert!(fresh.iter().all(|asked| [StatusCode::CREATED, StatusCode::GONE].contains(&asked.status)));
+    let fresh_won = fresh.iter().filter(|asked| asked.status == StatusCode::CREATED).map(|asked| asked.user);
+
+    let down_won: HashSet<i64> = users[..200].iter().chain(&users[400..700]).copied().chain(fresh_won).collect();
+    assert_eq!(down_won.len() as i64, down_quantity, "winners of coupon {down}");
+    let body = wait_persisted(&app, down, down_quantity).await;
+    assert_eq!((body["issued"].as_i64(), body["remaining"].as_i64()), (Some(down_quantity), Some(0)), "{body}");
+    assert_eq!(holders(&app, down).await, down_won);
+    let up_won: HashSet<i64> = users[200..400].iter().chain(&users[700..1_000]).copied().collect();
+    let body = wait_persisted(&other, up, 500).await;
+    assert_eq!(body["issued"], 500, "{body}");
+    assert_eq!(holders(&app, up).await, up_won);
+    other.stop().await;
+    app.stop().await;
+    drop(cluster);
+    NodeDown { healthy_during }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_master_answers_503_for_its_coupon_and_the_sale_ends_exact_once_it_is_back() {
+    sell_through_a_dead_master().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "fails: fred 10.1 stops routing to every master while one refuses connections \
+            (docs/scaling.md#a-master-down); run with --ignored"]
+async fn a_coupon_on_another_master_keeps_selling_while_one_master_is_down() {
+    let down = sell_through_a_dead_master().await;
+    let sold = down.healthy_during.iter().filter(|asked| asked.status == StatusCode::CREATED).count();
+    assert_eq!(sold, down.healthy_during.len(), "201s for the healthy master's coupon while the other was down");
 }

@@ -6,6 +6,7 @@ mod admin;
 mod balance;
 mod cluster;
 mod coupons;
+mod dashboard;
 mod docs;
 mod errors;
 mod health;

@@ -122,31 +122,29 @@ impl Drop for RedisServer {
 /// show (a slot moved mid-sale). `redis-cli --cluster create` gives each node a third of the slots.
 pub struct RedisCluster {
     pub nodes: Vec<RedisServer>,
+    /// Every node's extra arguments, for a restart.
+    args: Vec<String>,
 }
+
+/// What makes a node a cluster node: `nodes.conf` in its data folder keeps its id and slots across a restart.
+const CLUSTER_ARGS: [&str; 6] =
+    ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "5000"];
 
 /// Offset of a node's cluster bus port from its client port (fixed by Redis).
 const CLUSTER_BUS_OFFSET: u16 = 10_000;
 
 impl RedisCluster {
+    /// A cluster without persistence.
     pub fn start() -> Self {
+        Self::start_with(&["--save", "", "--appendonly", "no"])
+    }
+
+    /// A cluster whose nodes also get these arguments (persistence, coverage settings); a node restarted
+    /// with [`RedisCluster::restart`] gets them again.
+    pub fn start_with(args: &[&str]) -> Self {
+        let args: Vec<String> = CLUSTER_ARGS.iter().chain(args).map(|arg| arg.to_string()).collect();
         let nodes: Vec<RedisServer> = (0..3)
-            .map(|_| {
-                RedisServer::start_on(
-                    free_cluster_port(),
-                    &[
-                        "--save",
-                        "",
-                        "--appendonly",
-                        "no",
-                        "--cluster-enabled",
-                        "yes",
-                        "--cluster-config-file",
-                        "nodes.conf",
-                        "--cluster-node-timeout",
-                        "5000",
-                    ],
-                )
-            })
+            .map(|_| RedisServer::start_on(free_cluster_port(), &args.iter().map(String::as_str).collect::<Vec<_>>()))
             .collect();
         let created = Command::new(binary("redis-cli"))
             .args(["--cluster", "create"])
@@ -156,17 +154,30 @@ impl RedisCluster {
             .output()
             .expect("run redis-cli --cluster create");
         assert!(created.status.success(), "redis-cli --cluster create: {}", String::from_utf8_lossy(&created.stdout));
-        let cluster = Self { nodes };
+        let cluster = Self { nodes, args };
+        cluster.wait_until_ok();
+        cluster
+    }
+
+    /// Waits until every node reports `cluster_state:ok` (all slots served, as each node sees it).
+    pub fn wait_until_ok(&self) {
         let started = Instant::now();
-        while !cluster
-            .nodes
-            .iter()
-            .all(|node| cluster.cli(node.port, &["CLUSTER", "INFO"]).contains("cluster_state:ok"))
-        {
+        while !self.nodes.iter().all(|node| self.cli(node.port, &["CLUSTER", "INFO"]).contains("cluster_state:ok")) {
             assert!(started.elapsed() < START_TIMEOUT, "the cluster did not reach cluster_state:ok");
             std::thread::sleep(Duration::from_millis(50));
         }
-        cluster
+    }
+
+    /// SIGKILL of node `index`: its port refuses connections until [`RedisCluster::restart`].
+    pub fn kill(&mut self, index: usize) {
+        self.nodes[index].kill();
+    }
+
+    /// Starts node `index` again on its data folder and port; its `nodes.conf` makes it rejoin as itself,
+    /// with its slots.
+    pub fn restart(&mut self, index: usize) {
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        self.nodes[index].resume(&args);
     }
 
     /// fred's URL of the cluster: the first node, the others as `node` parameters.
