@@ -171,19 +171,22 @@ async fn issue(pool: &MySqlPool, coupon_id: i64, user_id: i64) -> Result<Outcome
 }
 
 impl Baseline {
-    /// `total` issuances for fresh users by `callers` concurrent tasks; the wall time they took.
-    async fn run(self: Arc<Self>, total: u64, callers: usize) -> Duration {
+    /// `total` calls of `call` (given the baseline and the next number of [`Baseline::next_user`]) by
+    /// `callers` concurrent tasks, each claiming one call at a time; the wall time they took.
+    async fn spread<F, Fut>(self: Arc<Self>, total: u64, callers: usize, call: F) -> Duration
+    where
+        F: Fn(Arc<Self>, i64) -> Fut + Clone + Send + 'static,
+        Fut: Future<Output = ()> + Send,
+    {
         let left = Arc::new(AtomicU64::new(total));
         let started = Instant::now();
         let tasks: Vec<_> = (0..callers)
             .map(|_| {
-                let (baseline, left) = (Arc::clone(&self), Arc::clone(&left));
+                let (baseline, left, call) = (Arc::clone(&self), Arc::clone(&left), call.clone());
                 tokio::spawn(async move {
-                    // Claim one issuance at a time until `total` are claimed.
                     while left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok() {
-                        let user_id = baseline.next_user.fetch_add(1, Ordering::Relaxed);
-                        let outcome = issue(&baseline.pool, baseline.coupon_id, user_id).await.expect("issue");
-                        assert_eq!(outcome, Outcome::Issued, "a fresh user with stock left is issued");
+                        let n = baseline.next_user.fetch_add(1, Ordering::Relaxed);
+                        call(Arc::clone(&baseline), n).await;
                     }
                 })
             })
@@ -194,26 +197,22 @@ impl Baseline {
         started.elapsed()
     }
 
+    /// `total` issuances for fresh users by `callers` concurrent tasks; the wall time they took.
+    async fn run(self: Arc<Self>, total: u64, callers: usize) -> Duration {
+        self.spread(total, callers, |baseline, user_id| async move {
+            let outcome = issue(&baseline.pool, baseline.coupon_id, user_id).await.expect("issue");
+            assert_eq!(outcome, Outcome::Issued, "a fresh user with stock left is issued");
+        })
+        .await
+    }
+
     /// `total` charges of 1 won by [`CHARGE_CALLERS`] tasks, user ids cycling over [`CHARGE_USERS`]; the wall
     /// time they took.
     async fn charges(self: Arc<Self>, total: u64) -> Duration {
-        let left = Arc::new(AtomicU64::new(total));
-        let started = Instant::now();
-        let tasks: Vec<_> = (0..CHARGE_CALLERS)
-            .map(|_| {
-                let (baseline, left) = (Arc::clone(&self), Arc::clone(&left));
-                tokio::spawn(async move {
-                    while left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok() {
-                        let n = baseline.next_user.fetch_add(1, Ordering::Relaxed);
-                        charge(&baseline.pool, 1 + n % CHARGE_USERS, 1).await.expect("charge");
-                    }
-                })
-            })
-            .collect();
-        for task in tasks {
-            task.await.expect("caller task");
-        }
-        started.elapsed()
+        self.spread(total, CHARGE_CALLERS, |baseline, n| async move {
+            charge(&baseline.pool, 1 + n % CHARGE_USERS, 1).await.expect("charge");
+        })
+        .await
     }
 }
 
