@@ -223,8 +223,8 @@ pub async fn issued_at(redis: &Redis, id: CouponId, user: UserId) -> Result<Opti
     Ok(at.map(|at| (at, generation.unwrap_or(0))))
 }
 
-/// Removes finished coupons from the registry: the writer stops reading their streams and the user-coupon
-/// list stops asking Redis about them (MySQL holds all they issued).
+/// Removes finished coupons from the registry: the writer stops reading their streams (MySQL holds all they
+/// issued).
 pub async fn unregister(redis: &Redis, ids: &[CouponId]) -> Result<(), StoreError> {
     let ids: Vec<i64> = ids.iter().map(|id| id.get()).collect();
     let _: i64 = redis.client().srem(registry_key(redis), ids).await?;

@@ -37,8 +37,8 @@ const RECLAIM_PERIOD: Duration = Duration::from_secs(1);
 /// pile up over months, and reading each one's stream on every step cost more than the busy one's work.
 const QUIET_AFTER: Duration = Duration::from_secs(10);
 /// A campaign whose window ended this long ago and whose stream is empty leaves the registry: nothing can
-/// be queued for it any more, while every registered campaign costs the full pass five commands a second
-/// and each user-coupon list one HGET. The margin covers clock differences between instances and a script
+/// be queued for it any more, while every registered campaign costs the full pass five commands a second.
+/// The margin covers clock differences between instances and a script
 /// call decided just before the end but run late.
 pub const UNREGISTER_AFTER_END: Duration = Duration::from_secs(60);
 /// Pause after a step that drained the queue: bounds the issue-to-persist lag of a short queue.
