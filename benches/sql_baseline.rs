@@ -11,7 +11,14 @@
 //! database of its own, `stampede_bench_sql_baseline`, dropped and migrated afresh on every run: real
 //! data is never touched. Set-up happens before anything is timed.
 //!
-//! `cargo bench --bench sql_baseline` (or `make bench`); `-- --test` runs each case once.
+//! A second group, `sql_baseline_charge`, is the floor of `POST /users/{id}/balance/charge`: the same
+//! transaction the service runs for a charge (guarded `UPDATE balances`, read of the new balance, `INSERT`
+//! into `balance_history`, commit), done raw with 64 callers over [`CHARGE_USERS`] users whose balance rows
+//! exist, as `loadtest/wrk/charge.lua` spreads its requests. The service's charge throughput is reported
+//! against it (docs/performance.md).
+//!
+//! `cargo bench --bench sql_baseline` (or `make bench`); `-- --test` runs each case once; `-- charge` runs
+//! only the charge group.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -27,6 +34,12 @@ const DEFAULT_DATABASE_URL: &str = "mysql://stampede:stampede@127.0.0.1:3390/sta
 const CALLERS: [usize; 2] = [1, 64];
 /// A stock that no run can exhaust, so every call takes the issuing path.
 const STOCK: i64 = i32::MAX as i64;
+/// Users the charge baseline spreads its charges over (`USERS=20000` in the wrk command it is compared with).
+const CHARGE_USERS: i64 = 20_000;
+/// Callers of the charge baseline: the wrk command's 64 connections.
+const CHARGE_CALLERS: usize = 64;
+/// The service's default balance maximum, for the same guard.
+const BALANCE_MAX: i64 = 100_000_000;
 
 /// The prepared database and the next fresh user id.
 struct Baseline {
@@ -84,7 +97,44 @@ async fn prepare() -> Baseline {
         .execute(&pool)
         .await
         .expect("create the stock row");
+    // The charge baseline's users, each with a balance row, as after their first charge.
+    sqlx::query("INSERT INTO users (name) SELECT CONCAT('u', seq) FROM seq_1_to_20000")
+        .execute(&pool)
+        .await
+        .expect("create the charge users");
+    sqlx::query("INSERT INTO balances (user_id, amount) SELECT id, 0 FROM users")
+        .execute(&pool)
+        .await
+        .expect("create their balance rows");
     Baseline { pool, coupon_id, next_user: AtomicI64::new(1) }
+}
+
+/// The charge transaction of `stampede::balance::db::charge` for a user with a balance row and no
+/// idempotency key, statement for statement; the new balance.
+async fn charge(pool: &MySqlPool, user_id: i64, amount: i64) -> Result<i64, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let updated = sqlx::query("UPDATE balances SET amount = amount + ? WHERE user_id = ? AND amount <= ?")
+        .bind(amount)
+        .bind(user_id)
+        .bind(BALANCE_MAX - amount)
+        .execute(&mut *tx)
+        .await?;
+    assert_eq!(updated.rows_affected(), 1, "user {user_id} has room below the maximum");
+    let balance: i64 =
+        sqlx::query_scalar("SELECT amount FROM balances WHERE user_id = ?").bind(user_id).fetch_one(&mut *tx).await?;
+    sqlx::query(
+        "INSERT INTO balance_history (user_id, type, amount, balance_after, order_id, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(user_id)
+    .bind("CHARGE")
+    .bind(amount)
+    .bind(balance)
+    .bind(None::<i64>)
+    .bind(chrono::Utc::now().naive_utc())
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(balance)
 }
 
 /// The naive issuance, in one transaction.
@@ -121,19 +171,22 @@ async fn issue(pool: &MySqlPool, coupon_id: i64, user_id: i64) -> Result<Outcome
 }
 
 impl Baseline {
-    /// `total` issuances for fresh users by `callers` concurrent tasks; the wall time they took.
-    async fn run(self: Arc<Self>, total: u64, callers: usize) -> Duration {
+    /// `total` calls of `call` (given the baseline and the next number of [`Baseline::next_user`]) by
+    /// `callers` concurrent tasks, each claiming one call at a time; the wall time they took.
+    async fn spread<F, Fut>(self: Arc<Self>, total: u64, callers: usize, call: F) -> Duration
+    where
+        F: Fn(Arc<Self>, i64) -> Fut + Clone + Send + 'static,
+        Fut: Future<Output = ()> + Send,
+    {
         let left = Arc::new(AtomicU64::new(total));
         let started = Instant::now();
         let tasks: Vec<_> = (0..callers)
             .map(|_| {
-                let (baseline, left) = (Arc::clone(&self), Arc::clone(&left));
+                let (baseline, left, call) = (Arc::clone(&self), Arc::clone(&left), call.clone());
                 tokio::spawn(async move {
-                    // Claim one issuance at a time until `total` are claimed.
                     while left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok() {
-                        let user_id = baseline.next_user.fetch_add(1, Ordering::Relaxed);
-                        let outcome = issue(&baseline.pool, baseline.coupon_id, user_id).await.expect("issue");
-                        assert_eq!(outcome, Outcome::Issued, "a fresh user with stock left is issued");
+                        let n = baseline.next_user.fetch_add(1, Ordering::Relaxed);
+                        call(Arc::clone(&baseline), n).await;
                     }
                 })
             })
@@ -142,6 +195,24 @@ impl Baseline {
             task.await.expect("caller task");
         }
         started.elapsed()
+    }
+
+    /// `total` issuances for fresh users by `callers` concurrent tasks; the wall time they took.
+    async fn run(self: Arc<Self>, total: u64, callers: usize) -> Duration {
+        self.spread(total, callers, |baseline, user_id| async move {
+            let outcome = issue(&baseline.pool, baseline.coupon_id, user_id).await.expect("issue");
+            assert_eq!(outcome, Outcome::Issued, "a fresh user with stock left is issued");
+        })
+        .await
+    }
+
+    /// `total` charges of 1 won by [`CHARGE_CALLERS`] tasks, user ids cycling over [`CHARGE_USERS`]; the wall
+    /// time they took.
+    async fn charges(self: Arc<Self>, total: u64) -> Duration {
+        self.spread(total, CHARGE_CALLERS, |baseline, n| async move {
+            charge(&baseline.pool, 1 + n % CHARGE_USERS, 1).await.expect("charge");
+        })
+        .await
     }
 }
 
@@ -158,6 +229,14 @@ fn sql_baseline(c: &mut Criterion) {
             b.to_async(&runtime).iter_custom(|total| Arc::clone(&baseline).run(total, callers));
         });
     }
+    group.finish();
+
+    let mut group = c.benchmark_group("sql_baseline_charge");
+    group.throughput(Throughput::Elements(1));
+    group.sample_size(20);
+    group.bench_function(BenchmarkId::new("callers", CHARGE_CALLERS), |b| {
+        b.to_async(&runtime).iter_custom(|total| Arc::clone(&baseline).charges(total));
+    });
     group.finish();
 }
 

@@ -2,9 +2,11 @@
 --
 -- KEYS (all share the coupon's hash tag, `<prefix>coupon:{<id>}:...`, so the script runs unchanged on
 -- Redis Cluster):
---   KEYS[1] meta    hash {total, starts, ends, gen}: the campaign window in microseconds since the Unix epoch
---                   (`ends` absent: no end) and the generation of this state (see coupon_load.lua; absent
---                   in state loaded before generations existed: 0). Its absence means the state is not loaded.
+--   KEYS[1] meta    hash {total, starts, ends, gen, epoch, listed}: the campaign window in microseconds since
+--                   the Unix epoch (`ends` absent: no end), the generation of this state (see coupon_load.lua;
+--                   absent in state loaded before generations existed: 0), and the listing (below): `listed`
+--                   = '1' while the coupon is in `<prefix>coupons:unpersisted` with score >= `epoch`. Its
+--                   absence means the state is not loaded.
 --   KEYS[2] stock   string integer: issuances left.
 --   KEYS[3] issued  hash user id -> issued_at (microseconds since the epoch): who holds the coupon.
 --   KEYS[4] queue   stream of issuances for the MySQL writer: one entry per call that issued any, with
@@ -13,7 +15,9 @@
 -- ARGV:
 --   ARGV[1]         now, microseconds since the Unix epoch (the caller's clock; it becomes issued_at). The
 --                   writer re-deciding an entry of an older generation passes the entry's own issued_at.
---   ARGV[2..n+1]    the n user ids asking (canonical decimal strings), in arrival order; a user may appear
+--   ARGV[2]         the listing epoch the caller has just written to `<prefix>coupons:unpersisted` (ZADD GT),
+--                   or '0' when it wrote none.
+--   ARGV[3..n+2]    the n user ids asking (canonical decimal strings), in arrival order; a user may appear
 --                   twice. At most a few thousand per call (Lua's `unpack` limit); the caller sends <= 128.
 -- Returns 2n integers, {code, issued_at} for each user in ARGV order:
 --   0, now          issued: stock decremented, user recorded, issuance queued
@@ -21,6 +25,19 @@
 --   2, 0            sold out
 --   3, 0            outside the active window
 --   4, 0            state not loaded (Redis lost it): the caller rebuilds it from MySQL and retries
+--   5, epoch        (for every user, nothing decided or written) some user would win but the coupon is not
+--                   listed: the caller adds the coupon to `<prefix>coupons:unpersisted` with this epoch as
+--                   score (ZADD GT), then calls again with ARGV[2] = epoch
+--
+-- Why the listing: the user-coupon list must show an issuance from its 201 on, before the writer persisted
+-- it, without asking every campaign's `issued` hash. It asks only the coupons of the sorted set
+-- `<prefix>coupons:unpersisted`, which lives in another cluster slot and so cannot be written here. The
+-- invariant: while this coupon's stream holds an entry, `listed` is '1' and the set holds the coupon with a
+-- score >= `epoch`. Entries are queued only while `listed` is '1'; `listed` is set only by a call whose
+-- caller has written the set first (ARGV[2] = epoch + 1); the writer clears it only when the stream is
+-- empty (coupon_unlist.lua), and removes the coupon from the set only if its score is still at most that
+-- epoch (coupon_delist.lua), so a listing made meanwhile (a higher score) survives. In steady state this
+-- costs nothing: the coupon stays listed while it sells, and two more fields are read.
 --
 -- Why several users per call: the caller coalesces the requests that arrive while earlier calls are in
 -- flight, so a burst pays one round trip and one script invocation per batch instead of per request.
@@ -42,11 +59,11 @@
 -- passes them all counts as won. The winners are recorded with the issue time, queued as one entry, and
 -- counted off the stock, in three writes. Equivalent to deciding them one by one because no other command
 -- interleaves. Every reply is compared explicitly (`== false`, `~= false`): in Lua 0 is true.
-local users = #ARGV - 1
+local users = #ARGV - 2
 local now = tonumber(ARGV[1])
 local replies = {}
 
-local window = redis.call('HMGET', KEYS[1], 'starts', 'ends', 'gen')
+local window = redis.call('HMGET', KEYS[1], 'starts', 'ends', 'gen', 'epoch', 'listed')
 if window[1] == false then
     for i = 1, users do
         replies[2 * i - 1] = 4
@@ -60,12 +77,12 @@ end
 
 local active = now >= tonumber(window[1]) and (window[2] == false or now < tonumber(window[2]))
 local stock = tonumber(redis.call('GET', KEYS[2]) or '0')
-local held = redis.call('HMGET', KEYS[3], unpack(ARGV, 2))
+local held = redis.call('HMGET', KEYS[3], unpack(ARGV, 3))
 -- Users issued by this call: `fields` for the HSET (user, now, user, now, ...), `winners` for the entry.
 local fields, winners, won = {}, {}, {}
 
 for i = 1, users do
-    local user = ARGV[i + 1]
+    local user = ARGV[i + 2]
     local code, at = 0, now
     if held[i] ~= false then
         code, at = 1, tonumber(held[i])
@@ -83,6 +100,19 @@ for i = 1, users do
     end
     replies[2 * i - 1] = code
     replies[2 * i] = at
+end
+
+if #winners > 0 and window[5] ~= '1' then
+    local next_epoch = tonumber(window[4] or window[3] or '0') + 1
+    if tonumber(ARGV[2]) ~= next_epoch then
+        -- Decide nothing: the caller lists the coupon and asks again.
+        for i = 1, users do
+            replies[2 * i - 1] = 5
+            replies[2 * i] = next_epoch
+        end
+        return replies
+    end
+    redis.call('HSET', KEYS[1], 'epoch', next_epoch, 'listed', '1')
 end
 
 if #winners > 0 then

@@ -1,8 +1,10 @@
 -- coupon_load: make a coupon issuable in Redis, at creation or when rebuilding its state from MySQL.
 --
 -- KEYS (one hash tag per coupon, `<prefix>coupon:{<id>}:...`, Redis Cluster safe):
---   KEYS[1] meta    hash {total, starts, ends, gen} (see coupon_issue.lua); written last, it marks the state
---                   loaded
+--   KEYS[1] meta    hash {total, starts, ends, gen, epoch} (see coupon_issue.lua); written last, it marks the
+--                   state loaded. `epoch` starts at the generation and `listed` is absent: the first issuance
+--                   lists the coupon with an epoch above any a state before this rebuild used (a generation
+--                   is at least the rebuild's time in µs, an epoch grows by one per listing)
 --   KEYS[2] stock   string integer: issuances left
 --   KEYS[3] issued  hash user id -> issued_at; the caller has already filled it with exactly the issuances
 --                   MySQL holds (a rebuild deletes meta, stock and issued first, then copies the rows)
@@ -53,8 +55,8 @@ for i = 1, #info, 2 do
 end
 
 if ARGV[3] == '' then
-    redis.call('HSET', KEYS[1], 'total', ARGV[1], 'starts', ARGV[2], 'gen', ARGV[5])
+    redis.call('HSET', KEYS[1], 'total', ARGV[1], 'starts', ARGV[2], 'gen', ARGV[5], 'epoch', ARGV[5])
 else
-    redis.call('HSET', KEYS[1], 'total', ARGV[1], 'starts', ARGV[2], 'ends', ARGV[3], 'gen', ARGV[5])
+    redis.call('HSET', KEYS[1], 'total', ARGV[1], 'starts', ARGV[2], 'ends', ARGV[3], 'gen', ARGV[5], 'epoch', ARGV[5])
 end
 return 1

@@ -5,12 +5,15 @@
 //! Keys of coupon 42 (one hash tag, so each script call stays in one cluster slot):
 //! `<prefix>coupon:{42}:meta` (window and generation), `:stock` (counter), `:issued` (user -> issued_at in µs),
 //! `:queue` (stream of issuances not yet persisted, one entry per script call that issued any).
-//! `<prefix>coupons` is the set of loaded coupon ids.
+//! `<prefix>coupons` is the set of loaded coupon ids; `<prefix>coupons:unpersisted` the sorted set of coupons
+//! whose `issued` hash may hold a user MySQL does not have yet (see `lua/coupon_issue.lua`, "Why the
+//! listing"), which is all the user-coupon list asks Redis about.
 
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use fred::prelude::*;
+use fred::types::sorted_sets::Ordering;
 use fred::types::streams::{XID, XReadResponse, XReadValue};
 
 use super::Coupon;
@@ -49,6 +52,11 @@ fn registry_key(redis: &Redis) -> String {
     redis.keys.key("coupons")
 }
 
+/// `<prefix>coupons:unpersisted`: member = coupon id, score = the epoch it was listed with.
+fn unpersisted_key(redis: &Redis) -> String {
+    redis.keys.key("coupons:unpersisted")
+}
+
 /// What `coupon_issue.lua` decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IssueReply {
@@ -60,19 +68,24 @@ pub enum IssueReply {
     NotActive,
     /// Redis has no state for the coupon: rebuild it from MySQL, then retry.
     NotLoaded,
+    /// Nothing decided: some user would win but the coupon is not listed. List it with this epoch
+    /// ([`list`]), then call again passing the epoch; [`super::fence::ScriptGate::issue`] does both.
+    Unlisted(i64),
 }
 
 /// Runs the issue script for `users` of one coupon, in order: one round trip (EVALSHA), one reply per user.
-/// `None` when Redis does not have the script (it restarted, or its scripts were flushed): the caller checks
-/// the coupons' state before loading it again (see [`super::fence::ScriptGate`]).
+/// `listing` is the epoch the caller has just listed the coupon with ([`list`]), or 0. `None` when Redis
+/// does not have the script (it restarted, or its scripts were flushed): the caller checks the coupons'
+/// state before loading it again (see [`super::fence::ScriptGate`]).
 pub async fn issue(
     redis: &Redis,
     id: CouponId,
     users: &[UserId],
     now_micros: i64,
+    listing: i64,
 ) -> Result<Option<Vec<IssueReply>>, StoreError> {
     let script = &*crate::store::scripts::COUPON_ISSUE;
-    let args: Vec<i64> = std::iter::once(now_micros).chain(users.iter().map(|user| user.get())).collect();
+    let args: Vec<i64> = [now_micros, listing].into_iter().chain(users.iter().map(|user| user.get())).collect();
     let Some(reply) = script.call_if_loaded::<Vec<i64>, _, _>(redis, CouponKeys::new(redis, id).all(), args).await?
     else {
         return Ok(None);
@@ -88,6 +101,7 @@ pub async fn issue(
             [2, _] => Ok(IssueReply::SoldOut),
             [3, _] => Ok(IssueReply::NotActive),
             [4, _] => Ok(IssueReply::NotLoaded),
+            [5, epoch] => Ok(IssueReply::Unlisted(epoch)),
             _ => Err(script.unexpected(pair)),
         })
         .collect::<Result<_, _>>()
@@ -209,8 +223,8 @@ pub async fn issued_at(redis: &Redis, id: CouponId, user: UserId) -> Result<Opti
     Ok(at.map(|at| (at, generation.unwrap_or(0))))
 }
 
-/// Removes finished coupons from the registry: the writer stops reading their streams and the user-coupon
-/// list stops asking Redis about them (MySQL holds all they issued).
+/// Removes finished coupons from the registry: the writer stops reading their streams (MySQL holds all they
+/// issued).
 pub async fn unregister(redis: &Redis, ids: &[CouponId]) -> Result<(), StoreError> {
     let ids: Vec<i64> = ids.iter().map(|id| id.get()).collect();
     let _: i64 = redis.client().srem(registry_key(redis), ids).await?;
@@ -221,6 +235,78 @@ pub async fn unregister(redis: &Redis, ids: &[CouponId]) -> Result<(), StoreErro
 pub async fn registered(redis: &Redis) -> Result<Vec<CouponId>, StoreError> {
     let ids: Vec<i64> = redis.client().smembers(registry_key(redis)).await?;
     Ok(ids.into_iter().filter_map(CouponId::new).collect())
+}
+
+/// Adds the coupon to `<prefix>coupons:unpersisted` with `epoch` as its score, unless it is there with a
+/// higher one (ZADD GT): the step before an issue call that passes `epoch` as its listing. Scores are f64:
+/// epochs (a generation in µs plus one per listing) stay far below 2^53, where they would stop being exact.
+pub async fn list(redis: &Redis, id: CouponId, epoch: i64) -> Result<(), StoreError> {
+    let _: i64 = redis
+        .client()
+        .zadd(unpersisted_key(redis), None, Some(Ordering::GreaterThan), false, false, (epoch as f64, id.get()))
+        .await?;
+    Ok(())
+}
+
+/// The coupons of `<prefix>coupons:unpersisted` with their scores: every coupon whose `issued` hash may hold
+/// a user MySQL does not have yet.
+pub async fn listed(redis: &Redis) -> Result<Vec<(CouponId, i64)>, StoreError> {
+    // RESP2's flat reply: member, score, member, score, ...
+    let flat: Vec<String> = redis.client().zrange(unpersisted_key(redis), 0, -1, None, false, None, true).await?;
+    Ok(flat
+        .chunks_exact(2)
+        .filter_map(|pair| {
+            let id = pair[0].parse().ok().and_then(CouponId::new)?;
+            Some((id, pair[1].parse::<f64>().ok()? as i64))
+        })
+        .collect())
+}
+
+/// What `coupon_unlist.lua` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unlisting {
+    /// No state in Redis: nothing can be queued until a rebuild, which lists with a higher epoch.
+    NoState,
+    /// Not listed (any more) at this epoch: everything it issued is in MySQL.
+    NotListed(i64),
+    /// Still listed: entries wait in its stream, or one came within the quiet period.
+    Listed,
+}
+
+/// Clears the coupon's listing if its stream is empty and got no entry for `quiet` (`lua/coupon_unlist.lua`).
+pub async fn unlist(redis: &Redis, id: CouponId, quiet: std::time::Duration) -> Result<Unlisting, StoreError> {
+    let keys = CouponKeys::new(redis, id);
+    let script = &*crate::store::scripts::COUPON_UNLIST;
+    let reply: Vec<i64> = script.call(redis, vec![keys.meta, keys.queue], quiet.as_millis() as i64).await?;
+    match reply[..] {
+        [0, _] => Ok(Unlisting::NoState),
+        [1, epoch] => Ok(Unlisting::NotListed(epoch)),
+        [2, _] => Ok(Unlisting::Listed),
+        _ => Err(script.unexpected(reply)),
+    }
+}
+
+/// Removes each `(coupon, epoch)` from `<prefix>coupons:unpersisted` unless it was listed again with a
+/// higher epoch (`lua/coupon_delist.lua`); returns how many left.
+pub async fn delist(redis: &Redis, ended: &[(CouponId, i64)]) -> Result<i64, StoreError> {
+    if ended.is_empty() {
+        return Ok(0);
+    }
+    let args: Vec<i64> = ended.iter().flat_map(|(id, epoch)| [id.get(), *epoch]).collect();
+    let script = &*crate::store::scripts::COUPON_DELIST;
+    script.call(redis, unpersisted_key(redis), args).await
+}
+
+/// Deletes the coupon's Redis state if its stream is empty (`lua/coupon_prune.lua`), and drops it from the
+/// registry; `false` (nothing deleted) when entries wait in the stream. Only for a campaign that ended,
+/// under its MySQL row lock ([`super::prune_ended`]).
+pub async fn prune(redis: &Redis, id: CouponId) -> Result<bool, StoreError> {
+    let script = &*crate::store::scripts::COUPON_PRUNE;
+    let pruned: i64 = script.call(redis, CouponKeys::new(redis, id).all(), Vec::<String>::new()).await?;
+    if pruned == 1 {
+        unregister(redis, &[id]).await?;
+    }
+    Ok(pruned == 1)
 }
 
 /// Which of `coupons` Redis says `user` holds, with the issue time (µs): one pipelined HGET per coupon.
@@ -385,11 +471,18 @@ fn is_nogroup(error: &fred::error::Error) -> bool {
     error.details().starts_with("NOGROUP")
 }
 
+/// XGROUP CREATE's answer when the stream does not exist.
+fn is_missing_stream(error: &fred::error::Error) -> bool {
+    error.details().contains("requires the key to exist")
+}
+
 /// Creates the writer group from id 0 (everything queued so far), if it is missing.
 async fn create_group(redis: &Redis, id: CouponId) -> Result<(), StoreError> {
     let queue = CouponKeys::new(redis, id).queue;
-    match redis.client().xgroup_create::<(), _, _, _>(&queue, WRITER_GROUP, XID::Manual("0".into()), true).await {
-        Err(e) if !e.details().starts_with("BUSYGROUP") => Err(e.into()),
+    // Without MKSTREAM: a stream that is gone (a pruned campaign, or keys Redis lost) has nothing to read,
+    // and creating it would leave an empty stream behind that nothing deletes.
+    match redis.client().xgroup_create::<(), _, _, _>(&queue, WRITER_GROUP, XID::Manual("0".into()), false).await {
+        Err(e) if !e.details().starts_with("BUSYGROUP") && !is_missing_stream(&e) => Err(e.into()),
         _ => Ok(()),
     }
 }

@@ -152,13 +152,43 @@ pub async fn find_coupon(db: &MySqlPool, id: CouponId) -> Result<Option<Coupon>,
     row.map(CouponRow::into_coupon).transpose()
 }
 
-/// Every campaign, for the start-up check of Redis state.
-pub async fn all_coupons(db: &MySqlPool) -> Result<Vec<Coupon>, sqlx::Error> {
-    let rows: Vec<CouponRow> =
-        sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {COUPON_COLUMNS} FROM coupons ORDER BY id")))
-            .fetch_all(db)
-            .await?;
+/// Every campaign whose Redis state was not pruned, for the check of Redis state (at start-up, and when Redis
+/// forgot its scripts): a pruned one has no state to check, and must not get one back.
+pub async fn unpruned_coupons(db: &MySqlPool) -> Result<Vec<Coupon>, sqlx::Error> {
+    let rows: Vec<CouponRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COUPON_COLUMNS} FROM coupons WHERE redis_pruned_at IS NULL ORDER BY id"
+    )))
+    .fetch_all(db)
+    .await?;
     rows.into_iter().map(CouponRow::into_coupon).collect()
+}
+
+/// Up to `limit` coupons after `after` (by id) that ended before `ended_before` and whose Redis state is
+/// still there: the retention job's candidates, a page at a time (`coupons_by_end_unpruned`).
+pub async fn ended_unpruned(
+    db: &MySqlPool,
+    ended_before: DateTime<Utc>,
+    after: i64,
+    limit: u64,
+) -> Result<Vec<CouponId>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT id FROM coupons WHERE redis_pruned_at IS NULL AND ends_at < ? AND id > ? ORDER BY id LIMIT ?",
+    )
+    .bind(mysql::datetime(ended_before))
+    .bind(after)
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
+/// Records that the coupon's Redis state is gone for good, under the lock of [`lock_fences`].
+pub async fn set_pruned(tx: &mut MySqlConnection, id: CouponId, at: DateTime<Utc>) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE coupons SET redis_pruned_at = ? WHERE id = ?")
+        .bind(mysql::datetime(at))
+        .bind(id)
+        .execute(tx)
+        .await?;
+    Ok(())
 }
 
 /// Who holds `coupon_id` according to MySQL, with the issue time: what a Redis rebuild starts from. Read
@@ -180,6 +210,8 @@ pub struct Fence {
     pub generation: i64,
     /// The highest stream id the writer persisted.
     pub persisted: StreamId,
+    /// The retention job deleted the coupon's Redis state for good (`migrations/0085_coupon_redis_pruned.sql`).
+    pub pruned: bool,
 }
 
 #[derive(sqlx::FromRow)]
@@ -188,15 +220,20 @@ struct FenceRow {
     generation: i64,
     persisted_ms: i64,
     persisted_seq: i64,
+    redis_pruned_at: Option<DateTime<Utc>>,
 }
 
 impl FenceRow {
     fn fence(&self) -> Fence {
-        Fence { generation: self.generation, persisted: StreamId { ms: self.persisted_ms, seq: self.persisted_seq } }
+        Fence {
+            generation: self.generation,
+            persisted: StreamId { ms: self.persisted_ms, seq: self.persisted_seq },
+            pruned: self.redis_pruned_at.is_some(),
+        }
     }
 }
 
-const FENCE_COLUMNS: &str = "SELECT id, generation, persisted_ms, persisted_seq FROM coupons";
+const FENCE_COLUMNS: &str = "SELECT id, generation, persisted_ms, persisted_seq, redis_pruned_at FROM coupons";
 
 /// The coupon's fence, without a lock: for a check that a locked read then confirms.
 pub async fn fence(db: &MySqlPool, id: CouponId) -> Result<Option<Fence>, sqlx::Error> {

@@ -27,6 +27,10 @@ use crate::store::{StoreError, Stores};
 
 /// Coupons checked at once after Redis forgot its scripts.
 const CHECK_CONCURRENCY: usize = 16;
+/// Listings one issue call may make. A second one is only needed when the writer unlisted the coupon
+/// between our listing and our call, which takes a stream that stayed empty for its quiet period: in
+/// practice never; past this the call fails as unavailable (503) rather than loop.
+const LISTING_ATTEMPTS: usize = 3;
 
 /// Why a coupon's Redis state was rebuilt; the `cause` label of `coupon_state_rebuilds_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,27 +67,44 @@ fn stale(state: &State, fence: &Fence) -> Option<Cause> {
     }
 }
 
-/// Checks the coupon's Redis state against MySQL and rebuilds it if stale. Returns the cause of a rebuild
-/// this call made.
-pub async fn verify(stores: &Stores, coupon: &Coupon) -> Result<Option<Cause>, StoreError> {
+/// What a check of a coupon's Redis state found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checked {
+    /// The state can be trusted (or MySQL has no such coupon).
+    Trusted,
+    /// The state was stale and this call rebuilt it.
+    Rebuilt(Cause),
+    /// The campaign ended and its state was pruned for good (`super::prune_ended`): it is never rebuilt, and
+    /// it issues nothing.
+    Pruned,
+}
+
+/// Checks the coupon's Redis state against MySQL and rebuilds it if stale.
+pub async fn verify(stores: &Stores, coupon: &Coupon) -> Result<Checked, StoreError> {
     let state = cache::state(&stores.redis, coupon.id).await?;
-    let Some(fence) = db::fence(&stores.db, coupon.id).await? else { return Ok(None) };
+    let Some(fence) = db::fence(&stores.db, coupon.id).await? else { return Ok(Checked::Trusted) };
+    if fence.pruned {
+        return Ok(Checked::Pruned);
+    }
     if stale(&state, &fence).is_none() {
-        return Ok(None);
+        return Ok(Checked::Trusted);
     }
     rebuild(stores, coupon).await
 }
 
 /// Rebuilds the coupon's Redis state from MySQL under the coupon row's lock, if it is still stale once the
-/// lock is held (another request or instance may have rebuilt it meanwhile).
+/// lock is held (another request or instance may have rebuilt it meanwhile) and was not pruned meanwhile.
 ///
 /// Issuances Redis accepted and lost before the writer persisted them are not in MySQL and so not restored;
 /// the persistence setting bounds them (docs/operations.md).
-pub async fn rebuild(stores: &Stores, coupon: &Coupon) -> Result<Option<Cause>, StoreError> {
+pub async fn rebuild(stores: &Stores, coupon: &Coupon) -> Result<Checked, StoreError> {
     let mut tx = stores.db.begin().await?;
-    let Some((_, fence)) = db::lock_fences(&mut tx, &[coupon.id]).await?.pop() else { return Ok(None) };
+    let Some((_, fence)) = db::lock_fences(&mut tx, &[coupon.id]).await?.pop() else { return Ok(Checked::Trusted) };
+    if fence.pruned {
+        return Ok(Checked::Pruned);
+    }
     let state = cache::state(&stores.redis, coupon.id).await?;
-    let Some(cause) = stale(&state, &fence) else { return Ok(None) };
+    let Some(cause) = stale(&state, &fence) else { return Ok(Checked::Trusted) };
     let rows = db::issued_rows(&mut tx, coupon.id).await?;
     let issued: Vec<(UserId, i64)> = rows.iter().map(|(user, at)| (*user, at.timestamp_micros())).collect();
     // Never a generation used before, even one whose commit failed: entries it decided must not pass as current.
@@ -109,19 +130,19 @@ pub async fn rebuild(stores: &Stores, coupon: &Coupon) -> Result<Option<Cause>, 
         mysql.persisted = %fence.persisted,
         "coupon state rebuilt from MySQL"
     );
-    Ok(Some(cause))
+    Ok(Checked::Rebuilt(cause))
 }
 
-/// Checks `coupons` (every campaign: at start-up, and when Redis forgot its scripts); returns how many were
-/// rebuilt.
+/// Checks `coupons` (every campaign whose state was not pruned: at start-up, and when Redis forgot its
+/// scripts); returns how many were rebuilt.
 pub async fn verify_all(stores: &Stores, coupons: &[Coupon]) -> Result<usize, StoreError> {
     // Owned futures: one borrowing `stores` and a coupon trips the compiler's `Send` check when spawned.
     let checks = coupons.iter().cloned().map(|coupon| {
         let stores = stores.clone();
         async move { verify(&stores, &coupon).await }
     });
-    let rebuilt: Vec<Option<Cause>> = stream::iter(checks).buffer_unordered(CHECK_CONCURRENCY).try_collect().await?;
-    Ok(rebuilt.iter().flatten().count())
+    let checked: Vec<Checked> = stream::iter(checks).buffer_unordered(CHECK_CONCURRENCY).try_collect().await?;
+    Ok(checked.iter().filter(|checked| matches!(checked, Checked::Rebuilt(_))).count())
 }
 
 /// Runs the issue script, and when Redis answers that it does not have it, checks every coupon before
@@ -139,7 +160,8 @@ struct GateInner {
 }
 
 impl ScriptGate {
-    /// `lua/coupon_issue.lua` for `users` at `now_micros`, as [`cache::issue`], never on unchecked state.
+    /// `lua/coupon_issue.lua` for `users` at `now_micros`, as [`cache::issue`], never on unchecked state, and
+    /// listing the coupon first when the script asks for it (never answers [`IssueReply::Unlisted`]).
     pub async fn issue(
         &self,
         stores: &Stores,
@@ -147,12 +169,23 @@ impl ScriptGate {
         users: &[UserId],
         now_micros: i64,
     ) -> Result<Vec<IssueReply>, StoreError> {
+        let (mut listing, mut listings) = (0, 0);
         loop {
             let reloads = self.inner.reloads.load(Ordering::Acquire);
-            if let Some(replies) = cache::issue(&stores.redis, id, users, now_micros).await? {
-                return Ok(replies);
+            match cache::issue(&stores.redis, id, users, now_micros, listing).await? {
+                None => self.check_and_reload(stores, reloads).await?,
+                Some(replies) => match replies.first() {
+                    Some(&IssueReply::Unlisted(epoch)) if listings < LISTING_ATTEMPTS => {
+                        cache::list(&stores.redis, id, epoch).await?;
+                        (listing, listings) = (epoch, listings + 1);
+                    }
+                    Some(IssueReply::Unlisted(_)) => {
+                        let why = format!("coupon {id} unlisted again after each of {LISTING_ATTEMPTS} listings");
+                        return Err(fred::error::Error::new(fred::error::ErrorKind::IO, why).into());
+                    }
+                    _ => return Ok(replies),
+                },
             }
-            self.check_and_reload(stores, reloads).await?;
         }
     }
 
@@ -161,7 +194,7 @@ impl ScriptGate {
         if self.inner.reloads.load(Ordering::Acquire) != seen {
             return Ok(());
         }
-        let rebuilt = verify_all(stores, &db::all_coupons(&stores.db).await?).await?;
+        let rebuilt = verify_all(stores, &db::unpruned_coupons(&stores.db).await?).await?;
         crate::store::scripts::COUPON_ISSUE.load(&stores.redis).await?;
         self.inner.reloads.fetch_add(1, Ordering::Release);
         metrics::counter!("coupon_script_reloads_total").increment(1);
@@ -184,7 +217,7 @@ mod tests {
     }
 
     fn fence(generation: i64, ms: i64, seq: i64) -> Fence {
-        Fence { generation, persisted: StreamId { ms, seq } }
+        Fence { generation, persisted: StreamId { ms, seq }, pruned: false }
     }
 
     #[test]

@@ -127,6 +127,11 @@ impl Coupon {
     pub fn is_active_at(&self, now: DateTime<Utc>) -> bool {
         self.starts_at <= now && self.ends_at.is_none_or(|end| now < end)
     }
+
+    /// Whether the campaign's window is over at `now` (its end is exclusive).
+    pub fn has_ended_at(&self, now: DateTime<Utc>) -> bool {
+        self.ends_at.is_some_and(|end| end <= now)
+    }
 }
 
 /// Whether an issued coupon can still be used.
@@ -290,23 +295,66 @@ impl Catalog {
         Ok(self.remember(coupon))
     }
 
-    /// Rebuilds the coupon's Redis state from MySQL unless another request did it first.
-    async fn restore(&self, stores: &Stores, coupon: &Coupon) -> Result<(), Error> {
+    /// Rebuilds the coupon's Redis state from MySQL unless another request did it first, or it was pruned.
+    async fn restore(&self, stores: &Stores, coupon: &Coupon) -> Result<fence::Checked, Error> {
         let _one_at_a_time = self.inner.restoring.lock().await;
-        fence::verify(stores, coupon).await?;
-        Ok(())
+        Ok(fence::verify(stores, coupon).await?)
     }
 }
 
 /// At start-up: checks every campaign's Redis state against MySQL, rebuilding those Redis lost or that went
-/// back in time, and loads the campaigns into the catalog.
+/// back in time, and loads the campaigns into the catalog. Campaigns whose state was pruned are neither
+/// checked nor loaded here (the catalog reads them from MySQL on first use).
 pub async fn restore_all(stores: &Stores, catalog: &Catalog) -> Result<(), Error> {
-    let coupons = db::all_coupons(&stores.db).await?;
+    let coupons = db::unpruned_coupons(&stores.db).await?;
     fence::verify_all(stores, &coupons).await?;
     for coupon in coupons {
         catalog.remember(coupon);
     }
     Ok(())
+}
+
+/// What one page of [`prune_ended`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PrunedPage {
+    /// Candidates looked at: a page shorter than asked for is the last.
+    pub examined: u64,
+    /// Campaigns whose Redis state was deleted.
+    pub pruned: u64,
+    /// The highest id looked at, where the next page starts.
+    pub last: i64,
+}
+
+/// Deletes the Redis state (meta, stock, issued, queue) of up to `page` campaigns after id `after` that ended
+/// before `ended_before` and have nothing left to persist; for the retention job.
+///
+/// Each coupon in a transaction of its own, holding the coupon row's lock (the one the writer's insert and
+/// a rebuild take): the state is deleted only if its stream is empty (`lua/coupon_prune.lua`: one atomic
+/// check-and-UNLINK), and the row is marked pruned before the lock is released, so no rebuild can load it
+/// again. If the commit fails, the state is gone but the coupon is not marked: a request rebuilds it from
+/// MySQL as after any loss, and the next pass prunes it again. A campaign with entries still queued is left
+/// for a later pass.
+pub async fn prune_ended(
+    stores: &Stores,
+    ended_before: DateTime<Utc>,
+    after: i64,
+    page: u64,
+) -> Result<PrunedPage, StoreError> {
+    let ids = db::ended_unpruned(&stores.db, ended_before, after, page).await?;
+    let mut done = PrunedPage { examined: ids.len() as u64, pruned: 0, last: after };
+    for id in ids {
+        done.last = id.get();
+        let mut tx = stores.db.begin().await?;
+        let Some((_, fence)) = db::lock_fences(&mut tx, &[id]).await?.pop() else { continue };
+        if fence.pruned || !cache::prune(&stores.redis, id).await? {
+            continue;
+        }
+        db::set_pruned(&mut tx, id, Utc::now()).await?;
+        tx.commit().await?;
+        done.pruned += 1;
+        tracing::info!(coupon.id = %id, "campaign ended and fully persisted: its Redis state pruned");
+    }
+    Ok(done)
 }
 
 /// A successful issuance.
@@ -380,10 +428,19 @@ impl Coupons {
         let (stores, catalog, issuer) = (&self.stores, &self.catalog, &self.issuer);
         let coupon = catalog.coupon(stores, coupon_id).await?;
         user::ensure_known(stores, &self.known, user_id).await?;
-        let mut reply = issuer.issue(coupon_id, user_id).await?;
+        // An ended campaign is answered from its dates, before anything needs its Redis state: once it is
+        // fully persisted, the retention job deletes that state (`prune_ended`).
+        let mut reply = if coupon.has_ended_at(Utc::now()) {
+            IssueReply::NotActive
+        } else {
+            issuer.issue(coupon_id, user_id).await?
+        };
         if reply == IssueReply::NotLoaded {
-            catalog.restore(stores, &coupon).await?;
-            reply = issuer.issue(coupon_id, user_id).await?;
+            reply = match catalog.restore(stores, &coupon).await? {
+                // Pruned: it ended (by the clock of the instance that pruned it), so nothing issues.
+                fence::Checked::Pruned => IssueReply::NotActive,
+                fence::Checked::Trusted | fence::Checked::Rebuilt(_) => issuer.issue(coupon_id, user_id).await?,
+            };
         }
         let (result, outcome) = match reply {
             IssueReply::Issued(at) => ("issued", Ok(Issued { coupon_id, user_id, issued_at: from_micros(at)? })),
@@ -396,6 +453,10 @@ impl Coupons {
                 "not_loaded",
                 Err(crate::store::scripts::COUPON_ISSUE.unexpected("state missing after rebuild").into()),
             ),
+            IssueReply::Unlisted(_) => (
+                "not_loaded",
+                Err(crate::store::scripts::COUPON_ISSUE.unexpected("unlisted reply past the script gate").into()),
+            ),
         };
         metrics::counter!("coupon_issue_total", "result" => result).increment(1);
         outcome
@@ -405,8 +466,13 @@ impl Coupons {
     pub async fn progress(&self, id: CouponId) -> Result<Progress, Error> {
         let (stores, catalog) = (&self.stores, &self.catalog);
         let coupon = catalog.coupon(stores, id).await?;
-        if !cache::is_loaded(&stores.redis, id).await? {
-            catalog.restore(stores, &coupon).await?;
+        if !cache::is_loaded(&stores.redis, id).await?
+            && catalog.restore(stores, &coupon).await? == fence::Checked::Pruned
+        {
+            // Pruned only once everything it issued was persisted: MySQL has the whole count.
+            let persisted = db::count_persisted(&stores.db, id).await?;
+            let remaining = (coupon.total_quantity - persisted).max(0);
+            return Ok(Progress { coupon, issued: persisted, remaining, persisted });
         }
         let (issued, remaining) = cache::counts(&stores.redis, id).await?;
         let persisted = db::count_persisted(&stores.db, id).await?;
@@ -416,10 +482,15 @@ impl Coupons {
     /// The coupons `user_id` holds, optionally only those with `status`, newest issuance first; includes
     /// issuances not yet persisted (read-your-writes). Redis is read first for the reason given at
     /// [`held_by`].
+    ///
+    /// Cost: the user's MySQL rows, plus one pipelined HGET per coupon listed in
+    /// `<prefix>coupons:unpersisted`, the only ones whose `issued` hash can hold a user MySQL does not
+    /// (`lua/coupon_issue.lua`, "Why the listing"): those selling now or in the last seconds, and those
+    /// whose issuances wait for the writer. Not one call per campaign ever created.
     pub async fn held(&self, user_id: UserId, status: Option<HeldStatus>) -> Result<Vec<HeldCoupon>, Error> {
         let stores = &self.stores;
         user::ensure_exists(stores, user_id).await?;
-        let coupons = cache::registered(&stores.redis).await?;
+        let coupons: Vec<CouponId> = cache::listed(&stores.redis).await?.into_iter().map(|(id, _)| id).collect();
         let in_redis = cache::issued_to(&stores.redis, user_id, &coupons).await?;
         let mut held = db::list_held(&stores.db, user_id).await?;
         for (coupon_id, at) in in_redis {

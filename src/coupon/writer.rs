@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::cache::{self, IssueReply, Queued};
 use super::db::{self, NewIssuance};
-use super::fence::{self, ScriptGate};
+use super::fence::{self, Checked, ScriptGate};
 use crate::id::CouponId;
 use crate::store::{StoreError, Stores};
 
@@ -37,8 +37,8 @@ const RECLAIM_PERIOD: Duration = Duration::from_secs(1);
 /// pile up over months, and reading each one's stream on every step cost more than the busy one's work.
 const QUIET_AFTER: Duration = Duration::from_secs(10);
 /// A campaign whose window ended this long ago and whose stream is empty leaves the registry: nothing can
-/// be queued for it any more, while every registered campaign costs the full pass five commands a second
-/// and each user-coupon list one HGET. The margin covers clock differences between instances and a script
+/// be queued for it any more, while every registered campaign costs the full pass five commands a second.
+/// The margin covers clock differences between instances and a script
 /// call decided just before the end but run late.
 pub const UNREGISTER_AFTER_END: Duration = Duration::from_secs(60);
 /// Pause after a step that drained the queue: bounds the issue-to-persist lag of a short queue.
@@ -185,23 +185,32 @@ impl Writer {
         let Some(coupon) = db::find_coupon(&stores.db, coupon_id).await? else { return Ok(()) };
         // A state Redis holds but MySQL does not know is rebuilt first, or the winners would be queued with a
         // generation the next step re-decides again.
-        fence::verify(stores, &coupon).await?;
+        let mut pruned = fence::verify(stores, &coupon).await? == Checked::Pruned;
         for entry in entries {
             let at = entry.issued_at.timestamp_micros();
-            let mut replies = self.gate.issue(stores, coupon.id, &entry.user_ids, at).await?;
-            if replies.contains(&IssueReply::NotLoaded) {
-                // Lost again since the check: rebuild once more, then give up for this step.
-                fence::verify(stores, &coupon).await?;
+            let mut replies = Vec::new();
+            if !pruned {
                 replies = self.gate.issue(stores, coupon.id, &entry.user_ids, at).await?;
                 if replies.contains(&IssueReply::NotLoaded) {
-                    return Err(crate::store::scripts::COUPON_ISSUE.unexpected("state missing after rebuild"));
+                    // Lost again since the check: rebuild once more, then give up for this step.
+                    pruned = fence::verify(stores, &coupon).await? == Checked::Pruned;
+                    if !pruned {
+                        replies = self.gate.issue(stores, coupon.id, &entry.user_ids, at).await?;
+                    }
                 }
+            }
+            if pruned {
+                // Pruned only with an empty stream, so entries in hand here outlived the stream they came from
+                // (Redis lost it) by longer than the campaign's retention: the campaign is over, nothing issues.
+                replies = vec![IssueReply::NotActive; entry.user_ids.len()];
+            } else if replies.contains(&IssueReply::NotLoaded) {
+                return Err(crate::store::scripts::COUPON_ISSUE.unexpected("state missing after rebuild"));
             }
             for (user, reply) in entry.user_ids.iter().zip(&replies) {
                 let result = match reply {
                     IssueReply::Issued(_) => "honoured",
                     IssueReply::AlreadyIssued(_) => "already_held",
-                    IssueReply::SoldOut | IssueReply::NotActive | IssueReply::NotLoaded => {
+                    IssueReply::SoldOut | IssueReply::NotActive | IssueReply::NotLoaded | IssueReply::Unlisted(_) => {
                         // Redis had answered 201 before it lost the state that said so.
                         tracing::warn!(coupon.id = %coupon.id, user.id = %user, ?reply, entry.generation = entry.generation, "issuance lost with Redis state refused on re-decision");
                         "refused"
@@ -229,6 +238,10 @@ impl Writer {
         let now = Instant::now();
         if reclaim_due {
             self.last_reclaim = Some(now);
+            // Like unregistering: a failure only leaves coupons listed until the next full pass.
+            if let Err(error) = delist_quiet(stores, QUIET_AFTER).await {
+                tracing::warn!(%error, "delisting persisted coupons failed");
+            }
         }
         let mut read_per_coupon: HashMap<CouponId, u64> = HashMap::new();
         for entry in &read.entries {
@@ -263,6 +276,25 @@ impl Writer {
             Err(error) => tracing::warn!(%error, "unregistering finished campaigns failed"),
         }
     }
+}
+
+/// Drops from `<prefix>coupons:unpersisted` every coupon whose stream is empty and got no entry for `quiet`
+/// (`lua/coupon_unlist.lua`, then `lua/coupon_delist.lua`), and those without Redis state; returns how many
+/// left. Run on the writer's full pass, so the user-coupon list asks only about coupons selling now or
+/// waiting for the writer. A coupon listed again meanwhile stays (see `lua/coupon_issue.lua`).
+pub async fn delist_quiet(stores: &Stores, quiet: Duration) -> Result<i64, StoreError> {
+    let listed = cache::listed(&stores.redis).await?;
+    let checks = listed.iter().map(|&(id, score)| async move {
+        Ok::<_, StoreError>(match cache::unlist(&stores.redis, id, quiet).await? {
+            cache::Unlisting::NoState => Some((id, score)),
+            cache::Unlisting::NotListed(epoch) => Some((id, epoch)),
+            cache::Unlisting::Listed => None,
+        })
+    });
+    let ended: Vec<(CouponId, i64)> = futures::future::try_join_all(checks).await?.into_iter().flatten().collect();
+    let delisted = cache::delist(&stores.redis, &ended).await?;
+    metrics::counter!("coupon_writer_delisted_total").increment(delisted as u64);
+    Ok(delisted)
 }
 
 /// Records how long the persisted issuances waited in Redis.

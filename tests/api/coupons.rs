@@ -16,6 +16,8 @@ use stampede::id::{CouponId, OrderId, UserId};
 use stampede::state::AppState;
 use stampede::store::Stores;
 
+use stampede::config::StoreConfig;
+
 use crate::support::{ADMIN_TOKEN, MariaDb, RedisServer, TestApp, create_database, isolated_store, serve_config};
 
 /// How long a test waits for the writer to catch up; it covers a crashed consumer's entries, which are
@@ -197,7 +199,12 @@ async fn admin_coupon_create_and_progress_report_the_contract_fields() {
 
 #[tokio::test]
 async fn the_issue_script_survives_script_flush() {
-    let app = TestApp::spawn().await;
+    // A Redis of its own: flushing the shared one's scripts would make every other test's next script call
+    // check all its coupons first, which answers 503 to a test that has stopped its MySQL meanwhile.
+    let redis = RedisServer::start();
+    let mut store = isolated_store().await;
+    store.redis_url = redis.url();
+    let app = TestApp::spawn_with(serve_config(store)).await;
     let users = create_users(&app.state.stores, 2).await;
     let coupon = create_coupon(&app, 10).await;
     for user in users {
@@ -354,6 +361,115 @@ async fn a_coupon_is_listed_and_usable_right_after_its_201_before_the_writer_per
     let used = state.coupons.held(user, Some(HeldStatus::Used)).await.unwrap();
     assert_eq!(used.len(), 1);
     assert_eq!(used[0].issued_at, issued.issued_at);
+}
+
+/// Calls of `command` Redis counted since its last `CONFIG RESETSTAT` (`INFO commandstats`).
+async fn command_calls(stores: &Stores, command: &str) -> u64 {
+    let info: String = stores.redis.client().info(Some(fred::types::InfoKind::CommandStats)).await.unwrap();
+    let prefix = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .map_or(0, |rest| rest.split(',').next().unwrap().parse().unwrap())
+}
+
+#[tokio::test]
+async fn a_users_coupon_list_asks_redis_only_about_the_campaigns_not_yet_persisted() {
+    // A Redis of its own: the test counts the commands it serves.
+    let redis = RedisServer::start();
+    let mut store = isolated_store().await;
+    store.redis_url = redis.url();
+    let app = App::build(serve_config(store)).await.expect("build app");
+    let state = app.state();
+    let stores = &state.stores;
+    let mut campaigns = Vec::new();
+    for _ in 0..40 {
+        campaigns.push(campaign(state, 10).await);
+    }
+    let users: Vec<UserId> = create_users(stores, 2).await.into_iter().map(|u| UserId::new(u).unwrap()).collect();
+    let (kim, lee) = (users[0], users[1]);
+    for &campaign in &campaigns {
+        state.coupons.issue(campaign, lee).await.unwrap();
+    }
+    state.coupons.issue(campaigns[0], kim).await.unwrap();
+    let mut writer = Writer::new();
+    while writer.drain_once(stores).await.unwrap() != Outcome::Idle {}
+    let delisted = coupon::writer::delist_quiet(stores, Duration::ZERO).await.unwrap();
+    assert_eq!(delisted, 40, "every campaign sold, and everything it sold is persisted");
+    assert_eq!(coupon::cache::listed(&stores.redis).await.unwrap(), vec![]);
+
+    // A new issuance, not persisted: its campaign alone is listed again.
+    let fresh = state.coupons.issue(campaigns[7], kim).await.unwrap();
+    let listed: Vec<CouponId> =
+        coupon::cache::listed(&stores.redis).await.unwrap().into_iter().map(|(id, _)| id).collect();
+    assert_eq!(listed, vec![campaigns[7]]);
+    let _: () = stores
+        .redis
+        .client()
+        .custom(
+            fred::types::CustomCommand::new_static("CONFIG", fred::types::ClusterHash::Random, false),
+            vec!["RESETSTAT"],
+        )
+        .await
+        .unwrap();
+    let held = state.coupons.held(kim, None).await.unwrap();
+    let held: Vec<(CouponId, chrono::DateTime<chrono::Utc>)> =
+        held.iter().map(|h| (h.coupon.id, h.issued_at)).collect();
+    assert_eq!(held[0], (campaigns[7], fresh.issued_at), "read-your-writes before the writer ran");
+    assert_eq!(held.iter().map(|h| h.0).collect::<Vec<_>>(), vec![campaigns[7], campaigns[0]]);
+    assert_eq!(command_calls(stores, "hget").await, 1, "one HGET: the one listed campaign, not 40");
+    assert_eq!(command_calls(stores, "smembers").await, 0, "the registry of every campaign is not read");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_coupon_shows_in_the_list_right_after_its_201_while_the_writer_persists_and_delists_at_full_speed() {
+    let app = app_without_writer().await;
+    let state = app.state().clone();
+    let stores = state.stores.clone();
+    let mut campaigns = Vec::new();
+    for _ in 0..5 {
+        campaigns.push(campaign(&state, 1_000).await);
+    }
+    let users = create_users(&stores, 200).await;
+    // The writer and the delisting with no quiet period, in a loop, racing the issuances: a campaign is
+    // delisted the moment its stream is empty, and listed again by the next issuance.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let racing = tokio::spawn({
+        let (stores, stop) = (stores.clone(), stop.clone());
+        async move {
+            let (mut writer, mut delisted) = (Writer::new(), 0);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                writer.drain_once(&stores).await.unwrap();
+                delisted += coupon::writer::delist_quiet(&stores, Duration::ZERO).await.unwrap();
+            }
+            delisted
+        }
+    });
+    let requests: Vec<(CouponId, UserId)> = users
+        .iter()
+        .flat_map(|&user| campaigns.iter().map(move |&coupon| (coupon, UserId::new(user).unwrap())))
+        .collect();
+    let missing: Vec<(CouponId, UserId)> = stream::iter(requests)
+        .map(|(coupon, user)| {
+            let state = state.clone();
+            async move {
+                state.coupons.issue(coupon, user).await.unwrap();
+                let held = state.coupons.held(user, None).await.unwrap();
+                (!held.iter().any(|h| h.coupon.id == coupon)).then_some((coupon, user))
+            }
+        })
+        .buffer_unordered(50)
+        .filter_map(|missing| async move { missing })
+        .collect()
+        .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let delisted = racing.await.unwrap();
+
+    assert_eq!(missing, vec![], "issued (201) but missing from the owner's list right after");
+    assert!(delisted >= 5, "the campaigns were delisted {delisted} times while they sold");
+    let mut writer = Writer::new();
+    while writer.drain_once(&stores).await.unwrap() != Outcome::Idle {}
+    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM user_coupons").fetch_one(&stores.db).await.unwrap();
+    assert_eq!(rows, 1_000, "every issuance persisted once");
 }
 
 #[tokio::test]
@@ -737,14 +853,14 @@ async fn a_process_killed_hard_after_a_burst_persists_every_issuance_after_resta
     assert_eq!(distinct, quantity as i64);
 }
 
-#[tokio::test]
-async fn seed_creates_coupons_that_are_issuable_at_once() {
+/// Runs `stampede seed --users <users> --coupons <coupons> --coupon-quantity <quantity>` on `store`.
+pub(crate) async fn seed(store: &StoreConfig, users: u64, coupons: u64, quantity: u64) -> stampede::seed::Seeded {
     #[derive(clap::Parser)]
     struct Seed {
         #[command(flatten)]
         config: stampede::config::SeedConfig,
     }
-    let store = isolated_store().await;
+    let (users, coupons, quantity) = (users.to_string(), coupons.to_string(), quantity.to_string());
     let args = [
         "seed",
         "--database-url",
@@ -754,13 +870,19 @@ async fn seed_creates_coupons_that_are_issuable_at_once() {
         "--redis-prefix",
         &store.redis_prefix,
         "--users",
-        "3",
+        &users,
         "--coupons",
-        "2",
+        &coupons,
         "--coupon-quantity",
-        "2",
+        &quantity,
     ];
-    let seeded = stampede::seed::run(&<Seed as clap::Parser>::parse_from(args).config).await.unwrap();
+    stampede::seed::run(&<Seed as clap::Parser>::parse_from(args).config).await.unwrap()
+}
+
+#[tokio::test]
+async fn seed_creates_coupons_that_are_issuable_at_once() {
+    let store = isolated_store().await;
+    let seeded = seed(&store, 3, 2, 2).await;
     assert_eq!(seeded.coupons.len(), 2);
 
     let app = TestApp::spawn_with(serve_config(store)).await;

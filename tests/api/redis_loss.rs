@@ -9,6 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use fred::prelude::*;
+use futures::StreamExt;
 use reqwest::StatusCode;
 use sqlx::MySqlPool;
 use stampede::coupon;
@@ -19,7 +20,7 @@ use stampede::state::AppState;
 use stampede::store::Stores;
 
 use crate::coupons::{
-    app_without_writer, campaign, create_coupon, create_users, progress, script_issue, stampede, wait_persisted,
+    app_without_writer, campaign, create_coupon, create_users, progress, script_issue, seed, stampede, wait_persisted,
     winners,
 };
 use crate::support::{RedisServer, TestApp, eventually, isolated_store, serve_config};
@@ -419,19 +420,18 @@ async fn a_sweep_of_restore_points_never_issues_twice_or_beyond_the_quantity() {
     rows_within_quantity(app.db(), coupon, 300).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn script_calls_survive_scripts_flushed_again_and_again_while_they_run() {
-    let redis = RedisServer::start();
-    let app = app_on(&redis).await;
-    let users = create_users(&app.state.stores, 300).await;
-    let coupons = [create_coupon(&app, 100).await, create_coupon(&app, 100).await, create_coupon(&app, 100).await];
-    // Another client flushes the script cache every 20 ms, as the shared test Redis sees when other tests
-    // flush it: every script call must reload and retry, never answer 500.
-    let flusher = app.state.stores.redis.client().clone();
+/// Another client flushing `redis`'s script cache every 20 ms until the returned flag is set; the task
+/// answers how many flushes it made.
+fn flush_scripts_every_20_ms(
+    redis: &RedisServer,
+) -> (std::sync::Arc<std::sync::atomic::AtomicBool>, tokio::task::JoinHandle<u32>) {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let url = redis.url();
     let flushing = tokio::spawn({
         let stop = stop.clone();
         async move {
+            let flusher = Client::new(fred::types::config::Config::from_url(&url).unwrap(), None, None, None);
+            flusher.init().await.unwrap();
             let mut flushes = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let _: () = flusher.script_flush(false).await.unwrap();
@@ -441,6 +441,18 @@ async fn script_calls_survive_scripts_flushed_again_and_again_while_they_run() {
             flushes
         }
     });
+    (stop, flushing)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn script_calls_survive_scripts_flushed_again_and_again_while_they_run() {
+    let redis = RedisServer::start();
+    let app = app_on(&redis).await;
+    let users = create_users(&app.state.stores, 300).await;
+    let coupons = [create_coupon(&app, 100).await, create_coupon(&app, 100).await, create_coupon(&app, 100).await];
+    // Another client flushes the script cache every 20 ms, as the shared test Redis sees when other tests
+    // flush it: every script call must reload and retry, never answer 500.
+    let (stop, flushing) = flush_scripts_every_20_ms(&redis);
     let requests = users.iter().enumerate().map(|(n, user)| (coupons[n % 3], *user)).collect();
     let results = stampede(&[&app], requests).await;
     let created = futures::future::join_all((0..10).map(|_| create_coupon(&app, 5))).await;
@@ -452,5 +464,44 @@ async fn script_calls_survive_scripts_flushed_again_and_again_while_they_run() {
     assert_eq!(created.len(), 10);
     for coupon in coupons {
         wait_persisted(&app, coupon, 100).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn seeding_and_issuing_never_answer_500_while_the_scripts_are_flushed_again_and_again() {
+    let redis = RedisServer::start();
+    let mut store = isolated_store().await;
+    store.redis_url = redis.url();
+    let (stop, flushing) = flush_scripts_every_20_ms(&redis);
+    // Seeding loads the scripts and creates coupons (a load script per coupon) under the flushes, then an
+    // instance starts (its check of every coupon runs scripts) and 100 users ask for each coupon twice.
+    let seeded = seed(&store, 100, 4, 30).await;
+    let app = TestApp::spawn_with(serve_config(store)).await;
+    let first = seeded.first_user.unwrap().get();
+    let requests: Vec<(i64, i64)> = seeded
+        .coupons
+        .iter()
+        .flat_map(|coupon| (first..first + 100).flat_map(move |user| [(coupon.get(), user), (coupon.get(), user)]))
+        .collect();
+    let statuses: Vec<StatusCode> = futures::stream::iter(requests)
+        .map(|(coupon, user)| {
+            let app = &app;
+            async move {
+                app.post(&format!("/api/v1/coupons/{coupon}/issue"), serde_json::json!({ "userId": user })).await.0
+            }
+        })
+        .buffer_unordered(200)
+        .collect()
+        .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let flushes = flushing.await.unwrap();
+
+    assert!(flushes >= 5, "the scripts were flushed {flushes} times while seeding and issuing");
+    let count = |status: StatusCode| statuses.iter().filter(|s| **s == status).count();
+    assert_eq!(count(StatusCode::INTERNAL_SERVER_ERROR), 0, "{statuses:?}");
+    assert_eq!(count(StatusCode::CREATED), 4 * 30, "exactly the quantity of each coupon");
+    assert_eq!(count(StatusCode::CREATED) + count(StatusCode::CONFLICT) + count(StatusCode::GONE), 800, "{statuses:?}");
+    for coupon in &seeded.coupons {
+        wait_persisted(&app, coupon.get(), 30).await;
     }
 }
