@@ -2,10 +2,11 @@
 -- option created), so every instance drops its in-process copies of them.
 --
 -- KEYS[1]  <prefix>catalog:{catalog}:version  integer, raised by every announcement
--- KEYS[2]  <prefix>catalog:{catalog}:changed  sorted set, member = product id (or `all`), score = the
---                                             version that last announced it
+-- KEYS[2]  <prefix>catalog:{catalog}:changed  sorted set, member = product id (or `all`, or `v<id>`: the
+--                                             product's views were flushed to MySQL), score = the version
+--                                             that last announced it
 -- ARGV[1]  how many versions the sorted set remembers; an instance further behind drops everything
--- ARGV[2..] product ids, or `all` for a change of the whole listing (a product created)
+-- ARGV[2..] product ids, `all` for a change of the whole listing (a product created), or `v<id>`
 --
 -- Returns the new version.
 --

@@ -75,6 +75,7 @@ struct Copies {
 }
 
 /// A product's detail, serialized around its view count.
+#[derive(Clone)]
 struct DetailCopy {
     /// `{"id":..,"status":..,"viewCount":`
     head: Bytes,
@@ -165,6 +166,41 @@ impl Catalog {
         tokio::spawn(announce(self.0.stores.redis.clone(), members));
     }
 
+    /// Reads the flushed view counts of `ids` into this instance's copies at once and announces the flush to
+    /// the others, which do the same: their copies stay, only the counts change. A failed read is logged; those
+    /// details undercount until their copies expire.
+    pub async fn views_flushed(&self, ids: &[ProductId]) {
+        if let Err(error) = self.refresh_views(ids).await {
+            tracing::warn!(%error, "flushed view counts not read; details undercount until their copies expire");
+        }
+        let members: Vec<String> = ids.iter().map(|id| format!("{VIEWS_FLUSHED}{id}")).collect();
+        tokio::spawn(announce(self.0.stores.redis.clone(), members));
+    }
+
+    /// Replaces the flushed view count of the copies of `ids` this instance holds.
+    async fn refresh_views(&self, ids: &[ProductId]) -> Result<(), StoreError> {
+        let copies = &self.0.copies;
+        let held: Vec<ProductId> = {
+            let details = copies.details.read().expect("never poisoned");
+            ids.iter().copied().filter(|id| details.contains_key(id)).collect()
+        };
+        if held.is_empty() {
+            return Ok(());
+        }
+        let (before, views_epoch) = (copies.epoch(), self.0.views.epoch());
+        let counts = db::view_counts(&self.0.stores.db, &held).await?;
+        let mut details = copies.details.write().expect("never poisoned");
+        for (id, flushed_views) in counts {
+            if !copies.unchanged(&before, [id]) {
+                continue;
+            }
+            if let Some(copy) = details.get_mut(&id) {
+                *copy = Arc::new(DetailCopy { flushed_views, views_epoch, ..DetailCopy::clone(copy) });
+            }
+        }
+        Ok(())
+    }
+
     async fn changed_everything(&self) {
         self.0.copies.drop_everything();
         tokio::spawn(announce(self.0.stores.redis.clone(), vec![ALL.to_owned()]));
@@ -236,11 +272,17 @@ impl Catalog {
         let reply: Vec<String> = CATALOG_CHANGES.call(redis, keys(redis), args).await?;
         let Some((version, members)) = reply.split_first() else { return Err(CATALOG_CHANGES.unexpected(&reply)) };
         let version: i64 = version.parse().map_err(|_| CATALOG_CHANGES.unexpected(&reply))?;
+        let id = |member: &str| member.parse().ok().and_then(ProductId::new);
         if members.iter().any(|member| member == ALL) {
             copies.drop_everything();
         } else if !members.is_empty() {
-            let ids: Vec<ProductId> = members.iter().filter_map(|m| m.parse().ok().and_then(ProductId::new)).collect();
-            copies.drop_products(&ids);
+            let changed: Vec<ProductId> = members.iter().filter_map(|member| id(member)).collect();
+            copies.drop_products(&changed);
+            let flushed: Vec<ProductId> =
+                members.iter().filter_map(|member| member.strip_prefix(VIEWS_FLUSHED).and_then(id)).collect();
+            if let Err(error) = self.refresh_views(&flushed).await {
+                tracing::warn!(%error, "flushed view counts not read; details undercount until their copies expire");
+            }
         }
         copies.version.store(version, Ordering::Release);
         copies.synced();
@@ -276,6 +318,8 @@ impl Catalog {
 
 /// The announcement member that drops every copy.
 const ALL: &str = "all";
+/// Prefix of the announcement member saying a product's views were flushed to MySQL (`v<id>`).
+const VIEWS_FLUSHED: &str = "v";
 
 fn keys(redis: &Redis) -> Vec<String> {
     vec![redis.keys.key("catalog:{catalog}:version"), redis.keys.key("catalog:{catalog}:changed")]

@@ -268,6 +268,17 @@ pub async fn page(db: &MySqlPool, limit: i64, offset: i64) -> Result<Vec<Product
         .collect())
 }
 
+/// The views flushed to MySQL of each of `ids` that exists.
+pub async fn view_counts(db: &MySqlPool, ids: &[ProductId]) -> Result<Vec<(ProductId, i64)>, sqlx::Error> {
+    let mut query = QueryBuilder::new("SELECT id, view_count FROM products WHERE id IN (");
+    let mut list = query.separated(", ");
+    for id in ids {
+        list.push_bind(*id);
+    }
+    query.push(")");
+    query.build_query_as().fetch_all(db).await
+}
+
 pub async fn count(db: &MySqlPool) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar("SELECT COUNT(*) FROM products").fetch_one(db).await
 }

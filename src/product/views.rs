@@ -213,10 +213,10 @@ pub async fn flush_once(stores: &Stores, catalog: &Catalog) -> Result<Flushed, E
     let now = Utc::now();
     let applied = db::add_views(&stores.db, &batch.id, &batch.views, now).await?;
     ack_batch(&stores.redis, &batch.id).await?;
-    // Until every instance drops its copies (this one at once, the others within catalog::POLL), a detail
+    // Until every instance reads the new counts (this one at once, the others within catalog::POLL), a detail
     // shows these views neither as flushed nor as pending: it may undercount briefly, never overcount.
     let ids: Vec<ProductId> = batch.views.iter().map(|(id, _)| *id).collect();
-    catalog.changed(&ids).await;
+    catalog.views_flushed(&ids).await;
     if !applied {
         return Ok(Flushed::AlreadyApplied);
     }
