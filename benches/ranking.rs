@@ -270,16 +270,6 @@ impl Costs {
     }
 }
 
-/// Deletes every shard's window state, so the next refresh makes every window set from the day sets.
-async fn forget_window_sets(stores: &Stores, settings: Settings) {
-    let states: Vec<String> =
-        settings.shards.all().map(|shard| ranking::windows_state_key(&stores.redis.keys, shard)).collect();
-    // One DEL per key: on a cluster the states live in different slots.
-    for state in states {
-        let _: i64 = stores.redis.client().del(state).await.unwrap();
-    }
-}
-
 /// `used_memory` of `INFO memory`, bytes.
 async fn used_memory(stores: &Stores) -> i64 {
     let info: String = command(stores, "INFO", vec!["memory".into()]).await.convert().unwrap();
@@ -352,7 +342,7 @@ fn refresh(c: &mut Criterion) {
             Utc::now()
         });
         situation(&mut group, &runtime, &stores, ("made_anew", size), || async {
-            forget_window_sets(&stores, settings).await;
+            ranking::cache::forget_window_sets(&stores.redis, settings.shards).await.unwrap();
             Utc::now()
         });
         // Each of its refreshes is prepared by one that makes every window set: keep the count low.

@@ -113,6 +113,17 @@ pub async fn shard_step(
     Ok(ShardStep::Top(ShardTop { marked, windows }))
 }
 
+/// Deletes every shard's window state, so the next refresh makes each shard's window sets from its day sets.
+pub async fn forget_window_sets(redis: &Redis, shards: Shards) -> Result<(), StoreError> {
+    // One DEL per key: on a cluster the shards live in different slots.
+    let pipeline = redis.client().pipeline();
+    for shard in shards.all() {
+        let _: () = pipeline.del(windows_state_key(&redis.keys, shard)).await?;
+    }
+    let _: Vec<Value> = pipeline.all().await?;
+    Ok(())
+}
+
 /// Per day of `days`: whether every shard holds its rebuild marker for `shards` (one pipeline of GETs).
 pub async fn marked_days(redis: &Redis, shards: Shards, days: &[NaiveDate]) -> Result<Vec<bool>, StoreError> {
     let pipeline = redis.client().pipeline();

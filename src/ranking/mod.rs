@@ -413,7 +413,9 @@ pub struct RebuiltDay {
 }
 
 /// Rebuilds the day sets of the `days` days ending today from PAID orders in MySQL, in the layout of
-/// `settings.shards`, then drops the cached windows so they are recomputed from the rebuilt days.
+/// `settings.shards`, then drops the cached windows and every shard's window sets, so both are made anew from
+/// the rebuilt days. Dropping the window sets (rather than folding in what the rebuild changed, as healing
+/// does) also repairs sets that a hand edit of a day set had put out of step.
 pub async fn rebuild(
     stores: &Stores,
     settings: Settings,
@@ -425,6 +427,7 @@ pub async fn rebuild(
     for back in 0..days {
         rebuilt.push(rebuild_day(stores, settings, today - Days::new(back.into())).await?);
     }
+    cache::forget_window_sets(&stores.redis, settings.shards).await?;
     cache::forget_windows(&stores.redis).await?;
     Ok(rebuilt)
 }

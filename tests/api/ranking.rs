@@ -547,6 +547,24 @@ async fn a_day_rebuilt_from_mysql_and_a_lost_window_set_leave_every_window_exact
     assert_eq!(unions_since_reset(&app).await, 6);
 }
 
+#[tokio::test]
+async fn a_rebuild_by_hand_also_repairs_window_sets_that_a_hand_edit_of_a_day_set_put_out_of_step() {
+    let redis = RedisServer::start();
+    let (app, ids, sales) = window_sets_app(&redis).await;
+    refresh_and_check_every_window(&app, Utc::now(), &ids, &sales).await;
+    // Units written straight into yesterday's set, past the relay's script: the window sets never hear of them.
+    let stores = &app.state.stores;
+    let yesterday = ranking::day_key(&stores.redis.keys, shard_of(&app, ids[2]), today(&app) - Days::new(1));
+    let _: f64 = stores.redis.client().zincrby(yesterday, 500.0, ids[2]).await.unwrap();
+    // MySQL, the source of truth, has one PAID order of yesterday: the rebuild makes that all there is.
+    let user = app.create_user("buyer").await;
+    insert_paid_order(app.db(), user, days_ago(1), &[(ids[2], 7)]).await;
+    ranking::rebuild(stores, app.config.ranking_settings(), ranking::KEPT_DAYS, Utc::now()).await.unwrap();
+    let mut rebuilt = vec![[0; 7]; ids.len()];
+    rebuilt[2][1] = 7;
+    refresh_and_check_every_window(&app, Utc::now(), &ids, &rebuilt).await;
+}
+
 /// Outbox rows the relay still owes something.
 async fn owed(app: &TestApp) -> i64 {
     sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE pending = 1").fetch_one(app.db()).await.unwrap()
