@@ -324,20 +324,29 @@ struct Computed {
 /// something keeps resetting the sets (rebuilds in a loop) or a bug.
 const MAX_SHARD_CALLS: u32 = 10_000;
 
+/// Shard calls of a refresh in flight at once. Redis runs one script at a time, and calls sent together
+/// reach it as one pipeline that it runs back to back before serving another client: with every shard in
+/// flight, the coupon path would wait for all of them (a second and more when the window sets are made
+/// anew at 1,000,000 products), and the last call could outwait the command timeout. A few keep Redis busy
+/// while each other client waits for at most that many calls.
+const SHARDS_IN_FLIGHT: usize = 4;
+
 /// The joined top lists of the windows of 1..=[`MAX_DAYS`] days ending today.
 ///
 /// Each shard keeps a window set per window, made by ZUNIONSTORE of its day sets and kept current by
-/// folding in what was sold since (`lua/ranking_shard_top.lua`, called until it is current, the shards all in
-/// flight at once); it returns its best [`MAX_LIMIT`] per window plus every product tied with the last of
+/// folding in what was sold since (`lua/ranking_shard_top.lua`, called until it is current, [`SHARDS_IN_FLIGHT`]
+/// shards at a time); it returns its best [`MAX_LIMIT`] per window plus every product tied with the last of
 /// them. A product lives in exactly one shard, so the best of the shards' bests, ordered by units and then
 /// lower id, is exactly the best of the whole union. Every window is computed, whatever is asked: the window
 /// sets move together.
 async fn compute(stores: &Stores, settings: Settings, now: DateTime<Utc>) -> Result<Computed, Error> {
     let today = business_day(now, settings.business_tz);
     let days: Vec<NaiveDate> = (0..MAX_DAYS).map(|back| today - Days::new(back.into())).collect();
-    let tops =
-        futures::future::try_join_all(settings.shards.all().map(|shard| shard_top(stores, settings, shard, &days)))
-            .await?;
+    let tops: Vec<cache::ShardTop> = futures::stream::iter(settings.shards.all())
+        .map(|shard| shard_top(stores, settings, shard, &days))
+        .buffer_unordered(SHARDS_IN_FLIGHT)
+        .try_collect()
+        .await?;
     // A day is complete only when every one of its shards carries the marker of the day's last rebuild.
     let unmarked =
         days.iter().enumerate().filter(|(d, _)| tops.iter().any(|top| !top.marked[*d])).map(|(_, day)| *day).collect();
