@@ -122,8 +122,8 @@ impl Error {
             },
             Error::Ranking(e) => match e {
                 ranking::Error::Invalid(_) => (S::BAD_REQUEST, "INVALID_REQUEST", message),
-                ranking::Error::RebuildContended(_) => {
-                    tracing::error!(error = %e, "ranking rebuild failed");
+                ranking::Error::RebuildContended(_) | ranking::Error::RefreshContended(_) => {
+                    tracing::error!(error = %e, "ranking rebuild or refresh failed");
                     (S::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", "internal error".to_owned())
                 }
                 ranking::Error::Store(e) => store_parts(e),

@@ -1,4 +1,4 @@
-//! Redis side of the ranking: each shard's windows (`lua/ranking_shard_top.lua`), the rebuild markers, the
+//! Redis side of the ranking: each shard's window sets (`lua/ranking_shard_top.lua`), the rebuild markers, the
 //! cached top list per window, the refresh lock, and the temporary copies a rebuild swaps in.
 
 use std::collections::HashMap;
@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use chrono::NaiveDate;
 use fred::prelude::*;
 
-use super::{Shard, Shards, TopProducts, applied_key, day_key, rebuilt_key};
+use super::{
+    Shard, Shards, TopProducts, applied_key, day_key, rebuilt_key, unfolded_key, window_set_key, windows_state_key,
+};
 use crate::id::{OrderId, ProductId};
 use crate::store::{Redis, StoreError};
 
@@ -21,6 +23,28 @@ const TEMP_TTL_SECS: i64 = 600;
 /// Commands per pipeline when filling the temporary copies.
 const FILL_CHUNK: usize = 1_000;
 
+/// Members one refresh call may feed to ZUNIONSTORE while it makes a shard's window sets (its first union
+/// runs whatever its size). A member costs ~0.25 µs of Redis here (docs/performance.md), so ~1.5 ms a call:
+/// well inside the 5 ms one call may hold Redis. Larger means fewer round trips when the sets are made;
+/// smaller, a shorter stall on a slower machine.
+const UNION_BUDGET: u32 = 6_000;
+/// ZINCRBYs one refresh call may run folding new units into a shard's window sets: ~1.9 µs each here, so
+/// ~1.5 ms a call, like [`UNION_BUDGET`]. The script compares the two to decide whether folding or making
+/// the sets anew takes fewer calls, so they must stand for about the same Redis time.
+const FOLD_BUDGET: u32 = 800;
+/// How long a shard's window sets and their state outlive the last refresh that touched them: a day without
+/// a refresh drops them (memory: 6 windows of the shard's products) and the next refresh makes them anew.
+const WINDOW_SETS_TTL_SECS: i64 = 24 * 60 * 60;
+
+/// What one call of `lua/ranking_shard_top.lua` did for a shard.
+#[derive(Debug)]
+pub enum ShardStep {
+    /// It used its budget bringing the window sets up to date; call again.
+    Working,
+    /// The window sets are current: the shard's part of every window.
+    Top(ShardTop),
+}
+
 /// One shard's part of every window, as `lua/ranking_shard_top.lua` returns it.
 #[derive(Debug)]
 pub struct ShardTop {
@@ -31,28 +55,41 @@ pub struct ShardTop {
     pub windows: Vec<Vec<(ProductId, i64)>>,
 }
 
-/// `<prefix>sales:{rank:<s>}:union:a` and `:union:b`: the scratch keys the shard's unions alternate
-/// between (within one script call).
-fn union_keys(redis: &Redis, shard: Shard) -> [String; 2] {
-    ["a", "b"].map(|which| redis.keys.key(format_args!("sales:{{rank:{}}}:union:{which}", shard.get())))
-}
-
-/// The windows of 1..=`days.len()` days (`days` ending today, today first) of one shard, with at least its
-/// `n` best products each.
-pub async fn shard_top(
+/// One bounded step towards the windows of 1..=`days.len()` days (`days` consecutive, today first, at least
+/// two) of one shard, each with at least its `n` best products once [`ShardStep::Top`].
+pub async fn shard_step(
     redis: &Redis,
     shards: Shards,
     shard: Shard,
     days: &[NaiveDate],
     n: u32,
-) -> Result<ShardTop, StoreError> {
-    let mut keys = Vec::with_capacity(2 + 2 * days.len());
-    keys.extend(union_keys(redis, shard));
-    keys.extend(days.iter().map(|day| day_key(&redis.keys, shard, *day)));
-    keys.extend(days.iter().map(|day| rebuilt_key(&redis.keys, shard, *day)));
+) -> Result<ShardStep, StoreError> {
+    let keys = &redis.keys;
+    let window_sets = (2..=days.len() as u32).map(|k| window_set_key(keys, shard, k));
+    let mut script_keys = Vec::with_capacity(4 * days.len());
+    script_keys.push(windows_state_key(keys, shard));
+    script_keys.extend(window_sets);
+    script_keys.extend(days.iter().map(|day| day_key(keys, shard, *day)));
+    script_keys.extend(days.iter().map(|day| unfolded_key(keys, shard, *day)));
+    script_keys.extend(days.iter().map(|day| rebuilt_key(keys, shard, *day)));
+    let ymd = |day: NaiveDate| day.format("%Y%m%d").to_string();
+    let args = vec![
+        n.to_string(),
+        shards.count().to_string(),
+        ymd(days[0]),
+        ymd(days[0] - chrono::Days::new(1)),
+        UNION_BUDGET.to_string(),
+        FOLD_BUDGET.to_string(),
+        WINDOW_SETS_TTL_SECS.to_string(),
+    ];
     let script = &*crate::store::scripts::RANKING_SHARD_TOP;
-    let reply: Vec<Value> = script.call(redis, keys, vec![n.to_string(), shards.count().to_string()]).await?;
+    let reply: Vec<Value> = script.call(redis, script_keys, args).await?;
     let mut parts = reply.into_iter();
+    match parts.next().as_ref().and_then(Value::as_str).as_deref() {
+        Some("more") => return Ok(ShardStep::Working),
+        Some("top") => {}
+        other => return Err(script.unexpected(other)),
+    }
     let marked = match parts.next() {
         Some(Value::Array(marked)) => marked.iter().map(|m| m.as_i64() == Some(1)).collect::<Vec<_>>(),
         other => return Err(script.unexpected(other)),
@@ -73,7 +110,18 @@ pub async fn shard_top(
     if marked.len() != days.len() || windows.len() != days.len() {
         return Err(script.unexpected((marked, windows)));
     }
-    Ok(ShardTop { marked, windows })
+    Ok(ShardStep::Top(ShardTop { marked, windows }))
+}
+
+/// Deletes every shard's window state, so the next refresh makes each shard's window sets from its day sets.
+pub async fn forget_window_sets(redis: &Redis, shards: Shards) -> Result<(), StoreError> {
+    // One DEL per key: on a cluster the shards live in different slots.
+    let pipeline = redis.client().pipeline();
+    for shard in shards.all() {
+        let _: () = pipeline.del(windows_state_key(&redis.keys, shard)).await?;
+    }
+    let _: Vec<Value> = pipeline.all().await?;
+    Ok(())
 }
 
 /// Per day of `days`: whether every shard holds its rebuild marker for `shards` (one pipeline of GETs).
@@ -238,6 +286,8 @@ impl TempDay {
             self.sales.clone(),
             self.applied.clone(),
             rebuilt_key(&redis.keys, self.shard, self.day),
+            unfolded_key(&redis.keys, self.shard, self.day),
+            windows_state_key(&redis.keys, self.shard),
         ];
         let missing: Vec<String> = script.call(redis, keys, vec![ttl_secs, i64::from(shards.count())]).await?;
         missing.iter().map(|id| id.parse().ok().and_then(OrderId::new).ok_or_else(|| script.unexpected(id))).collect()

@@ -127,6 +127,24 @@ pub fn rebuilt_key(keys: &Keys, shard: Shard, day: NaiveDate) -> String {
     keys.key(format_args!("sales:{{rank:{}}}:rebuilt:{}", shard.0, day.format("%Y%m%d")))
 }
 
+/// `<prefix>sales:{rank:<s>}:unfolded:YYYYMMDD`: units added to that shard's day set (by the relay, or by a
+/// rebuild's swap) that the shard's window sets do not hold yet; the refresh folds them in and empties it.
+pub fn unfolded_key(keys: &Keys, shard: Shard, day: NaiveDate) -> String {
+    keys.key(format_args!("sales:{{rank:{}}}:unfolded:{}", shard.0, day.format("%Y%m%d")))
+}
+
+/// `<prefix>sales:{rank:<s>}:windows`: the state of the shard's window sets (the day they end on, how many are
+/// made, their member counts), see `lua/ranking_shard_top.lua`.
+pub fn windows_state_key(keys: &Keys, shard: Shard) -> String {
+    keys.key(format_args!("sales:{{rank:{}}}:windows", shard.0))
+}
+
+/// `<prefix>sales:{rank:<s>}:window:<days>d`: the shard's window set of `days` (2..=[`MAX_DAYS`]) days ending on
+/// the state's day, equal to the ZUNIONSTORE of its day sets once the unfolded units are folded in.
+pub fn window_set_key(keys: &Keys, shard: Shard, days: u32) -> String {
+    keys.key(format_args!("sales:{{rank:{}}}:window:{days}d", shard.0))
+}
+
 /// Longest window served, in days.
 pub const MAX_DAYS: u32 = 7;
 /// Largest `limit` served; each window's cached list holds this many products.
@@ -146,6 +164,8 @@ pub enum Error {
     Invalid(&'static str),
     #[error("the sales of {0} kept changing while they were rebuilt")]
     RebuildContended(NaiveDate),
+    #[error("the window sets of ranking shard {} were not brought up to date in {MAX_SHARD_CALLS} calls", .0.get())]
+    RefreshContended(Shard),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -245,7 +265,7 @@ pub async fn top(
     if let Some(cached) = cached_for(stores, window.days, today).await? {
         return Ok(cached.truncated(window.limit));
     }
-    let windows = compute(stores, settings, window.days, now).await?.windows;
+    let windows = compute(stores, settings, now).await?.windows;
     cache::store_windows(&stores.redis, &windows).await?;
     let top = windows.into_iter().find(|w| w.days == window.days).expect("the asked window is computed");
     Ok(top.truncated(window.limit))
@@ -280,10 +300,10 @@ async fn cached_for(stores: &Stores, days: u32, today: NaiveDate) -> Result<Opti
 /// caches count every PAID order again without a restart.
 pub async fn refresh(stores: &Stores, settings: Settings, now: DateTime<Utc>) -> Result<TopProducts, Error> {
     let started = std::time::Instant::now();
-    let mut computed = compute(stores, settings, MAX_DAYS, now).await?;
+    let mut computed = compute(stores, settings, now).await?;
     let rebuilt = heal(stores, settings, &computed.unmarked).await?;
     if !rebuilt.is_empty() {
-        computed = compute(stores, settings, MAX_DAYS, now).await?;
+        computed = compute(stores, settings, now).await?;
     }
     cache::store_windows(&stores.redis, &computed.windows).await?;
     cache::publish_version(&stores.redis).await?;
@@ -293,26 +313,40 @@ pub async fn refresh(stores: &Stores, settings: Settings, now: DateTime<Utc>) ->
     Ok(default.truncated(Window::DEFAULT.limit))
 }
 
-/// Every window of 1..=`max_days` days ending today, and the days some shard of which lacks its marker.
+/// Every window of 1..=[`MAX_DAYS`] days ending today, and the days some shard of which lacks its marker.
 struct Computed {
     windows: Vec<TopProducts>,
     unmarked: Vec<NaiveDate>,
 }
 
-/// The joined top lists of the windows of 1..=`max_days` days ending today.
+/// Calls of `lua/ranking_shard_top.lua` one shard may take in one refresh. Making a shard's window sets
+/// takes a handful and folding takes one per [`cache`]'s fold budget of new units, so reaching this means
+/// something keeps resetting the sets (rebuilds in a loop) or a bug.
+const MAX_SHARD_CALLS: u32 = 10_000;
+
+/// Shard calls of a refresh in flight at once. Redis runs one script at a time, and calls sent together
+/// reach it as one pipeline that it runs back to back before serving another client: with every shard in
+/// flight, the coupon path would wait for all of them (a second and more when the window sets are made
+/// anew at 1,000,000 products), and the last call could outwait the command timeout. A few keep Redis busy
+/// while each other client waits for at most that many calls.
+const SHARDS_IN_FLIGHT: usize = 4;
+
+/// The joined top lists of the windows of 1..=[`MAX_DAYS`] days ending today.
 ///
-/// Each shard unions its own day sets in Redis (`lua/ranking_shard_top.lua`, one call per shard, all in
-/// flight at once) and returns its best [`MAX_LIMIT`] per window plus every product tied with the last of
+/// Each shard keeps a window set per window, made by ZUNIONSTORE of its day sets and kept current by
+/// folding in what was sold since (`lua/ranking_shard_top.lua`, called until it is current, [`SHARDS_IN_FLIGHT`]
+/// shards at a time); it returns its best [`MAX_LIMIT`] per window plus every product tied with the last of
 /// them. A product lives in exactly one shard, so the best of the shards' bests, ordered by units and then
-/// lower id, is exactly the best of the whole union. A shard holds about `products / shards` members, which
-/// bounds how long one call holds Redis.
-async fn compute(stores: &Stores, settings: Settings, max_days: u32, now: DateTime<Utc>) -> Result<Computed, Error> {
+/// lower id, is exactly the best of the whole union. Every window is computed, whatever is asked: the window
+/// sets move together.
+async fn compute(stores: &Stores, settings: Settings, now: DateTime<Utc>) -> Result<Computed, Error> {
     let today = business_day(now, settings.business_tz);
-    let days: Vec<NaiveDate> = (0..max_days).map(|back| today - Days::new(back.into())).collect();
-    let tops = futures::future::try_join_all(
-        settings.shards.all().map(|shard| cache::shard_top(&stores.redis, settings.shards, shard, &days, MAX_LIMIT)),
-    )
-    .await?;
+    let days: Vec<NaiveDate> = (0..MAX_DAYS).map(|back| today - Days::new(back.into())).collect();
+    let tops: Vec<cache::ShardTop> = futures::stream::iter(settings.shards.all())
+        .map(|shard| shard_top(stores, settings, shard, &days))
+        .buffer_unordered(SHARDS_IN_FLIGHT)
+        .try_collect()
+        .await?;
     // A day is complete only when every one of its shards carries the marker of the day's last rebuild.
     let unmarked =
         days.iter().enumerate().filter(|(d, _)| tops.iter().any(|top| !top.marked[*d])).map(|(_, day)| *day).collect();
@@ -347,6 +381,23 @@ async fn compute(stores: &Stores, settings: Settings, max_days: u32, now: DateTi
     Ok(Computed { windows, unmarked })
 }
 
+/// Calls the shard's script until its window sets are current; see [`compute`].
+async fn shard_top(
+    stores: &Stores,
+    settings: Settings,
+    shard: Shard,
+    days: &[NaiveDate],
+) -> Result<cache::ShardTop, Error> {
+    for _ in 0..MAX_SHARD_CALLS {
+        if let cache::ShardStep::Top(top) =
+            cache::shard_step(&stores.redis, settings.shards, shard, days, MAX_LIMIT).await?
+        {
+            return Ok(top);
+        }
+    }
+    Err(Error::RefreshContended(shard))
+}
+
 /// The `n` best sellers with sales: most units first, ties by lower id. Redis orders equal scores by member
 /// string (`11` before `10`), so the order is decided here.
 fn best(mut all: Vec<(ProductId, i64)>, n: usize) -> Vec<(ProductId, i64)> {
@@ -371,7 +422,9 @@ pub struct RebuiltDay {
 }
 
 /// Rebuilds the day sets of the `days` days ending today from PAID orders in MySQL, in the layout of
-/// `settings.shards`, then drops the cached windows so they are recomputed from the rebuilt days.
+/// `settings.shards`, then drops the cached windows and every shard's window sets, so both are made anew from
+/// the rebuilt days. Dropping the window sets (rather than folding in what the rebuild changed, as healing
+/// does) also repairs sets that a hand edit of a day set had put out of step.
 pub async fn rebuild(
     stores: &Stores,
     settings: Settings,
@@ -383,6 +436,7 @@ pub async fn rebuild(
     for back in 0..days {
         rebuilt.push(rebuild_day(stores, settings, today - Days::new(back.into())).await?);
     }
+    cache::forget_window_sets(&stores.redis, settings.shards).await?;
     cache::forget_windows(&stores.redis).await?;
     Ok(rebuilt)
 }

@@ -1,5 +1,6 @@
 //! Counting a paid order's units in its day's sales sets, one call of `lua/ranking_record_sales.lua` per
-//! shard its products fall in, each exactly once per order and shard. Called by the outbox relay.
+//! shard its products fall in, each exactly once per order and shard (and owed to the shard's window sets
+//! through its unfolded set). Called by the outbox relay.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -42,7 +43,11 @@ pub async fn record(
     }
     let script = &*crate::store::scripts::RANKING_RECORD_SALES;
     let calls = by_shard.into_iter().map(|(shard, units)| {
-        let keys = vec![super::day_key(&redis.keys, shard, day), super::applied_key(&redis.keys, shard, day)];
+        let keys = vec![
+            super::day_key(&redis.keys, shard, day),
+            super::applied_key(&redis.keys, shard, day),
+            super::unfolded_key(&redis.keys, shard, day),
+        ];
         let mut args = Vec::with_capacity(2 + 2 * units.len());
         args.push(order_id.get().to_string());
         args.push(DAY_TTL.as_secs().to_string());

@@ -2,6 +2,7 @@
 //! refresh, recording each order once per shard, rebuilding the day sets from PAID orders in MySQL, and
 //! healing after Redis lost them while the service runs.
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Days, NaiveDate, TimeDelta, Utc};
@@ -21,11 +22,21 @@ fn shard_of(app: &TestApp, product: i64) -> ranking::Shard {
     app.config.ranking.shards.of(ProductId::new(product).unwrap())
 }
 
-/// Adds `units` of `product` to its shard's sales set of `days_ago` days before today, as the relay would.
+/// Synthetic order ids of [`sell`], far above any id the test's database hands out.
+static SOLD: AtomicI64 = AtomicI64::new(1_000_000_000);
+
+/// Counts `units` of `product` on the day `days_ago` days before today, as the relay counts an order of that
+/// one line (a new synthetic order id each call).
 async fn sell(app: &TestApp, days_ago: u64, product: i64, units: i64) {
-    let redis = &app.state.stores.redis;
-    let key = ranking::day_key(&redis.keys, shard_of(app, product), today(app) - Days::new(days_ago));
-    let _: f64 = redis.client().zincrby(key, units as f64, product).await.unwrap();
+    sell_on(app, today(app) - Days::new(days_ago), product, units).await;
+}
+
+async fn sell_on(app: &TestApp, day: NaiveDate, product: i64, units: i64) {
+    let order = OrderId::new(SOLD.fetch_add(1, Ordering::Relaxed)).unwrap();
+    let line = [(ProductId::new(product).unwrap(), units)];
+    let recorded =
+        ranking::sales::record(&app.state.stores.redis, app.config.ranking.shards, day, order, &line).await.unwrap();
+    assert_eq!(recorded, ranking::sales::Recorded::Applied);
 }
 
 /// Order ids in the applied sets of every shard of `day`, sorted, an order once per shard that counted it.
@@ -270,9 +281,9 @@ async fn a_rebuild_keeps_orders_the_relay_counted_after_mysql_was_read() {
     let units = [(ProductId::new(a).unwrap(), 2)].into_iter().collect();
     temp.add(&stores.redis, &units, &[OrderId::new(early).unwrap()]).await.unwrap();
     let late = insert_paid_order(app.db(), user, Utc::now(), &[(b, 7)]).await;
+    let line = [(ProductId::new(b).unwrap(), 7)];
+    ranking::sales::record(&stores.redis, settings.shards, day, OrderId::new(late).unwrap(), &line).await.unwrap();
     let redis = stores.redis.client();
-    let _: i64 = redis.sadd(ranking::applied_key(&stores.redis.keys, shard, day), late).await.unwrap();
-    sell(&app, 0, b, 7).await;
 
     let missing = temp.replace_live(&stores.redis, settings.shards, ranking::DAY_TTL_SECS).await.unwrap();
     assert_eq!(missing, [OrderId::new(late).unwrap()], "the swap waits for the late order");
@@ -377,6 +388,21 @@ async fn every_window_equals_a_brute_force_sum(shards: u32) {
     let shards_in_top: std::collections::HashSet<_> =
         brute_force(&ids, &sales, 7)[..50].iter().map(|(id, _)| shard_of(&app, *id)).collect();
     assert_eq!(shards_in_top.len() > 30, shards == 64, "{} shards in the top 50", shards_in_top.len());
+
+    // More sales once the window sets exist, today's and late ones of earlier days: the next refresh folds
+    // them in (one shard) or makes the small sets anew (64 shards), and every window is exact again.
+    for _ in 0..40 {
+        let (n, back, units) = (rng.below(ids.len() as u64) as usize, rng.below(7) as usize, 1 + rng.below(3) as i64);
+        sales[n][back] += units;
+        sell(&app, back as u64, ids[n], units).await;
+    }
+    let (status, _) = app.admin_post("/api/v1/admin/ranking/refresh", json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    for days in 1..=7 {
+        let expected = brute_force(&ids, &sales, days);
+        let body = top(&app, &format!("?days={days}&limit=50")).await;
+        assert_eq!(entries(&body), expected[..50], "{days} days, after more sales");
+    }
 }
 
 #[tokio::test]
@@ -387,6 +413,176 @@ async fn every_window_equals_a_brute_force_sum_with_one_shard() {
 #[tokio::test]
 async fn every_window_equals_a_brute_force_sum_with_sixty_four_shards() {
     every_window_equals_a_brute_force_sum(64).await;
+}
+
+/// An app on `redis`, with one ranking shard, no scheduled refresh and [`PRODUCTS`] products; their ids.
+async fn one_shard_app(redis: &RedisServer) -> (TestApp, Vec<i64>) {
+    let mut store = isolated_store().await;
+    store.redis_url = redis.url();
+    let mut config = serve_config(store);
+    config.ranking.shards = Shards::new(1).unwrap();
+    config.ranking.refresh = NEVER.parse().unwrap();
+    let app = TestApp::spawn_with(config).await;
+    let rows: Vec<(String, i64, i64)> = (0..PRODUCTS).map(|n| (format!("p{n}"), 100, 10)).collect();
+    stampede::product::db::insert_batch(app.db(), &rows).await.unwrap();
+    let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM products ORDER BY id").fetch_all(app.db()).await.unwrap();
+    (app, ids)
+}
+
+/// An app on a Redis of its own (so that its `INFO commandstats` counts only this test's calls), one ranking
+/// shard (so that a few new sales are folded rather than every window set made anew) and no scheduled
+/// refresh (see [`one_shard_app`]), whose products sold 0..=3 units on each of the last 7 days but the
+/// last one, which sold nothing; the products' ids and the units sold, per product and day.
+async fn window_sets_app(redis: &RedisServer) -> (TestApp, Vec<i64>, Vec<[i64; 7]>) {
+    let (app, ids) = one_shard_app(redis).await;
+    let mut rng = Lcg(7);
+    let mut sales: Vec<[i64; 7]> = ids.iter().map(|_| [0; 7].map(|_: i64| rng.below(4) as i64)).collect();
+    *sales.last_mut().unwrap() = [0; 7];
+    for (id, daily) in ids.iter().zip(&sales) {
+        for (back, units) in daily.iter().enumerate().filter(|(_, units)| **units > 0) {
+            sell(&app, back as u64, *id, *units).await;
+        }
+    }
+    (app, ids, sales)
+}
+
+/// Refreshes as the scheduler would at `now` and checks every cached window (top 50) against the brute-force
+/// sum of `sales` (units per product and day, `now`'s business day first).
+async fn refresh_and_check_every_window(app: &TestApp, now: DateTime<Utc>, ids: &[i64], sales: &[[i64; 7]]) {
+    ranking::refresh(&app.state.stores, app.config.ranking_settings(), now).await.unwrap();
+    let windows = ranking::cache::windows(&app.state.stores.redis).await.unwrap();
+    for (days, window) in (1..=7).zip(windows) {
+        let window = window.unwrap_or_else(|| panic!("window of {days} days cached"));
+        let listed: Vec<(i64, i64)> = window.products.iter().map(|p| (p.product_id.get(), p.total_sales)).collect();
+        let expected = brute_force(ids, sales, days);
+        assert_eq!(listed, expected[..50.min(expected.len())], "{days} days");
+        assert_eq!(window.to, ranking::business_day(now, app.config.business_tz), "{days} days");
+    }
+}
+
+/// ZUNIONSTORE calls the test's own Redis ran since the last `CONFIG RESETSTAT` (script calls included).
+async fn unions_since_reset(app: &TestApp) -> u64 {
+    let command = fred::types::CustomCommand::new_static("INFO", fred::types::ClusterHash::Random, false);
+    let info: String = app.state.stores.redis.client().custom(command, vec!["commandstats"]).await.unwrap();
+    info.lines()
+        .find_map(|line| line.strip_prefix("cmdstat_zunionstore:calls="))
+        .map_or(0, |rest| rest.split(',').next().unwrap().parse().unwrap())
+}
+
+async fn reset_stats(app: &TestApp) {
+    let command = fred::types::CustomCommand::new_static("CONFIG", fred::types::ClusterHash::Random, false);
+    let _: String = app.state.stores.redis.client().custom(command, vec!["RESETSTAT"]).await.unwrap();
+}
+
+#[tokio::test]
+async fn new_and_late_sales_are_folded_into_the_window_sets_without_a_union_and_every_window_stays_exact() {
+    let redis = RedisServer::start();
+    let (app, ids, mut sales) = window_sets_app(&redis).await;
+    reset_stats(&app).await;
+    refresh_and_check_every_window(&app, Utc::now(), &ids, &sales).await;
+    assert_eq!(unions_since_reset(&app).await, 6, "the first refresh makes the 6 window sets, a union each");
+
+    // Today's sales, a late order of yesterday, one of six days ago, and a product selling for the first time.
+    let mut rng = Lcg(3);
+    for back in [0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 6] {
+        let n = rng.below(ids.len() as u64) as usize;
+        sales[n][back] += 5;
+        sell(&app, back as u64, ids[n], 5).await;
+    }
+    let unsold = ids.len() - 1;
+    sales[unsold][2] = 60;
+    sell(&app, 2, ids[unsold], 60).await;
+    reset_stats(&app).await;
+    refresh_and_check_every_window(&app, Utc::now(), &ids, &sales).await;
+    assert_eq!(unions_since_reset(&app).await, 0, "folded by ZINCRBY, no window set made again");
+    let window = |days| ranking::window_set_key(&app.state.stores.redis.keys, shard_of(&app, ids[0]), days);
+    let units: Option<f64> = app.state.stores.redis.client().zscore(window(2), ids[unsold]).await.unwrap();
+    assert_eq!(units, None, "the first sale two days ago is not in the 2-day window");
+    let units: Option<f64> = app.state.stores.redis.client().zscore(window(3), ids[unsold]).await.unwrap();
+    assert_eq!(units, Some(60.0));
+}
+
+#[tokio::test]
+async fn at_midnight_the_window_sets_move_on_a_day_without_a_union_and_every_window_stays_exact() {
+    let redis = RedisServer::start();
+    let (app, ids, sales) = window_sets_app(&redis).await;
+    refresh_and_check_every_window(&app, Utc::now(), &ids, &sales).await;
+
+    // Before the first refresh of tomorrow: a late order of today, and tomorrow's first sales.
+    let tomorrow = today(&app) + Days::new(1);
+    let mut shifted: Vec<[i64; 7]> =
+        sales.iter().map(|daily| [0, daily[0], daily[1], daily[2], daily[3], daily[4], daily[5]]).collect();
+    shifted[4][1] += 9;
+    sell(&app, 0, ids[4], 9).await;
+    for n in [0, 7, 8, 50] {
+        shifted[n][0] += 2 + n as i64;
+        sell_on(&app, tomorrow, ids[n], 2 + n as i64).await;
+    }
+    reset_stats(&app).await;
+    refresh_and_check_every_window(&app, Utc::now() + TimeDelta::days(1), &ids, &shifted).await;
+    assert_eq!(unions_since_reset(&app).await, 0, "the window sets moved on a day, none was made again");
+}
+
+#[tokio::test]
+async fn a_day_rebuilt_from_mysql_and_a_lost_window_set_leave_every_window_exact() {
+    let redis = RedisServer::start();
+    let (app, ids, mut sales) = window_sets_app(&redis).await;
+    refresh_and_check_every_window(&app, Utc::now(), &ids, &sales).await;
+    let window = |days| ranking::window_set_key(&app.state.stores.redis.keys, shard_of(&app, ids[0]), days);
+    let only_five_days_ago = ids.len() - 1;
+    sales[only_five_days_ago][5] = 30;
+    sell(&app, 5, ids[only_five_days_ago], 30).await;
+    refresh_and_check_every_window(&app, Utc::now(), &ids, &sales).await;
+    let units: Option<f64> = app.state.stores.redis.client().zscore(window(7), ids[only_five_days_ago]).await.unwrap();
+    assert_eq!(units, Some(30.0));
+
+    // MySQL has one PAID order five days ago and nothing else: the next refresh heals that day (its marker
+    // is missing), which replaces what the relay had counted there by that one order, taking units away from
+    // the window sets that hold the day.
+    let user = app.create_user("buyer").await;
+    insert_paid_order(app.db(), user, days_ago(5), &[(ids[1], 40)]).await;
+    sales.iter_mut().for_each(|daily| daily[5] = 0);
+    sales[1][5] = 40;
+    refresh_and_check_every_window(&app, Utc::now(), &ids, &sales).await;
+    let units: Option<f64> = app.state.stores.redis.client().zscore(window(7), ids[only_five_days_ago]).await.unwrap();
+    assert_eq!(units, None, "its only sale was on the rebuilt day, where MySQL has none");
+
+    // A window set gone (evicted, deleted by hand): its count no longer matches, so all are made anew.
+    let _: i64 = app.state.stores.redis.client().del(window(3)).await.unwrap();
+    reset_stats(&app).await;
+    refresh_and_check_every_window(&app, Utc::now(), &ids, &sales).await;
+    assert_eq!(unions_since_reset(&app).await, 6);
+}
+
+#[tokio::test]
+async fn a_rebuild_by_hand_also_repairs_window_sets_that_a_hand_edit_of_a_day_set_put_out_of_step() {
+    let redis = RedisServer::start();
+    let (app, ids) = one_shard_app(&redis).await;
+    let (stores, settings) = (&app.state.stores, app.config.ranking_settings());
+    let user = app.create_user("buyer").await;
+    // MySQL and the day sets agree: every product sold today, and one sold 7 units yesterday. So many
+    // products make folding a small difference cheaper than making the window sets anew.
+    let mut sales = vec![[0_i64; 7]; ids.len()];
+    let mut orders = Vec::new();
+    for (n, id) in ids.iter().enumerate() {
+        sales[n][0] = 1 + (n % 3) as i64;
+        orders.push((insert_paid_order(app.db(), user, Utc::now(), &[(*id, sales[n][0])]).await, 0, *id, sales[n][0]));
+    }
+    sales[2][1] = 7;
+    orders.push((insert_paid_order(app.db(), user, days_ago(1), &[(ids[2], 7)]).await, 1, ids[2], 7));
+    for (order, back, product, units) in orders {
+        let line = [(ProductId::new(product).unwrap(), units)];
+        let day = today(&app) - Days::new(back);
+        ranking::sales::record(&stores.redis, settings.shards, day, OrderId::new(order).unwrap(), &line).await.unwrap();
+    }
+    refresh_and_check_every_window(&app, Utc::now(), &ids, &sales).await;
+
+    // Units written straight into yesterday's set, past the relay's script: the window sets never hear of
+    // them. Folding the rebuild's difference (-500) into them would take the 7 real units away as well.
+    let yesterday = ranking::day_key(&stores.redis.keys, shard_of(&app, ids[2]), today(&app) - Days::new(1));
+    let _: f64 = stores.redis.client().zincrby(yesterday, 500.0, ids[2]).await.unwrap();
+    ranking::rebuild(stores, settings, ranking::KEPT_DAYS, Utc::now()).await.unwrap();
+    refresh_and_check_every_window(&app, Utc::now(), &ids, &sales).await;
 }
 
 /// Outbox rows the relay still owes something.
