@@ -96,9 +96,12 @@ impl App {
             .map_err(StartError::Serve);
         // A server error must stop the jobs too.
         shutdown.cancel();
-        // Views counted by the last requests, which drained after the view sender's last tick.
+        // Views counted and changes made by the last requests, which drained after the jobs' last ticks.
         if let Err(error) = self.state.products.send_views().await {
             tracing::warn!(%error, "the last views were not sent to Redis and are lost");
+        }
+        if let Err(error) = self.state.products.announce().await {
+            tracing::warn!(%error, "the last catalogue changes were not announced; other instances' copies expire");
         }
         drained.cancel();
         jobs.wait().await;

@@ -3,7 +3,7 @@
 //!
 //! Freshness (docs/orders.md#catalogue): the instance that commits a payment, a restock or a new product or
 //! option drops its copies of the products involved before it answers, then announces them in Redis
-//! (`lua/catalog_announce.lua`). Every instance asks Redis for announcements every [`POLL`] and drops what
+//! (`lua/catalog_announce.lua`, every [`ANNOUNCE_PERIOD`], one call for all its changes). Every instance asks Redis for announcements every [`POLL`] and drops what
 //! they name, so a change shows everywhere within about that long. A copy is served only while this instance
 //! has heard from Redis within [`SYNC_STALE`], and never once older than [`MAX_AGE`], which bounds staleness
 //! when an announcement itself is lost (Redis down right after a commit).
@@ -11,7 +11,7 @@
 //! A copy being loaded while its product changes is not kept: loads compare per-product change counters
 //! before and after reading MySQL.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -27,8 +27,11 @@ use crate::id::{OptionId, ProductId};
 use crate::store::scripts::{CATALOG_ANNOUNCE, CATALOG_CHANGES};
 use crate::store::{Redis, StoreError, Stores};
 
-/// How often an instance asks Redis for announced changes: how late another instance's commit may show.
+/// How often an instance asks Redis for announced changes: with [`ANNOUNCE_PERIOD`], how late another
+/// instance's commit may show.
 pub const POLL: Duration = Duration::from_millis(50);
+/// How often an instance announces its changes, all of them in one call: a payment costs no Redis call.
+pub const ANNOUNCE_PERIOD: Duration = Duration::from_millis(10);
 /// Copies are not served when this instance has not heard from Redis for this long: it could be missing
 /// announcements.
 const SYNC_STALE: Duration = Duration::from_secs(1);
@@ -53,6 +56,8 @@ struct Inner {
     stores: Stores,
     copies: Copies,
     views: ViewCounter,
+    /// Announcement members not sent yet: one announcement every [`ANNOUNCE_PERIOD`] carries them all.
+    unannounced: Mutex<BTreeSet<String>>,
     /// Serializes loads of one product or page, so a burst of requests for it reads MySQL once.
     gate: Box<[tokio::sync::Mutex<()>]>,
 }
@@ -112,6 +117,7 @@ impl Catalog {
             stores,
             copies: Copies::new(),
             views: ViewCounter::default(),
+            unannounced: Mutex::default(),
             gate: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
         }))
     }
@@ -156,14 +162,36 @@ impl Catalog {
         }
     }
 
-    /// Drops this instance's copies of `ids` at once and announces the change to the others. Called after a
-    /// commit changed their stock. The announcement runs on its own, so a slow Redis never delays the answer
-    /// to a committed payment; a failed one is logged and leaves the other instances' copies to expire
-    /// within [`MAX_AGE`].
+    /// Drops this instance's copies of `ids` at once and announces the change to the others within
+    /// [`ANNOUNCE_PERIOD`]. Called after a commit changed their stock; the announcement never delays the
+    /// answer, and a lost one leaves the other instances' copies to expire within [`MAX_AGE`].
     pub async fn changed(&self, ids: &[ProductId]) {
         self.0.copies.drop_products(ids);
-        let members: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
-        tokio::spawn(announce(self.0.stores.redis.clone(), members));
+        self.announce_later(ids.iter().map(|id| id.to_string()));
+    }
+
+    fn announce_later(&self, members: impl IntoIterator<Item = String>) {
+        self.0.unannounced.lock().expect("never poisoned").extend(members);
+    }
+
+    /// Announces the changes made here since the last call, in one call; on failure they are kept for the
+    /// next. Called every [`ANNOUNCE_PERIOD`], and once more after the last request of a graceful shutdown.
+    pub async fn announce(&self) -> Result<(), StoreError> {
+        let members: Vec<String> =
+            std::mem::take(&mut *self.0.unannounced.lock().expect("never poisoned")).into_iter().collect();
+        if members.is_empty() {
+            return Ok(());
+        }
+        let redis = &self.0.stores.redis;
+        let mut args = Vec::with_capacity(members.len() + 1);
+        args.push(REMEMBERED_VERSIONS.to_string());
+        args.extend(members.iter().cloned());
+        if let Err(error) = CATALOG_ANNOUNCE.call::<i64, _, _>(redis, keys(redis), args).await {
+            metrics::counter!("catalog_announce_failures_total").increment(1);
+            self.announce_later(members);
+            return Err(error);
+        }
+        Ok(())
     }
 
     /// Reads the flushed view counts of `ids` into this instance's copies at once and announces the flush to
@@ -173,8 +201,7 @@ impl Catalog {
         if let Err(error) = self.refresh_views(ids).await {
             tracing::warn!(%error, "flushed view counts not read; details undercount until their copies expire");
         }
-        let members: Vec<String> = ids.iter().map(|id| format!("{VIEWS_FLUSHED}{id}")).collect();
-        tokio::spawn(announce(self.0.stores.redis.clone(), members));
+        self.announce_later(ids.iter().map(|id| format!("{VIEWS_FLUSHED}{id}")));
     }
 
     /// Replaces the flushed view count of the copies of `ids` this instance holds.
@@ -203,7 +230,7 @@ impl Catalog {
 
     async fn changed_everything(&self) {
         self.0.copies.drop_everything();
-        tokio::spawn(announce(self.0.stores.redis.clone(), vec![ALL.to_owned()]));
+        self.announce_later([ALL.to_owned()]);
     }
 
     /// One page of the listing, serialized.
@@ -294,11 +321,25 @@ impl Catalog {
         self.0.views.send(&self.0.stores.redis).await
     }
 
-    /// Until `shutdown`: applies announcements every [`POLL`], and sends counted views to Redis every
-    /// [`super::views::SEND_PERIOD`].
+    /// Until `shutdown`: applies announcements every [`POLL`], announces this instance's changes every
+    /// [`ANNOUNCE_PERIOD`], and sends counted views to Redis every [`super::views::SEND_PERIOD`].
     pub async fn run(self, shutdown: CancellationToken) {
         let views = self.0.views.clone().run(self.0.stores.redis.clone(), shutdown.clone());
-        tokio::join!(views, self.poll_until(shutdown));
+        tokio::join!(views, self.poll_until(shutdown.clone()), self.announce_until(shutdown));
+    }
+
+    async fn announce_until(&self, shutdown: CancellationToken) {
+        let mut ticks = tokio::time::interval(ANNOUNCE_PERIOD);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                _ = ticks.tick() => {}
+            }
+            if let Err(error) = self.announce().await {
+                tracing::warn!(%error, "catalogue changes not announced; kept for the next try");
+            }
+        }
     }
 
     async fn poll_until(&self, shutdown: CancellationToken) {
@@ -323,17 +364,6 @@ const VIEWS_FLUSHED: &str = "v";
 
 fn keys(redis: &Redis) -> Vec<String> {
     vec![redis.keys.key("catalog:{catalog}:version"), redis.keys.key("catalog:{catalog}:changed")]
-}
-
-/// Tells every instance that these products (or [`ALL`]) changed in MySQL.
-pub async fn announce(redis: Redis, members: Vec<String>) {
-    let mut args = Vec::with_capacity(members.len() + 1);
-    args.push(REMEMBERED_VERSIONS.to_string());
-    args.extend(members);
-    if let Err(error) = CATALOG_ANNOUNCE.call::<i64, _, _>(&redis, keys(&redis), args).await {
-        metrics::counter!("catalog_announce_failures_total").increment(1);
-        tracing::warn!(%error, "catalogue change not announced; other instances may show it up to 2 s late");
-    }
 }
 
 impl Copies {

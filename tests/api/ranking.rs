@@ -315,6 +315,14 @@ async fn the_scheduled_refresh_brings_new_sales_into_the_cached_list() {
     }
 }
 
+/// Inserts [`PRODUCTS`] products named `p<n>` priced `price(n)`, each in one option of 10 units.
+async fn insert_products(app: &TestApp, price: impl Fn(usize) -> i64) {
+    let rows: Vec<_> = (0..PRODUCTS)
+        .map(|n| stampede::product::ProductSpec::single(&format!("p{n}"), price(n), 10).validate().unwrap())
+        .collect();
+    stampede::product::db::insert_batch(app.db(), &rows).await.unwrap();
+}
+
 /// Products of the brute-force tests: about 5 per shard at 64 shards, and 300 in the one shard at 1.
 const PRODUCTS: usize = 300;
 
@@ -347,10 +355,7 @@ async fn every_window_equals_a_brute_force_sum(shards: u32) {
     config.ranking.shards = Shards::new(shards).unwrap();
     config.ranking.refresh = NEVER.parse().unwrap();
     let app = TestApp::spawn_with(config).await;
-    let rows: Vec<_> = (0..PRODUCTS)
-        .map(|n| stampede::product::ProductSpec::single(&format!("p{n}"), 100 + n as i64, 10).validate().unwrap())
-        .collect();
-    stampede::product::db::insert_batch(app.db(), &rows).await.unwrap();
+    insert_products(&app, |n| 100 + n as i64).await;
     let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM products ORDER BY id").fetch_all(app.db()).await.unwrap();
     // Ids 9, 10, 11, 65, 66, 100, 129, 130: equal scores are ordered "10" < "100" < "11" < "129" < ... < "9"
     // by Redis, and at 64 shards 65/129 and 66/130 share a shard.
@@ -423,8 +428,7 @@ async fn one_shard_app(redis: &RedisServer) -> (TestApp, Vec<i64>) {
     config.ranking.shards = Shards::new(1).unwrap();
     config.ranking.refresh = NEVER.parse().unwrap();
     let app = TestApp::spawn_with(config).await;
-    let rows: Vec<(String, i64, i64)> = (0..PRODUCTS).map(|n| (format!("p{n}"), 100, 10)).collect();
-    stampede::product::db::insert_batch(app.db(), &rows).await.unwrap();
+    insert_products(&app, |_| 100).await;
     let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM products ORDER BY id").fetch_all(app.db()).await.unwrap();
     (app, ids)
 }
