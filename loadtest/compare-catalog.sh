@@ -40,6 +40,14 @@ sql() { mariadb --no-defaults -h127.0.0.1 -P"${server_url##*:}" -ustampede -psta
 requests_per_second() { awk '/^Requests\/sec:/ { printf "%d", $2 }'; }
 p99() { awk '$1 == "99%" { print $2 }'; }
 run_wrk() { wrk -t2 -c"$CONNECTIONS" -d"$DURATION" --latency "$@"; }
+# SIGTERM, then SIGKILL if the graceful stop (draining the relay's backlog of this run's events) takes over 30 s.
+stop_server() {
+    kill "$pid"
+    for _ in $(seq 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+    kill -9 "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    pid=
+}
 
 for round in $(seq "$ROUNDS"); do
     for spec in "$@"; do
@@ -88,8 +96,6 @@ for round in $(seq "$ROUNDS"); do
             "$(requests_per_second <<<"$catalog")" "$(p99 <<<"$catalog")" \
             "$(requests_per_second <<<"$hot_pay")" "$(p99 <<<"$hot_pay")" \
             "$(grep -E '^status [^2]|Non-2xx' <<<"$detail$list$catalog$hot_pay" | tr '\n' ' ' || true)"
-        kill "$pid"
-        wait "$pid" 2>/dev/null || true
-        pid=
+        stop_server
     done
 done
