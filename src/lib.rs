@@ -29,5 +29,6 @@ pub mod seed;
 pub mod state;
 pub mod store;
 pub mod telemetry;
+pub mod ticker;
 pub mod user;
 pub mod whole;

@@ -325,35 +325,17 @@ impl Catalog {
     /// [`ANNOUNCE_PERIOD`], and sends counted views to Redis every [`super::views::SEND_PERIOD`].
     pub async fn run(self, shutdown: CancellationToken) {
         let views = self.0.views.clone().run(self.0.stores.redis.clone(), shutdown.clone());
-        tokio::join!(views, self.poll_until(shutdown.clone()), self.announce_until(shutdown));
-    }
-
-    async fn announce_until(&self, shutdown: CancellationToken) {
-        let mut ticks = tokio::time::interval(ANNOUNCE_PERIOD);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                _ = ticks.tick() => {}
-            }
-            if let Err(error) = self.announce().await {
-                tracing::warn!(%error, "catalogue changes not announced; kept for the next try");
-            }
-        }
-    }
-
-    async fn poll_until(&self, shutdown: CancellationToken) {
-        let mut ticks = tokio::time::interval(POLL);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                _ = ticks.tick() => {}
-            }
+        let polls = crate::ticker::every(POLL, &shutdown, || async {
             if let Err(error) = self.poll().await {
                 tracing::debug!(%error, "catalogue changes not polled; copies are served for at most a second more");
             }
-        }
+        });
+        let announcements = crate::ticker::every(ANNOUNCE_PERIOD, &shutdown, || async {
+            if let Err(error) = self.announce().await {
+                tracing::warn!(%error, "catalogue changes not announced; kept for the next try");
+            }
+        });
+        tokio::join!(views, polls, announcements);
     }
 }
 

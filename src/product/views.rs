@@ -122,17 +122,12 @@ impl ViewCounter {
 
     /// Sends every [`SEND_PERIOD`] until `shutdown`; the last send is the caller's, after the last request.
     pub async fn run(self, redis: Redis, shutdown: CancellationToken) {
-        let mut ticks = tokio::time::interval(SEND_PERIOD);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                _ = ticks.tick() => {}
-            }
+        crate::ticker::every(SEND_PERIOD, &shutdown, || async {
             if let Err(error) = self.send(&redis).await {
                 tracing::warn!(%error, "views not sent to Redis; they are kept for the next send");
             }
-        }
+        })
+        .await;
     }
 }
 

@@ -84,15 +84,10 @@ impl Snapshot {
 /// Keeps `published` current until `shutdown`: checks the version every [`POLL`]. A failed check keeps the
 /// copy (it is still served while fresh) and is retried at the next tick.
 pub async fn run(redis: Redis, settings: Settings, published: Published, shutdown: CancellationToken) {
-    let mut ticks = tokio::time::interval(POLL);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => break,
-            _ = ticks.tick() => {}
-        }
+    crate::ticker::every(POLL, &shutdown, || async {
         if let Err(error) = published.reload(&redis, settings, Utc::now()).await {
             tracing::debug!(%error, "ranking copy not reloaded; the current one stays");
         }
-    }
+    })
+    .await;
 }
