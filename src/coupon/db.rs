@@ -252,12 +252,9 @@ pub async fn lock_fences(tx: &mut MySqlConnection, ids: &[CouponId]) -> Result<V
         return Ok(Vec::new());
     }
     let mut query = QueryBuilder::new(FENCE_COLUMNS);
-    query.push(" WHERE id IN (");
-    let mut list = query.separated(", ");
-    for id in ids {
-        list.push_bind(*id);
-    }
-    query.push(") ORDER BY id FOR UPDATE");
+    query.push(" WHERE id IN ");
+    mysql::push_list(&mut query, ids.iter().copied());
+    query.push(" ORDER BY id FOR UPDATE");
     let rows: Vec<FenceRow> = query.build_query_as().fetch_all(tx).await?;
     Ok(rows.iter().map(|row| (row.id, row.fence())).collect())
 }

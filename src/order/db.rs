@@ -23,24 +23,16 @@ pub struct OptionRow {
 /// exist.
 pub async fn options_of(db: &MySqlPool, ids: &[ProductId]) -> Result<Vec<OptionRow>, sqlx::Error> {
     let mut query = QueryBuilder::new(
-        "SELECT id, product_id, name, price, CAST(stock AS SIGNED) AS stock FROM product_options WHERE product_id IN (",
+        "SELECT id, product_id, name, price, CAST(stock AS SIGNED) AS stock FROM product_options WHERE product_id IN ",
     );
-    let mut list = query.separated(", ");
-    for id in ids {
-        list.push_bind(*id);
-    }
-    query.push(")");
+    mysql::push_list(&mut query, ids.iter().copied());
     query.build_query_as().fetch_all(db).await
 }
 
 /// The stock of each of `ids` that exists (a plain read: no lock).
 pub async fn stocks(db: &MySqlPool, ids: &[OptionId]) -> Result<Vec<(OptionId, i64)>, sqlx::Error> {
-    let mut query = QueryBuilder::new("SELECT id, CAST(stock AS SIGNED) FROM product_options WHERE id IN (");
-    let mut list = query.separated(", ");
-    for id in ids {
-        list.push_bind(*id);
-    }
-    query.push(")");
+    let mut query = QueryBuilder::new("SELECT id, CAST(stock AS SIGNED) FROM product_options WHERE id IN ");
+    mysql::push_list(&mut query, ids.iter().copied());
     query.build_query_as().fetch_all(db).await
 }
 

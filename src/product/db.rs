@@ -218,12 +218,9 @@ pub async fn options_of(
         return Ok(by_product);
     }
     let mut query = QueryBuilder::new(OPTION_COLUMNS);
-    query.push(" WHERE product_id IN (");
-    let mut list = query.separated(", ");
-    for id in ids {
-        list.push_bind(*id);
-    }
-    query.push(") ORDER BY product_id, id");
+    query.push(" WHERE product_id IN ");
+    mysql::push_list(&mut query, ids.iter().copied());
+    query.push(" ORDER BY product_id, id");
     let rows: Vec<OptionRow> = query.build_query_as().fetch_all(&mut *db).await?;
     for row in rows {
         by_product.entry(row.product_id).or_default().push(row.into_option());
@@ -270,12 +267,8 @@ pub async fn page(db: &MySqlPool, limit: i64, offset: i64) -> Result<Vec<Product
 
 /// The views flushed to MySQL of each of `ids` that exists.
 pub async fn view_counts(db: &MySqlPool, ids: &[ProductId]) -> Result<Vec<(ProductId, i64)>, sqlx::Error> {
-    let mut query = QueryBuilder::new("SELECT id, view_count FROM products WHERE id IN (");
-    let mut list = query.separated(", ");
-    for id in ids {
-        list.push_bind(*id);
-    }
-    query.push(")");
+    let mut query = QueryBuilder::new("SELECT id, view_count FROM products WHERE id IN ");
+    mysql::push_list(&mut query, ids.iter().copied());
     query.build_query_as().fetch_all(db).await
 }
 
@@ -307,12 +300,8 @@ pub async fn add_views(
         for (id, count) in chunk {
             query.push(" WHEN ").push_bind(*id).push(" THEN ").push_bind(*count);
         }
-        query.push(" ELSE 0 END WHERE id IN (");
-        let mut ids = query.separated(", ");
-        for (id, _) in chunk {
-            ids.push_bind(*id);
-        }
-        query.push(")");
+        query.push(" ELSE 0 END WHERE id IN ");
+        mysql::push_list(&mut query, chunk.iter().map(|(id, _)| *id));
         query.build().execute(&mut *tx).await?;
     }
     tx.commit().await?;

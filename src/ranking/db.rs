@@ -51,12 +51,8 @@ pub async fn paid_lines_of(
             .push_bind(mysql::datetime(from))
             .push(" AND o.paid_at < ")
             .push_bind(mysql::datetime(to))
-            .push(" AND o.id IN (");
-        let mut ids = query.separated(", ");
-        for id in chunk {
-            ids.push_bind(*id);
-        }
-        query.push(")");
+            .push(" AND o.id IN ");
+        mysql::push_list(&mut query, chunk.iter().copied());
         lines.extend(query.build_query_as::<PaidLine>().fetch_all(db).await?);
     }
     Ok(lines)
@@ -80,12 +76,8 @@ pub async fn names_and_prices(
 ) -> Result<HashMap<ProductId, (String, i64)>, sqlx::Error> {
     let mut found = HashMap::with_capacity(ids.len());
     for chunk in ids.chunks(IN_CHUNK) {
-        let mut query = QueryBuilder::new("SELECT id, name, price FROM products WHERE id IN (");
-        let mut separated = query.separated(", ");
-        for id in chunk {
-            separated.push_bind(*id);
-        }
-        query.push(")");
+        let mut query = QueryBuilder::new("SELECT id, name, price FROM products WHERE id IN ");
+        mysql::push_list(&mut query, chunk.iter().copied());
         let rows: Vec<(ProductId, String, i64)> = query.build_query_as().fetch_all(db).await?;
         found.extend(rows.into_iter().map(|(id, name, price)| (id, (name, price))));
     }

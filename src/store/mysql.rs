@@ -26,6 +26,19 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<MySqlPool, Store
     Ok(pool)
 }
 
+/// Appends `(?, ?, ...)` binding each of `values`: the list of an `IN`.
+pub fn push_list<T>(query: &mut sqlx::QueryBuilder<sqlx::MySql>, values: impl IntoIterator<Item = T>)
+where
+    T: for<'t> sqlx::Encode<'t, sqlx::MySql> + sqlx::Type<sqlx::MySql>,
+{
+    query.push("(");
+    let mut list = query.separated(", ");
+    for value in values {
+        list.push_bind(value);
+    }
+    list.push_unseparated(")");
+}
+
 /// An instant as a query parameter: every instant bound to a query goes through here.
 ///
 /// sqlx sends a `DateTime<Utc>` typed TIMESTAMP, and MariaDB converts such a parameter through TIMESTAMP's
