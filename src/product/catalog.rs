@@ -279,8 +279,8 @@ impl Catalog {
             return Ok(copy);
         }
         let before = copies.epoch();
-        let views_epoch = self.0.views.epoch();
         let (product, flushed_views) = db::find(&self.0.stores.db, id).await?.ok_or(Error::NotFound(id))?;
+        let views_epoch = self.0.views.measure(&self.0.stores.redis, id).await;
         let copy = Arc::new(DetailCopy::new(&product, flushed_views, views_epoch));
         copies.keep_detail(id, copy.clone(), before);
         Ok(copy)

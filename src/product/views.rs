@@ -59,7 +59,9 @@ struct Counter {
 struct Counted {
     /// Counted here, not sent to Redis yet.
     unsent: i64,
-    /// Not yet flushed to MySQL, as Redis answered send number `measured`.
+    /// Counted here, in a send Redis has not answered yet.
+    in_flight: i64,
+    /// Not yet flushed to MySQL, as Redis answered send (or measurement) number `measured`.
     in_redis: i64,
     measured: u64,
 }
@@ -71,15 +73,29 @@ impl ViewCounter {
         self.0.sends.load(Ordering::Acquire)
     }
 
+    /// Reads `product`'s views not yet flushed from Redis, right after its flushed views were read from MySQL
+    /// for a new copy; returns the epoch to load that copy under, so this count is added to its sum. Without
+    /// Redis the copy takes the epoch of now, leaving older counts out until the next send.
+    pub async fn measure(&self, redis: &Redis, product: ProductId) -> u64 {
+        let number = self.0.sends.fetch_add(1, Ordering::AcqRel) + 1;
+        let Ok(in_redis) = unflushed(redis, product).await else { return number };
+        let mut views = self.0.views.lock().expect("never poisoned");
+        let counted = views.entry(product).or_default();
+        if number > counted.measured {
+            (counted.in_redis, counted.measured) = (in_redis, number);
+        }
+        number - 1
+    }
+
     /// Counts one view of `product`; returns its views not yet flushed to MySQL, this one included, as far as
     /// they can be added to flushed views read at `epoch`. Redis's count from an earlier send may include views
     /// that read already has (a flush ran in between), so it is left out until the next send: the sum may
-    /// undercount for a moment, never count a view twice.
+    /// undercount for a moment. Views in a send Redis has not answered yet are counted.
     pub fn count(&self, product: ProductId, epoch: u64) -> i64 {
         let mut views = self.0.views.lock().expect("never poisoned");
         let counted = views.entry(product).or_default();
         counted.unsent += 1;
-        counted.unsent + if counted.measured > epoch { counted.in_redis } else { 0 }
+        counted.unsent + counted.in_flight + if counted.measured > epoch { counted.in_redis } else { 0 }
     }
 
     /// Sends the views counted since the last send to Redis in one pipeline; on failure they stay for the next.
@@ -89,7 +105,10 @@ impl ViewCounter {
             views
                 .iter_mut()
                 .filter(|(_, counted)| counted.unsent > 0)
-                .map(|(product, counted)| (*product, std::mem::take(&mut counted.unsent)))
+                .map(|(product, counted)| {
+                    counted.in_flight += counted.unsent;
+                    (*product, std::mem::take(&mut counted.unsent))
+                })
                 .collect()
         };
         if unsent.is_empty() {
@@ -98,26 +117,21 @@ impl ViewCounter {
         let number = self.0.sends.fetch_add(1, Ordering::AcqRel) + 1;
         let sent = record(redis, &unsent).await;
         let mut views = self.0.views.lock().expect("never poisoned");
-        match sent {
-            Ok(in_redis) => {
-                for (product, count) in in_redis {
-                    let counted = views.entry(product).or_default();
-                    if number > counted.measured {
-                        (counted.in_redis, counted.measured) = (count, number);
-                    }
+        for (product, count) in &unsent {
+            let counted = views.entry(*product).or_default();
+            counted.in_flight -= count;
+            match &sent {
+                Ok(in_redis) if number > counted.measured => {
+                    (counted.in_redis, counted.measured) = (in_redis[product], number);
                 }
-                if views.len() > REMEMBERED_PRODUCTS {
-                    views.retain(|_, counted| counted.unsent > 0);
-                }
-                Ok(())
-            }
-            Err(error) => {
-                for (product, count) in unsent {
-                    views.entry(product).or_default().unsent += count;
-                }
-                Err(error.into())
+                Ok(_) => {}
+                Err(_) => counted.unsent += count,
             }
         }
+        if views.len() > REMEMBERED_PRODUCTS {
+            views.retain(|_, counted| counted.unsent > 0 || counted.in_flight > 0);
+        }
+        sent.map(drop).map_err(StoreError::from)
     }
 
     /// Sends every [`SEND_PERIOD`] until `shutdown`; the last send is the caller's, after the last request.
@@ -143,6 +157,15 @@ async fn record(
     }
     let replies: Vec<Option<i64>> = pipeline.all().await?;
     Ok(counts.keys().zip(replies.chunks(2)).map(|(product, pair)| (*product, pair.iter().flatten().sum())).collect())
+}
+
+/// `product`'s views in Redis, pending or in the batch being flushed.
+async fn unflushed(redis: &Redis, product: ProductId) -> Result<i64, fred::error::Error> {
+    let pipeline = redis.client().pipeline();
+    let _: () = pipeline.hget(pending_key(redis), product.get()).await?;
+    let _: () = pipeline.hget(batch_key(redis), product.get()).await?;
+    let counts: Vec<Option<i64>> = pipeline.all().await?;
+    Ok(counts.into_iter().flatten().sum())
 }
 
 /// Views taken out of Redis to be added to MySQL as one unit.
@@ -255,7 +278,12 @@ mod tests {
         let counter = ViewCounter::default();
         let product = ProductId::new(1).unwrap();
         // A send (number 1) answered that Redis holds 1,000 views not yet flushed.
-        counter.0.views.lock().unwrap().insert(product, Counted { unsent: 0, in_redis: 1_000, measured: 1 });
+        counter
+            .0
+            .views
+            .lock()
+            .unwrap()
+            .insert(product, Counted { unsent: 0, in_flight: 0, in_redis: 1_000, measured: 1 });
         counter.0.sends.store(1, Ordering::Release);
         assert_eq!(counter.count(product, 0), 1_001, "a copy read before that send adds the Redis count");
         // A copy read after send 1, perhaps after a flush moved those 1,000 views to MySQL.
