@@ -9,26 +9,6 @@ use crate::id::{CouponId, OptionId, OrderId, ProductId, UserId};
 use crate::platform::OrderEvent;
 use crate::store::mysql;
 
-/// What pricing and the stock check need of an option.
-#[derive(Debug, sqlx::FromRow)]
-pub struct OptionRow {
-    pub id: OptionId,
-    pub product_id: ProductId,
-    pub name: String,
-    pub price: i64,
-    pub stock: i64,
-}
-
-/// Every option of the products among `ids` (a plain read: no lock); a product without options does not
-/// exist.
-pub async fn options_of(db: &MySqlPool, ids: &[ProductId]) -> Result<Vec<OptionRow>, sqlx::Error> {
-    let mut query = QueryBuilder::new(
-        "SELECT id, product_id, name, price, CAST(stock AS SIGNED) AS stock FROM product_options WHERE product_id IN ",
-    );
-    mysql::push_list(&mut query, ids.iter().copied());
-    query.build_query_as().fetch_all(db).await
-}
-
 /// The stock of each of `ids` that exists (a plain read: no lock).
 pub async fn stocks(db: &MySqlPool, ids: &[OptionId]) -> Result<Vec<(OptionId, i64)>, sqlx::Error> {
     let mut query = QueryBuilder::new("SELECT id, CAST(stock AS SIGNED) FROM product_options WHERE id IN ");

@@ -22,6 +22,8 @@
 
 pub mod db;
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::MySqlPool;
@@ -30,7 +32,7 @@ use thiserror::Error;
 use crate::coupon::{self, HeldCoupon, HeldStatus};
 use crate::id::{CouponId, OptionId, OrderId, ProductId, UserId};
 use crate::platform::{EventItem, OrderEvent};
-use crate::product::Catalog;
+use crate::product::{self, Catalog, ProductOption};
 use crate::store::{StoreError, Stores, mysql};
 use crate::{balance, user};
 
@@ -183,7 +185,7 @@ pub async fn create(stores: &Stores, catalog: &Catalog, new: NewOrder, pay: bool
     user::ensure_exists(stores, new.user_id).await?;
     let mut ids: Vec<ProductId> = requested.iter().map(|item| item.product_id).collect();
     ids.dedup();
-    let items = price_items(&requested, &db::options_of(&stores.db, &ids).await?)?;
+    let items = price_items(&requested, &product::db::options_of(&stores.db, &ids).await?)?;
     let now = Utc::now().trunc_subsecs(6);
     let held = match new.coupon_id {
         Some(coupon_id) => Some(usable_coupon(stores, new.user_id, coupon_id, now).await?),
@@ -294,20 +296,20 @@ fn validate_items(mut items: Vec<ItemRequest>) -> Result<Vec<ItemRequest>, Error
 
 /// Prices each requested line at its option, from `options` (every option of the products asked for);
 /// the lines come back sorted by (product id, option id), the pay transaction's lock order, and distinct.
-fn price_items(requested: &[ItemRequest], options: &[db::OptionRow]) -> Result<Vec<Item>, Error> {
+fn price_items(
+    requested: &[ItemRequest],
+    options: &HashMap<ProductId, Vec<ProductOption>>,
+) -> Result<Vec<Item>, Error> {
     let mut items = Vec::with_capacity(requested.len());
     for request in requested {
         let product = request.product_id;
-        let mut of_product = options.iter().filter(|option| option.product_id == product).peekable();
-        if of_product.peek().is_none() {
-            return Err(Error::ProductNotFound(product));
-        }
+        let of_product = options.get(&product).filter(|of| !of.is_empty()).ok_or(Error::ProductNotFound(product))?;
         let option = match request.option_id {
             Some(id) => {
-                of_product.find(|option| option.id == id).ok_or(Error::OptionNotFound { product, option: id })?
+                of_product.iter().find(|option| option.id == id).ok_or(Error::OptionNotFound { product, option: id })?
             }
-            None => match (of_product.next(), of_product.next()) {
-                (Some(only), None) => only,
+            None => match of_product.as_slice() {
+                [only] => only,
                 _ => {
                     return Err(Error::Invalid(format!(
                         "product {product} is sold in several options: name one with optionId"
@@ -383,7 +385,7 @@ async fn pay_in_transaction(
         Ok(PayOutcome::Paid(paid)) => {
             let mut bought: Vec<ProductId> = order.items.iter().map(|item| item.product_id).collect();
             bought.dedup();
-            catalog.changed(&bought).await;
+            catalog.changed(&bought);
             Ok(paid)
         }
         Ok(PayOutcome::NotPayable) => Err(Error::NotPayable(order.order_id)),
@@ -513,19 +515,24 @@ mod tests {
         }
     }
 
-    fn option(id: i64, product: i64) -> db::OptionRow {
-        db::OptionRow {
-            id: OptionId::new(id).unwrap(),
-            product_id: ProductId::new(product).unwrap(),
-            name: format!("option {id}"),
-            price: 10,
-            stock: 5,
+    /// Options `(id, product)` as the catalogue hands them out, by product.
+    fn options(pairs: &[(i64, i64)]) -> HashMap<ProductId, Vec<ProductOption>> {
+        let mut by_product: HashMap<ProductId, Vec<ProductOption>> = HashMap::new();
+        for &(id, product) in pairs {
+            by_product.entry(ProductId::new(product).unwrap()).or_default().push(ProductOption {
+                id: OptionId::new(id).unwrap(),
+                name: format!("option {id}"),
+                price: 10,
+                stock: 5,
+                status: crate::product::Status::OnSale,
+            });
         }
+        by_product
     }
 
     #[test]
     fn lines_are_sorted_by_product_and_option_so_every_payment_locks_in_one_order() {
-        let options = [option(7, 1), option(3, 1), option(5, 2), option(9, 3)];
+        let options = options(&[(7, 1), (3, 1), (5, 2), (9, 3)]);
         let requested = validate_items(vec![of(3, None), of(1, Some(7)), of(2, None), of(1, Some(3))]).unwrap();
         let items = price_items(&requested, &options).unwrap();
         let order: Vec<_> = items.iter().map(|i| (i.product_id.get(), i.option_id.get())).collect();
@@ -534,7 +541,7 @@ mod tests {
 
     #[test]
     fn an_option_is_named_for_a_product_with_several_and_found_only_in_its_own_product() {
-        let options = [option(3, 1), option(7, 1), option(5, 2)];
+        let options = options(&[(3, 1), (7, 1), (5, 2)]);
         assert!(matches!(price_items(&[of(1, None)], &options), Err(Error::Invalid(_))));
         assert!(matches!(price_items(&[of(2, Some(3))], &options), Err(Error::OptionNotFound { .. })));
         assert!(matches!(price_items(&[of(4, None)], &options), Err(Error::ProductNotFound(_))));

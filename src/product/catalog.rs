@@ -125,7 +125,7 @@ impl Catalog {
     /// Stores a new product; every instance's listing shows it within [`POLL`].
     pub async fn create(&self, new: NewProduct) -> Result<Product, Error> {
         let product = db::insert(&self.0.stores.db, &new).await?;
-        self.changed_everything().await;
+        self.changed_everything();
         Ok(product)
     }
 
@@ -133,7 +133,7 @@ impl Catalog {
     pub async fn add_option(&self, product_id: ProductId, new: NewOption) -> Result<ProductOption, Error> {
         match db::add_option(&self.0.stores.db, product_id, &new).await? {
             AddedOption::Added(option) => {
-                self.changed(&[product_id]).await;
+                self.changed(&[product_id]);
                 Ok(option)
             }
             AddedOption::NoProduct => Err(Error::NotFound(product_id)),
@@ -151,7 +151,7 @@ impl Catalog {
     ) -> Result<ProductOption, Error> {
         match db::restock(&self.0.stores.db, product_id, option_id, restock.get()).await? {
             Restocked::Done(option) => {
-                self.changed(&[product_id]).await;
+                self.changed(&[product_id]);
                 Ok(option)
             }
             Restocked::NoProduct => Err(Error::NotFound(product_id)),
@@ -165,7 +165,7 @@ impl Catalog {
     /// Drops this instance's copies of `ids` at once and announces the change to the others within
     /// [`ANNOUNCE_PERIOD`]. Called after a commit changed their stock; the announcement never delays the
     /// answer, and a lost one leaves the other instances' copies to expire within [`MAX_AGE`].
-    pub async fn changed(&self, ids: &[ProductId]) {
+    pub fn changed(&self, ids: &[ProductId]) {
         self.0.copies.drop_products(ids);
         self.announce_later(ids.iter().map(|id| id.to_string()));
     }
@@ -228,7 +228,7 @@ impl Catalog {
         Ok(())
     }
 
-    async fn changed_everything(&self) {
+    fn changed_everything(&self) {
         self.0.copies.drop_everything();
         self.announce_later([ALL.to_owned()]);
     }

@@ -26,7 +26,7 @@ pub async fn insert(db: &MySqlPool, new: &NewProduct) -> Result<Product, sqlx::E
         .await?;
     let id = ProductId::new(done.last_insert_id() as i64).expect("AUTO_INCREMENT ids are positive");
     insert_options(&mut tx, &option_rows(id, new)).await?;
-    let options = options_of(&mut tx, &[id]).await?.remove(&id).unwrap_or_default();
+    let options = options_of(&mut *tx, &[id]).await?.remove(&id).unwrap_or_default();
     tx.commit().await?;
     Ok(Product::new(id, new.name.clone(), new.price, options))
 }
@@ -209,8 +209,8 @@ async fn exists(db: &MySqlPool, product_id: ProductId) -> Result<bool, sqlx::Err
 }
 
 /// The options of each of `ids`, in ascending option id order (a plain read: no lock).
-pub async fn options_of(
-    db: &mut MySqlConnection,
+pub async fn options_of<'c>(
+    db: impl sqlx::MySqlExecutor<'c>,
     ids: &[ProductId],
 ) -> Result<HashMap<ProductId, Vec<ProductOption>>, sqlx::Error> {
     let mut by_product: HashMap<ProductId, Vec<ProductOption>> = HashMap::with_capacity(ids.len());
@@ -221,7 +221,7 @@ pub async fn options_of(
     query.push(" WHERE product_id IN ");
     mysql::push_list(&mut query, ids.iter().copied());
     query.push(" ORDER BY product_id, id");
-    let rows: Vec<OptionRow> = query.build_query_as().fetch_all(&mut *db).await?;
+    let rows: Vec<OptionRow> = query.build_query_as().fetch_all(db).await?;
     for row in rows {
         by_product.entry(row.product_id).or_default().push(row.into_option());
     }
@@ -244,7 +244,7 @@ pub async fn find(db: &MySqlPool, id: ProductId) -> Result<Option<(Product, i64)
         .fetch_optional(&mut *conn)
         .await?;
     let Some(row) = row else { return Ok(None) };
-    let options = options_of(&mut conn, &[id]).await?.remove(&id).unwrap_or_default();
+    let options = options_of(&mut *conn, &[id]).await?.remove(&id).unwrap_or_default();
     Ok(Some((Product::new(row.id, row.name, row.price, options), row.view_count)))
 }
 
@@ -258,7 +258,7 @@ pub async fn page(db: &MySqlPool, limit: i64, offset: i64) -> Result<Vec<Product
             .fetch_all(&mut *conn)
             .await?;
     let ids: Vec<ProductId> = rows.iter().map(|row| row.id).collect();
-    let mut options = options_of(&mut conn, &ids).await?;
+    let mut options = options_of(&mut *conn, &ids).await?;
     Ok(rows
         .into_iter()
         .map(|row| Product::new(row.id, row.name, row.price, options.remove(&row.id).unwrap_or_default()))
