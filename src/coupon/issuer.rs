@@ -9,6 +9,7 @@
 //! burst shares round trips. Each user is still decided atomically and in arrival order (see the script).
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use tokio::sync::{Mutex, mpsc, oneshot};
@@ -24,6 +25,10 @@ const MAX_BATCH: usize = 128;
 const WORKERS: usize = 4;
 /// Requests waiting for a batch; beyond this a request waits to enter the queue (backpressure).
 const QUEUE_CAPACITY: usize = 16 * 1024;
+/// A request still queued after this is answered 503 rather than sent: with a Redis command allowed 1.5 s
+/// (`store::redis`), it keeps every answer within the contract's 2 s for a 503. The queue only grows this
+/// long when every worker waits on a Redis that does not answer; otherwise a request waits milliseconds.
+const MAX_QUEUE_WAIT: Duration = Duration::from_millis(400);
 
 /// Hands issuances to the batching workers. Cheap to clone; the workers stop once every clone is dropped.
 #[derive(Clone)]
@@ -34,6 +39,7 @@ pub struct Issuer {
 struct Request {
     coupon: CouponId,
     user: UserId,
+    queued_at: Instant,
     reply: oneshot::Sender<Result<IssueReply, StoreError>>,
 }
 
@@ -52,13 +58,14 @@ impl Issuer {
     /// What the script decided for `user`, decided together with the requests queued beside it.
     pub async fn issue(&self, coupon: CouponId, user: UserId) -> Result<IssueReply, StoreError> {
         let (reply, answer) = oneshot::channel();
-        self.queue.send(Request { coupon, user, reply }).await.map_err(|_| stopped())?;
+        self.queue.send(Request { coupon, user, queued_at: Instant::now(), reply }).await.map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
 }
 
 /// One worker: takes everything queued (up to [`MAX_BATCH`]), decides it, repeats. While it waits on Redis
-/// the next worker takes the queue, so up to [`WORKERS`] batches are in flight.
+/// the next worker takes the queue, so up to [`WORKERS`] batches are in flight. The coupons of one batch
+/// are called side by side, so a coupon whose Redis master does not answer holds up no other.
 async fn work(stores: Stores, gate: ScriptGate, queue: Arc<Mutex<mpsc::Receiver<Request>>>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
@@ -66,18 +73,37 @@ async fn work(stores: Stores, gate: ScriptGate, queue: Arc<Mutex<mpsc::Receiver<
             return;
         }
         metrics::histogram!("coupon_issue_batch_size").record(batch.len() as f64);
-        // Stable: each coupon's requests keep their arrival order.
-        batch.sort_by_key(|request| request.coupon);
+        let taken_at = Instant::now();
+        let (late, on_time): (Vec<_>, Vec<_>) =
+            batch.drain(..).partition(|request| taken_at - request.queued_at > MAX_QUEUE_WAIT);
+        if !late.is_empty() {
+            metrics::counter!("coupon_issue_shed_total").increment(late.len() as u64);
+            let waited = format!("waited over {MAX_QUEUE_WAIT:?} for a Redis call");
+            answer(late, Err(fred::error::Error::new(fred::error::ErrorKind::Timeout, waited).into()));
+        }
         let now = Utc::now().timestamp_micros();
-        let mut requests = batch.drain(..).peekable();
-        while let Some(first) = requests.next() {
-            let coupon = first.coupon;
-            let mut group = vec![first];
-            group.extend(std::iter::from_fn(|| requests.next_if(|next| next.coupon == coupon)));
-            let users: Vec<UserId> = group.iter().map(|request| request.user).collect();
-            answer(group, gate.issue(&stores, coupon, &users, now).await);
+        futures::future::join_all(by_coupon(on_time).into_iter().map(|group| {
+            let (stores, gate) = (&stores, &gate);
+            async move {
+                let (coupon, users): (_, Vec<UserId>) = (group[0].coupon, group.iter().map(|r| r.user).collect());
+                answer(group, gate.issue(stores, coupon, &users, now).await);
+            }
+        }))
+        .await;
+    }
+}
+
+/// The requests grouped by coupon, each group in arrival order (the script decides its users in order).
+fn by_coupon(mut requests: Vec<Request>) -> Vec<Vec<Request>> {
+    requests.sort_by_key(|request| request.coupon); // stable
+    let mut groups: Vec<Vec<Request>> = Vec::new();
+    for request in requests {
+        match groups.last_mut() {
+            Some(group) if group[0].coupon == request.coupon => group.push(request),
+            _ => groups.push(vec![request]),
         }
     }
+    groups
 }
 
 /// Sends each request its reply, or its copy of the error the whole call failed with. A requester that
