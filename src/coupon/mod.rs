@@ -9,6 +9,7 @@ pub mod cache;
 pub mod db;
 pub mod fence;
 pub mod issuer;
+pub mod view;
 pub mod writer;
 
 use std::collections::HashMap;
