@@ -1,14 +1,14 @@
-//! Times the pay transaction (`order::pay` of a PENDING order: the lock-free checks, then the one MySQL
+//! Times the pay transaction (`Orders::pay` of a PENDING order: the lock-free checks, then the one MySQL
 //! transaction) against the dev services. Orders are created, and the balance topped up, outside the timed
 //! part. `DATABASE_URL` / `REDIS_URL` default to the dev services (`scripts/services.sh start dev`).
 
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use stampede::balance::{self, ChargeAmount};
-use stampede::config::{BalanceLimits, StoreConfig};
+use stampede::balance::{Balances, Limits};
+use stampede::config::StoreConfig;
 use stampede::id::{ProductId, UserId};
-use stampede::order::{self, ItemRequest, NewOrder};
+use stampede::order::{self, ItemRequest, NewOrder, Orders};
 use stampede::product::{Catalog, ProductSpec};
 use stampede::store::{Stores, mysql};
 use stampede::user::{self, UserName};
@@ -45,44 +45,45 @@ async fn fixtures(stores: &Stores, catalog: &Catalog, products: usize) -> (UserI
 /// Makes `count` PENDING orders of one unit of each product, with the balance to pay them all.
 async fn pending_orders(
     stores: &Stores,
-    catalog: &Catalog,
+    orders: &Orders,
     user: UserId,
     products: &[ProductId],
     count: u64,
 ) -> Vec<order::Order> {
-    let limits = BalanceLimits::default();
+    let limits = Limits::default();
+    let balances = Balances::new(stores.clone(), limits);
     let needed = count as i64 * products.len() as i64;
-    while balance::get(stores, user).await.unwrap().balance < needed {
-        let amount = ChargeAmount::parse(limits.charge_max, &limits).unwrap();
-        balance::charge(stores, &limits, user, amount, None).await.unwrap();
+    while balances.get(user).await.unwrap().balance < needed {
+        balances.charge(user, limits.charge_max, None).await.unwrap();
     }
     let items: Vec<ItemRequest> =
         products.iter().map(|&product_id| ItemRequest { product_id, option_id: None, quantity: 1 }).collect();
-    let mut orders = Vec::with_capacity(count as usize);
+    let mut pending = Vec::with_capacity(count as usize);
     for _ in 0..count {
         let new = NewOrder { user_id: user, items: items.clone(), coupon_id: None };
-        orders.push(order::create(stores, catalog, new, false).await.unwrap());
+        pending.push(orders.create(new, false).await.unwrap());
     }
-    orders
+    pending
 }
 
 fn bench_pay(c: &mut Criterion) {
     let runtime = Runtime::new().unwrap();
     let stores = runtime.block_on(connect());
     let catalog = runtime.block_on(async { Catalog::new(stores.clone()) });
+    let orders = Orders::new(stores.clone(), catalog.clone());
     let mut group = c.benchmark_group("pay");
     for products in [1, 3] {
         let (user, ids) = runtime.block_on(fixtures(&stores, &catalog, products));
         group.bench_function(format!("{products}_item_order"), |b| {
             b.to_async(&runtime).iter_custom(|iters| {
-                let (stores, catalog) = (stores.clone(), catalog.clone());
+                let (stores, orders) = (stores.clone(), orders.clone());
                 let ids = ids.clone();
                 async move {
-                    let orders = pending_orders(&stores, &catalog, user, &ids, iters).await;
+                    let pending = pending_orders(&stores, &orders, user, &ids, iters).await;
                     let mut timed = Duration::ZERO;
-                    for pending in orders {
+                    for order in pending {
                         let started = Instant::now();
-                        let paid = order::pay(&stores, &catalog, user, pending.order_id).await.unwrap();
+                        let paid = orders.pay(user, order.order_id).await.unwrap();
                         timed += started.elapsed();
                         std::hint::black_box(paid);
                     }

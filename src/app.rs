@@ -59,14 +59,16 @@ impl App {
             .map_err(|source| StartError::Bind { addr: config.bind_addr, source })?;
         crate::telemetry::metrics();
         let coupons = crate::coupon::Coupons::start(stores.clone(), catalog, users.clone());
+        let products = product::Catalog::new(stores.clone());
         let state = AppState(Arc::new(Shared {
-            products: product::Catalog::new(stores.clone()),
+            orders: crate::order::Orders::new(stores.clone(), products.clone()),
+            balances: crate::balance::Balances::new(stores.clone(), config.limits),
+            ranking: ranking::Ranking::new(stores.clone(), config.ranking_settings()),
+            products,
             stores,
             config: Arc::new(config),
             coupons,
             users,
-            ranking_gate: ranking::ComputeGate::default(),
-            ranking_copy: ranking::published::Published::default(),
         }));
         Ok(Self { listener, state })
     }
@@ -129,7 +131,7 @@ fn spawn_background_jobs(
     jobs.spawn(product::views::run(stores.clone(), state.products.clone(), drained.clone()));
     jobs.spawn(state.products.clone().run(shutdown.clone()));
     jobs.spawn(crate::retention::run(stores.clone(), state.config.retention, shutdown.clone()));
-    let copy = state.ranking_copy.clone();
+    let copy = state.ranking.published().clone();
     jobs.spawn(ranking::published::run(stores.redis.clone(), state.config.ranking_settings(), copy, shutdown.clone()));
     jobs.spawn(ranking::job::run(
         stores,

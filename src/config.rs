@@ -60,26 +60,10 @@ pub struct ServeConfig {
     pub ranking: crate::ranking::Config,
 
     #[command(flatten)]
-    pub limits: BalanceLimits,
+    pub limits: crate::balance::Limits,
 
     #[command(flatten)]
     pub retention: crate::retention::Config,
-}
-
-/// Balance rules the contract makes configurable.
-#[derive(Debug, Clone, Copy, Args)]
-pub struct BalanceLimits {
-    /// Smallest amount one charge may add, in won.
-    #[arg(long, env = "CHARGE_MIN", default_value_t = 1)]
-    pub charge_min: i64,
-
-    /// Largest amount one charge may add, in won.
-    #[arg(long, env = "CHARGE_MAX", default_value_t = 10_000_000)]
-    pub charge_max: i64,
-
-    /// A balance may never exceed this, in won.
-    #[arg(long, env = "BALANCE_MAX", default_value_t = 100_000_000)]
-    pub balance_max: i64,
 }
 
 impl ServeConfig {
@@ -93,12 +77,6 @@ impl RebuildConfig {
     /// What the rebuild needs of this configuration.
     pub fn ranking_settings(&self) -> crate::ranking::Settings {
         crate::ranking::Settings { business_tz: self.business_tz, shards: self.ranking_shards }
-    }
-}
-
-impl Default for BalanceLimits {
-    fn default() -> Self {
-        Self { charge_min: 1, charge_max: 10_000_000, balance_max: 100_000_000 }
     }
 }
 

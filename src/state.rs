@@ -30,8 +30,10 @@ pub struct Shared {
     pub users: crate::user::cache::KnownUsers,
     /// The catalogue: products and options, with in-process copies of listing pages and details.
     pub products: product::Catalog,
-    /// Makes a burst of requests for an uncached ranking window compute it once.
-    pub ranking_gate: ranking::ComputeGate,
-    /// The ranking's lists, serialized, in process: what `GET /products/top` answers from.
-    pub ranking_copy: ranking::published::Published,
+    /// The ranking's lists, served from an in-process copy.
+    pub ranking: ranking::Ranking,
+    /// Orders and their payment.
+    pub orders: crate::order::Orders,
+    /// Balances, charges and their history.
+    pub balances: crate::balance::Balances,
 }

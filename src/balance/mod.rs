@@ -10,7 +10,6 @@ use chrono::{DateTime, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::config::BalanceLimits;
 use crate::id::UserId;
 use crate::store::{StoreError, Stores, mysql};
 use crate::user;
@@ -52,6 +51,28 @@ crate::user::user_error_conversions!(Error);
 impl Error {
     fn is_lock_conflict(&self) -> bool {
         matches!(self, Error::Store(StoreError::Mysql(e)) if mysql::is_lock_conflict(e))
+    }
+}
+
+/// Balance rules the contract makes configurable.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct Limits {
+    /// Smallest amount one charge may add, in won.
+    #[arg(long, env = "CHARGE_MIN", default_value_t = 1)]
+    pub charge_min: i64,
+
+    /// Largest amount one charge may add, in won.
+    #[arg(long, env = "CHARGE_MAX", default_value_t = 10_000_000)]
+    pub charge_max: i64,
+
+    /// A balance may never exceed this, in won.
+    #[arg(long, env = "BALANCE_MAX", default_value_t = 100_000_000)]
+    pub balance_max: i64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { charge_min: 1, charge_max: 10_000_000, balance_max: 100_000_000 }
     }
 }
 
@@ -121,7 +142,8 @@ pub struct Entry {
 /// A client-chosen key that makes a charge safe to retry: 1..=128 printable ASCII characters.
 ///
 /// Stored as bytes (migration 0050), so keys differing only in case or trailing spaces are different keys.
-/// No job prunes them yet: a key is remembered for good, which covers the contract's 24 hours.
+/// Remembered for `--idempotency-retention-hours` (default 48, at least the contract's 24), then pruned by
+/// the retention job.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdempotencyKey(String);
 
@@ -144,10 +166,10 @@ impl IdempotencyKey {
 
 /// An amount inside the configured per-charge range.
 #[derive(Debug, Clone, Copy)]
-pub struct ChargeAmount(i64);
+struct ChargeAmount(i64);
 
 impl ChargeAmount {
-    pub fn parse(amount: i64, limits: &BalanceLimits) -> Result<Self, Error> {
+    pub fn parse(amount: i64, limits: &Limits) -> Result<Self, Error> {
         if (limits.charge_min..=limits.charge_max).contains(&amount) {
             Ok(Self(amount))
         } else {
@@ -160,51 +182,70 @@ impl ChargeAmount {
     }
 }
 
-/// The current balance; 0 for a user who never charged.
-pub async fn get(stores: &Stores, user_id: UserId) -> Result<Balance, Error> {
-    user::ensure_exists(stores, user_id).await?;
-    let balance = db::amount(&stores.db, user_id).await?.unwrap_or(0);
-    Ok(Balance { user_id, balance })
+/// A page of a user's balance changes.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct History {
+    /// Newest first.
+    pub entries: Vec<Entry>,
 }
 
-/// Newest first, at most `limit` (1..=1000) entries.
-pub async fn history(stores: &Stores, user_id: UserId, limit: u32) -> Result<Vec<Entry>, Error> {
-    if !(1..=HISTORY_LIMIT_MAX).contains(&limit) {
-        return Err(Error::Invalid("limit must be 1..=1000"));
+/// The balance domain's handle: read, charge and list a user's balance. Cheap to clone.
+#[derive(Clone)]
+pub struct Balances {
+    stores: Stores,
+    limits: Limits,
+}
+
+impl Balances {
+    pub fn new(stores: Stores, limits: Limits) -> Self {
+        Self { stores, limits }
     }
-    user::ensure_exists(stores, user_id).await?;
-    Ok(db::history(&stores.db, user_id, limit).await?)
-}
 
-/// Adds `amount` to the balance. With a key, a retry (also one racing the first call) returns the first
-/// call's response and charges nothing; the same key with another amount is refused.
-pub async fn charge(
-    stores: &Stores,
-    limits: &BalanceLimits,
-    user_id: UserId,
-    amount: ChargeAmount,
-    key: Option<&IdempotencyKey>,
-) -> Result<Charged, Error> {
-    user::ensure_exists(stores, user_id).await?;
-    let outcome = mysql::retry_on_conflict(
-        || async {
-            // DATETIME(6) keeps microseconds: truncate now so a replayed response equals the first one.
-            let now = Utc::now().trunc_subsecs(6);
-            Ok::<_, Error>(db::charge(&stores.db, user_id, amount.get(), limits.balance_max, key, now).await?)
-        },
-        Error::is_lock_conflict,
-    )
-    .await;
-    match outcome {
-        Ok(db::ChargeOutcome::Charged(charged)) => Ok(charged),
-        Ok(db::ChargeOutcome::Replayed { amount: first, response }) if first == amount.get() => Ok(response),
-        Ok(db::ChargeOutcome::Replayed { .. }) => Err(Error::IdempotencyKeyReused),
-        Ok(db::ChargeOutcome::OverLimit) => Err(Error::LimitExceeded { max: limits.balance_max }),
-        Ok(db::ChargeOutcome::NoUser) => Err(Error::UserNotFound(user_id)),
-        Err(e) if e.is_lock_conflict() => {
-            tracing::warn!(user.id = %user_id, error = %e, "charge kept losing lock conflicts");
-            Err(Error::Contended)
+    /// The current balance; 0 for a user who never charged.
+    pub async fn get(&self, user_id: UserId) -> Result<Balance, Error> {
+        let stores = &self.stores;
+        user::ensure_exists(stores, user_id).await?;
+        let balance = db::amount(&stores.db, user_id).await?.unwrap_or(0);
+        Ok(Balance { user_id, balance })
+    }
+
+    /// Newest first, at most `limit` (1..=1000) entries.
+    pub async fn history(&self, user_id: UserId, limit: u32) -> Result<History, Error> {
+        let stores = &self.stores;
+        if !(1..=HISTORY_LIMIT_MAX).contains(&limit) {
+            return Err(Error::Invalid("limit must be 1..=1000"));
         }
-        Err(e) => Err(e),
+        user::ensure_exists(stores, user_id).await?;
+        Ok(History { entries: db::history(&stores.db, user_id, limit).await? })
+    }
+
+    /// Adds `amount` (won, within the configured [`Limits`]) to the balance. With a key, a retry (also one
+    /// racing the first call) returns the first call's response and charges nothing; the same key with another
+    /// amount is refused.
+    pub async fn charge(&self, user_id: UserId, amount: i64, key: Option<&IdempotencyKey>) -> Result<Charged, Error> {
+        let (stores, limits) = (&self.stores, &self.limits);
+        let amount = ChargeAmount::parse(amount, limits)?;
+        user::ensure_exists(stores, user_id).await?;
+        let outcome = mysql::retry_on_conflict(
+            || async {
+                // DATETIME(6) keeps microseconds: truncate now so a replayed response equals the first one.
+                let now = Utc::now().trunc_subsecs(6);
+                Ok::<_, Error>(db::charge(&stores.db, user_id, amount.get(), limits.balance_max, key, now).await?)
+            },
+            Error::is_lock_conflict,
+        )
+        .await;
+        match outcome {
+            Ok(db::ChargeOutcome::Charged(charged)) => Ok(charged),
+            Ok(db::ChargeOutcome::Replayed { amount: first, response }) if first == amount.get() => Ok(response),
+            Ok(db::ChargeOutcome::Replayed { .. }) => Err(Error::IdempotencyKeyReused),
+            Ok(db::ChargeOutcome::OverLimit) => Err(Error::LimitExceeded { max: limits.balance_max }),
+            Ok(db::ChargeOutcome::NoUser) => Err(Error::UserNotFound(user_id)),
+            Err(e) if e.is_lock_conflict() => {
+                tracing::warn!(user.id = %user_id, error = %e, "charge kept losing lock conflicts");
+                Err(Error::Contended)
+            }
+            Err(e) => Err(e),
+        }
     }
 }

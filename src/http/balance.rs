@@ -2,13 +2,13 @@
 
 use axum::extract::State;
 use axum::http::HeaderMap;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::error::{ErrorBody, Result};
 use super::extract::{Json, Path, Query};
-use crate::balance::{self, Balance, ChargeAmount, Charged, Entry, IdempotencyKey};
+use crate::balance::{Balance, Charged, History, IdempotencyKey};
 use crate::id::UserId;
 use crate::state::AppState;
 
@@ -29,7 +29,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     params(("userId" = i64, Path, description = "User id", minimum = 1)),
     responses((status = 200, body = Balance), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn get_balance(State(app): State<AppState>, Path(user_id): Path<UserId>) -> Result<axum::Json<Balance>> {
-    Ok(axum::Json(balance::get(&app.stores, user_id).await?))
+    Ok(axum::Json(app.balances.get(user_id).await?))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -56,9 +56,7 @@ async fn charge_balance(
         .get(IDEMPOTENCY_KEY)
         .map(|value| IdempotencyKey::parse(value.to_str().unwrap_or_default()))
         .transpose()?;
-    let limits = &app.config.limits;
-    let amount = ChargeAmount::parse(req.amount, limits)?;
-    Ok(axum::Json(balance::charge(&app.stores, limits, user_id, amount, key.as_ref()).await?))
+    Ok(axum::Json(app.balances.charge(user_id, req.amount, key.as_ref()).await?))
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -66,12 +64,6 @@ pub struct HistoryQuery {
     /// Entries to return, 1..=1000 (default 20).
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct History {
-    /// Newest first.
-    entries: Vec<Entry>,
 }
 
 /// Balance changes, newest first.
@@ -84,5 +76,5 @@ async fn list_balance_history(
     Query(query): Query<HistoryQuery>,
 ) -> Result<axum::Json<History>> {
     let limit = query.limit.unwrap_or(DEFAULT_HISTORY_LIMIT);
-    Ok(axum::Json(History { entries: balance::history(&app.stores, user_id, limit).await? }))
+    Ok(axum::Json(app.balances.history(user_id, limit).await?))
 }

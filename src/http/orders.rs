@@ -9,7 +9,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use super::error::{ErrorBody, Result};
 use super::extract::{Json, Path};
 use crate::id::{CouponId, OrderId, UserId};
-use crate::order::{self, ItemRequest, NewOrder, Order, Paid};
+use crate::order::{ItemRequest, NewOrder, Order, Paid};
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -38,7 +38,7 @@ async fn create_order(
     Json(req): Json<CreateOrder>,
 ) -> Result<(StatusCode, axum::Json<Order>)> {
     let new = NewOrder { user_id: req.user_id, items: req.items, coupon_id: req.coupon_id };
-    let order = order::create(&app.stores, &app.products, new, req.pay).await?;
+    let order = app.orders.create(new, req.pay).await?;
     Ok((StatusCode::CREATED, axum::Json(order)))
 }
 
@@ -59,7 +59,7 @@ async fn pay_order(
     Path(order_id): Path<OrderId>,
     Json(req): Json<PayRequest>,
 ) -> Result<axum::Json<Paid>> {
-    Ok(axum::Json(order::pay(&app.stores, &app.products, req.user_id, order_id).await?))
+    Ok(axum::Json(app.orders.pay(req.user_id, order_id).await?))
 }
 
 /// The order with its current status.
@@ -67,5 +67,5 @@ async fn pay_order(
     params(("orderId" = i64, Path, description = "Order id", minimum = 1)),
     responses((status = 200, body = Order), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
 async fn get_order(State(app): State<AppState>, Path(order_id): Path<OrderId>) -> Result<axum::Json<Order>> {
-    Ok(axum::Json(order::get(&app.stores, order_id).await?))
+    Ok(axum::Json(app.orders.get(order_id).await?))
 }

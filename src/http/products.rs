@@ -14,7 +14,7 @@ use super::error::{ErrorBody, Result};
 use super::extract::{Admin, Json, Path, Query};
 use crate::id::{OptionId, ProductId};
 use crate::product::{OptionSpec, PageRequest, ProductDetail, ProductOption, ProductPage, ProductSpec, Restock};
-use crate::ranking::{self, TopProducts, Window};
+use crate::ranking::{TopProducts, Window};
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -178,18 +178,12 @@ pub struct TopQuery {
     responses((status = 200, body = TopProducts), (status = 400, body = ErrorBody)))]
 async fn top_products(State(app): State<AppState>, Query(query): Query<TopQuery>) -> Result<Response> {
     let window = Window::parse(query.days, query.limit)?;
-    let (settings, now) = (app.config.ranking_settings(), Utc::now());
-    let body = ranking::top_json(&app.stores, settings, &app.ranking_gate, &app.ranking_copy, window, now).await?;
-    Ok(json(body))
+    Ok(json(app.ranking.top_json(window, Utc::now()).await?))
 }
 
 /// Recomputes every ranking window now; returns the default window (3 days, top 5).
 #[utoipa::path(post, path = "/admin/ranking/refresh", tag = "admin", security(("admin" = [])),
     responses((status = 200, body = TopProducts), (status = 401, body = ErrorBody)))]
 async fn refresh_ranking(_: Admin, State(app): State<AppState>) -> Result<axum::Json<TopProducts>> {
-    let (settings, now) = (app.config.ranking_settings(), Utc::now());
-    let top = ranking::refresh(&app.stores, settings, now).await?;
-    // This instance serves the new lists at once; the others at their next version check.
-    app.ranking_copy.reload(&app.stores.redis, settings, now).await.map_err(ranking::Error::from)?;
-    Ok(axum::Json(top))
+    Ok(axum::Json(app.ranking.refresh_now(Utc::now()).await?))
 }

@@ -178,77 +178,99 @@ pub struct Paid {
     pub paid_at: DateTime<Utc>,
 }
 
-/// Validates and prices `new`; stores it PENDING, or with `pay` creates and pays it in one transaction
-/// (then a failure leaves no order behind).
-pub async fn create(stores: &Stores, catalog: &Catalog, new: NewOrder, pay: bool) -> Result<Order, Error> {
-    let requested = validate_items(new.items)?;
-    user::ensure_exists(stores, new.user_id).await?;
-    let mut ids: Vec<ProductId> = requested.iter().map(|item| item.product_id).collect();
-    ids.dedup();
-    let items = price_items(&requested, &product::db::options_of(&stores.db, &ids).await?)?;
-    let now = Utc::now().trunc_subsecs(6);
-    let held = match new.coupon_id {
-        Some(coupon_id) => Some(usable_coupon(stores, new.user_id, coupon_id, now).await?),
-        None => None,
-    };
-    let total_amount = items.iter().try_fold(0i64, |sum, item| sum.checked_add(item.amount)).ok_or_else(too_large)?;
-    let discount_amount = held.as_ref().map_or(0, |held| held.coupon.discount.amount_off(total_amount));
-    let draft = Order {
-        order_id: OrderId::new(i64::MAX).expect("placeholder id is positive"),
-        user_id: new.user_id,
-        status: Status::Pending,
-        items,
-        total_amount,
-        discount_amount,
-        final_amount: total_amount - discount_amount,
-        coupon_id: new.coupon_id,
-        created_at: now,
-        paid_at: None,
-    };
-    if !pay {
-        let order_id = db::insert_order(&stores.db, &draft).await?;
-        return Ok(Order { order_id, ..draft });
-    }
-    // Fast refusal before taking locks; the guard in the transaction is what decides.
-    let balance = balance::db::amount(&stores.db, draft.user_id).await?.unwrap_or(0);
-    if balance < draft.final_amount {
-        return Err(Error::InsufficientBalance(draft.final_amount));
-    }
-    let paid = pay_in_transaction(stores, catalog, &draft, held.as_ref(), None).await?;
-    Ok(Order { order_id: paid.order_id, status: Status::Paid, paid_at: Some(paid.paid_at), ..draft })
+/// The order domain's handle: create, pay and read orders. Cheap to clone.
+#[derive(Clone)]
+pub struct Orders {
+    stores: Stores,
+    /// The catalogue, whose copies of the products bought a payment drops.
+    catalog: Catalog,
 }
 
-/// Pays a PENDING order of `user_id`.
-pub async fn pay(stores: &Stores, catalog: &Catalog, user_id: UserId, order_id: OrderId) -> Result<Paid, Error> {
-    let order =
-        db::find(&stores.db, order_id).await?.filter(|o| o.user_id == user_id).ok_or(Error::NotFound(order_id))?;
-    if order.status != Status::Pending {
-        return Err(Error::NotPayable(order_id));
+impl Orders {
+    pub fn new(stores: Stores, catalog: Catalog) -> Self {
+        Self { stores, catalog }
     }
-    // Checks without locks first, so a doomed payment takes none; a failure here is as final as one
-    // inside the transaction, since coupons are never returned and stock only goes down.
-    let now = Utc::now().trunc_subsecs(6);
-    let held = match order.coupon_id {
-        Some(coupon_id) => match usable_coupon(stores, user_id, coupon_id, now).await {
-            Ok(held) => Some(held),
-            Err(e @ Error::CouponUnavailable(_)) => return fail(stores, order_id, e).await,
-            Err(e) => return Err(e),
-        },
-        None => None,
-    };
-    let ids: Vec<OptionId> = order.items.iter().map(|item| item.option_id).collect();
-    let stocks = db::stocks(&stores.db, &ids).await?;
-    let in_stock = |item: &&Item| stocks.iter().any(|(id, stock)| *id == item.option_id && *stock >= item.quantity);
-    if let Some(item) = order.items.iter().find(|item| !in_stock(item)) {
-        return fail(stores, order_id, item.out_of_stock()).await;
+
+    /// Validates and prices `new`; stores it PENDING, or with `pay` creates and pays it in one transaction
+    /// (then a failure leaves no order behind).
+    pub async fn create(&self, new: NewOrder, pay: bool) -> Result<Order, Error> {
+        let (stores, catalog) = (&self.stores, &self.catalog);
+        let requested = validate_items(new.items)?;
+        user::ensure_exists(stores, new.user_id).await?;
+        let mut ids: Vec<ProductId> = requested.iter().map(|item| item.product_id).collect();
+        ids.dedup();
+        let items = price_items(&requested, &product::db::options_of(&stores.db, &ids).await?)?;
+        let now = Utc::now().trunc_subsecs(6);
+        let held = match new.coupon_id {
+            Some(coupon_id) => Some(usable_coupon(stores, new.user_id, coupon_id, now).await?),
+            None => None,
+        };
+        let total_amount =
+            items.iter().try_fold(0i64, |sum, item| sum.checked_add(item.amount)).ok_or_else(too_large)?;
+        let discount_amount = held.as_ref().map_or(0, |held| held.coupon.discount.amount_off(total_amount));
+        let draft = Order {
+            order_id: OrderId::new(i64::MAX).expect("placeholder id is positive"),
+            user_id: new.user_id,
+            status: Status::Pending,
+            items,
+            total_amount,
+            discount_amount,
+            final_amount: total_amount - discount_amount,
+            coupon_id: new.coupon_id,
+            created_at: now,
+            paid_at: None,
+        };
+        if !pay {
+            let order_id = db::insert_order(&stores.db, &draft).await?;
+            return Ok(Order { order_id, ..draft });
+        }
+        // Fast refusal before taking locks; the guard in the transaction is what decides.
+        let balance = balance::db::amount(&stores.db, draft.user_id).await?.unwrap_or(0);
+        if balance < draft.final_amount {
+            return Err(Error::InsufficientBalance(draft.final_amount));
+        }
+        let paid = pay_in_transaction(stores, catalog, &draft, held.as_ref(), None).await?;
+        Ok(Order { order_id: paid.order_id, status: Status::Paid, paid_at: Some(paid.paid_at), ..draft })
     }
-    let balance = balance::db::amount(&stores.db, user_id).await?.unwrap_or(0);
-    if balance < order.final_amount {
-        return short_of_balance(stores, &order).await;
+
+    /// Pays a PENDING order of `user_id`.
+    pub async fn pay(&self, user_id: UserId, order_id: OrderId) -> Result<Paid, Error> {
+        let (stores, catalog) = (&self.stores, &self.catalog);
+        let order =
+            db::find(&stores.db, order_id).await?.filter(|o| o.user_id == user_id).ok_or(Error::NotFound(order_id))?;
+        if order.status != Status::Pending {
+            return Err(Error::NotPayable(order_id));
+        }
+        // Checks without locks first, so a doomed payment takes none; a failure here is as final as one
+        // inside the transaction, since coupons are never returned and stock only goes down.
+        let now = Utc::now().trunc_subsecs(6);
+        let held = match order.coupon_id {
+            Some(coupon_id) => match usable_coupon(stores, user_id, coupon_id, now).await {
+                Ok(held) => Some(held),
+                Err(e @ Error::CouponUnavailable(_)) => return fail(stores, order_id, e).await,
+                Err(e) => return Err(e),
+            },
+            None => None,
+        };
+        let ids: Vec<OptionId> = order.items.iter().map(|item| item.option_id).collect();
+        let stocks = db::stocks(&stores.db, &ids).await?;
+        let in_stock = |item: &&Item| stocks.iter().any(|(id, stock)| *id == item.option_id && *stock >= item.quantity);
+        if let Some(item) = order.items.iter().find(|item| !in_stock(item)) {
+            return fail(stores, order_id, item.out_of_stock()).await;
+        }
+        let balance = balance::db::amount(&stores.db, user_id).await?.unwrap_or(0);
+        if balance < order.final_amount {
+            return short_of_balance(stores, &order).await;
+        }
+        match pay_in_transaction(stores, catalog, &order, held.as_ref(), Some(order_id)).await {
+            Err(e @ (Error::OutOfStock { .. } | Error::CouponUnavailable(_))) => fail(stores, order_id, e).await,
+            result => result,
+        }
     }
-    match pay_in_transaction(stores, catalog, &order, held.as_ref(), Some(order_id)).await {
-        Err(e @ (Error::OutOfStock { .. } | Error::CouponUnavailable(_))) => fail(stores, order_id, e).await,
-        result => result,
+
+    /// The order with its current status.
+    pub async fn get(&self, order_id: OrderId) -> Result<Order, Error> {
+        db::find(&self.stores.db, order_id).await?.ok_or(Error::NotFound(order_id))
     }
 }
 
@@ -261,11 +283,6 @@ async fn short_of_balance<T>(stores: &Stores, order: &Order) -> Result<T, Error>
         Some(now) if now.status != Status::Pending => Err(Error::NotPayable(order.order_id)),
         _ => Err(Error::InsufficientBalance(order.final_amount)),
     }
-}
-
-/// The order with its current status.
-pub async fn get(stores: &Stores, order_id: OrderId) -> Result<Order, Error> {
-    db::find(&stores.db, order_id).await?.ok_or(Error::NotFound(order_id))
 }
 
 /// Marks a PENDING order FAILED after an OUT_OF_STOCK or COUPON_UNAVAILABLE, and returns that error; or

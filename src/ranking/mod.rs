@@ -288,6 +288,39 @@ pub async fn top_json(
     Ok(serde_json::to_vec(&top).expect("a top list serializes").into())
 }
 
+/// The ranking's handle for requests: the lists as JSON, and a refresh that this instance serves at once.
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct Ranking {
+    stores: Stores,
+    settings: Settings,
+    gate: ComputeGate,
+    published: published::Published,
+}
+
+impl Ranking {
+    pub fn new(stores: Stores, settings: Settings) -> Self {
+        Self { stores, settings, gate: ComputeGate::default(), published: published::Published::default() }
+    }
+
+    /// The instance's copy of the lists, which [`published::run`] keeps current.
+    pub fn published(&self) -> &published::Published {
+        &self.published
+    }
+
+    /// `window`'s list as JSON, as [`top_json`] gives it.
+    pub async fn top_json(&self, window: Window, now: DateTime<Utc>) -> Result<axum::body::Bytes, Error> {
+        top_json(&self.stores, self.settings, &self.gate, &self.published, window, now).await
+    }
+
+    /// [`refresh`], then this instance serves the new lists at once (the others at their next version check).
+    pub async fn refresh_now(&self, now: DateTime<Utc>) -> Result<TopProducts, Error> {
+        let top = refresh(&self.stores, self.settings, now).await?;
+        self.published.reload(&self.stores.redis, self.settings, now).await?;
+        Ok(top)
+    }
+}
+
 /// The cached list of the `days` window if it ends `today` (a list from before midnight is stale).
 async fn cached_for(stores: &Stores, days: u32, today: NaiveDate) -> Result<Option<TopProducts>, Error> {
     Ok(cache::window(&stores.redis, days).await?.filter(|cached| cached.to == today))

@@ -276,12 +276,10 @@ async fn keys_differing_in_case_or_a_trailing_space_are_three_charges_and_are_re
     assert_eq!((status, upper["balance"].as_i64()), (StatusCode::OK, Some(200)), "{upper}");
     // HTTP drops a header value's trailing whitespace before any server sees it (RFC 9110 section 5.5), so
     // `abc ` can only reach the charge through the domain call; there it is a key of its own.
-    let stores = &app.state.stores;
-    let limits = stampede::config::BalanceLimits::default();
+    let balances = &app.state.balances;
     let user_id = stampede::id::UserId::new(user).unwrap();
-    let amount = stampede::balance::ChargeAmount::parse(100, &limits).unwrap();
     let spaced = stampede::balance::IdempotencyKey::parse("abc ").unwrap();
-    let charged = stampede::balance::charge(stores, &limits, user_id, amount, Some(&spaced)).await.unwrap();
+    let charged = balances.charge(user_id, 100, Some(&spaced)).await.unwrap();
     assert_eq!(charged.balance, 300);
     assert_eq!(balance_of(&app, user).await, 300);
     assert_eq!(history_rows(&app, user).await, 3);
@@ -293,7 +291,7 @@ async fn keys_differing_in_case_or_a_trailing_space_are_three_charges_and_are_re
         .unwrap();
     assert_eq!(charge_with_key(&app, user, 100, "abc").await, (StatusCode::OK, lower));
     assert_eq!(charge_with_key(&app, user, 100, "ABC").await, (StatusCode::OK, upper));
-    let replayed = stampede::balance::charge(stores, &limits, user_id, amount, Some(&spaced)).await.unwrap();
+    let replayed = balances.charge(user_id, 100, Some(&spaced)).await.unwrap();
     assert_eq!(replayed, charged);
     assert_eq!(balance_of(&app, user).await, 300);
     assert_eq!(history_rows(&app, user).await, 3);

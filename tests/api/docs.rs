@@ -100,23 +100,52 @@ async fn the_openapi_names_path_parameters_as_the_contract_does() {
     }
 }
 
-#[test]
-fn no_module_but_main_imports_the_composition_root() {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let mut offenders = Vec::new();
-    let mut folders = vec![src.clone()];
+/// Every `.rs` file under `src/<folder>`, with its text.
+fn sources(folder: &str) -> Vec<(PathBuf, String)> {
+    let mut found = Vec::new();
+    let mut folders = vec![Path::new(env!("CARGO_MANIFEST_DIR")).join("src").join(folder)];
     while let Some(folder) = folders.pop() {
         for entry in std::fs::read_dir(&folder).unwrap() {
             let path = entry.unwrap().path();
             if path.is_dir() {
                 folders.push(path);
-            } else if path.extension().is_some_and(|ext| ext == "rs") && path != src.join("main.rs") {
-                let text = std::fs::read_to_string(&path).unwrap();
-                if text.contains("crate::app::") || text.contains("crate::app;") || text.contains("use crate::{app") {
-                    offenders.push(path.display().to_string());
-                }
+            } else if path.extension().is_some_and(|ext| ext == "rs") {
+                found.push((path.clone(), std::fs::read_to_string(&path).unwrap()));
             }
         }
     }
+    found
+}
+
+/// The `src/` files of `folder` that name one of `modules` (`crate::<module>::` or `use crate::<module>;`).
+fn importing(folder: &str, modules: &[&str]) -> Vec<String> {
+    sources(folder)
+        .into_iter()
+        .filter(|(_, text)| {
+            modules.iter().any(|module| {
+                text.contains(&format!("crate::{module}::"))
+                    || text.contains(&format!("crate::{module};"))
+                    || text.contains(&format!("crate::{{{module}"))
+            })
+        })
+        .map(|(path, _)| path.display().to_string())
+        .collect()
+}
+
+#[test]
+fn no_module_but_main_imports_the_composition_root() {
+    let main = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/main.rs").display().to_string();
+    let offenders: Vec<String> = importing("", &["app"]).into_iter().filter(|path| *path != main).collect();
     assert!(offenders.is_empty(), "import crate::app (only main may): {offenders:?}");
+}
+
+#[test]
+fn dependencies_run_one_way_from_http_through_the_domains_to_the_store() {
+    for domain in ["coupon", "order", "balance", "product", "ranking", "user", "platform"] {
+        let offenders = importing(domain, &["app", "state", "http"]);
+        assert!(offenders.is_empty(), "the {domain} domain imports the layer above it: {offenders:?}");
+    }
+    let domains = ["coupon", "order", "balance", "product", "ranking", "user", "platform", "http", "state", "app"];
+    let offenders = importing("store", &domains);
+    assert!(offenders.is_empty(), "the store imports a domain or a layer above: {offenders:?}");
 }

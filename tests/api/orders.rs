@@ -641,11 +641,9 @@ async fn redis_timing_out_while_two_hundred_orders_pay_with_unpersisted_coupons_
     // Built, not run: no writer persists the issuances, so every coupon is known to Redis only.
     let app = stampede::app::App::build(serve_config(store)).await.unwrap();
     let (state, now) = (app.state(), chrono::Utc::now());
-    let stores = &state.stores;
-    let limits = stampede::config::BalanceLimits::default();
+    let (stores, orders_of) = (&state.stores, &state.orders);
     let new = stampede::product::ProductSpec::single("socks", 1_000, 10_000).validate().unwrap();
-    let catalog = &state.products;
-    let product = catalog.create(new).await.unwrap().id;
+    let product = state.products.create(new).await.unwrap().id;
     let new = coupon::NewCoupon::parse(
         coupon::CouponSpec::open_ended("flash", coupon::DiscountType::Fixed, 100, ORDERS as i64),
         now,
@@ -656,23 +654,17 @@ async fn redis_timing_out_while_two_hundred_orders_pay_with_unpersisted_coupons_
     for user in create_users(stores, ORDERS).await {
         let user = UserId::new(user).unwrap();
         state.coupons.issue(campaign, user).await.unwrap();
-        let amount = stampede::balance::ChargeAmount::parse(10_000, &limits).unwrap();
-        stampede::balance::charge(stores, &limits, user, amount, None).await.unwrap();
+        state.balances.charge(user, 10_000, None).await.unwrap();
         let new = order::NewOrder { user_id: user, items: items.clone(), coupon_id: Some(campaign) };
-        orders.push((user, order::create(stores, catalog, new, false).await.unwrap().order_id));
+        orders.push((user, orders_of.create(new, false).await.unwrap().order_id));
     }
     let persisted: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM user_coupons").fetch_one(&stores.db).await.unwrap();
     assert_eq!(persisted, 0);
 
     signal_redis(&redis, "-STOP");
-    let pays = join_all(orders.iter().map(|&(user, id)| order::pay(stores, catalog, user, id)));
+    let pays = join_all(orders.iter().map(|&(user, id)| orders_of.pay(user, id)));
     let creates = join_all(orders.iter().take(20).map(|&(user, _)| {
-        order::create(
-            stores,
-            catalog,
-            order::NewOrder { user_id: user, items: items.clone(), coupon_id: Some(campaign) },
-            false,
-        )
+        orders_of.create(order::NewOrder { user_id: user, items: items.clone(), coupon_id: Some(campaign) }, false)
     }));
     let (pays, creates) = tokio::join!(pays, creates);
     signal_redis(&redis, "-CONT");
@@ -682,13 +674,13 @@ async fn redis_timing_out_while_two_hundred_orders_pay_with_unpersisted_coupons_
         assert_eq!(answer(outcome.expect_err("Redis is stopped")), service_unavailable);
     }
     for &(_, id) in &orders {
-        assert_eq!(order::get(stores, id).await.unwrap().status, order::Status::Pending, "order {id}");
+        assert_eq!(orders_of.get(id).await.unwrap().status, order::Status::Pending, "order {id}");
     }
     let stored: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM orders").fetch_one(&stores.db).await.unwrap();
     assert_eq!(stored, ORDERS as i64, "a create during the outage stored an order");
 
     // Redis back: every order pays with its coupon, and no won was made or lost.
-    let paid = join_all(orders.iter().map(|&(user, id)| order::pay(stores, catalog, user, id))).await;
+    let paid = join_all(orders.iter().map(|&(user, id)| orders_of.pay(user, id))).await;
     assert_eq!(paid.iter().filter(|p| p.as_ref().is_ok_and(|p| p.final_amount == 900)).count(), ORDERS, "{paid:?}");
     let money: i64 = sqlx::query_scalar(
         "SELECT CAST((SELECT SUM(amount) FROM balances) + (SELECT SUM(amount) FROM payments) AS SIGNED)",

@@ -744,7 +744,8 @@ async fn a_restart_with_another_shard_count_rebuilds_the_days_in_the_new_layout(
 
 /// `(productId, totalSales)` of the default window as `app`'s in-process copy holds it, if it holds one.
 fn copied(app: &TestApp) -> Option<Vec<(i64, i64)>> {
-    let body = app.state.ranking_copy.body(ranking::Window::DEFAULT, Utc::now(), app.config.ranking_settings())?;
+    let body =
+        app.state.ranking.published().body(ranking::Window::DEFAULT, Utc::now(), app.config.ranking_settings())?;
     Some(entries(&serde_json::from_slice(&body).unwrap()))
 }
 

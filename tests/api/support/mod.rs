@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use stampede::app::App;
-use stampede::config::{BalanceLimits, ServeConfig, StoreConfig};
+use stampede::config::{ServeConfig, StoreConfig};
 use stampede::state::AppState;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -87,7 +87,7 @@ pub fn serve_config(store: StoreConfig) -> ServeConfig {
         data_platform_url: None,
         business_tz: stampede::config::parse_offset("+09:00").unwrap(),
         ranking: stampede::ranking::Config::default(),
-        limits: BalanceLimits::default(),
+        limits: stampede::balance::Limits::default(),
         retention: stampede::retention::Config::default(),
     }
 }
