@@ -154,7 +154,7 @@ async fn insert_entry(
         "INSERT INTO balance_history (user_id, type, amount, balance_after, order_id, created_at) VALUES (?, ?, ?, ?, ?, ?)",
     )
     .bind(user_id)
-    .bind(kind.as_str())
+    .bind(kind)
     .bind(amount)
     .bind(balance_after)
     .bind(order_id)
@@ -196,39 +196,16 @@ pub async fn deduct(
     Ok(Some(balance))
 }
 
-#[derive(sqlx::FromRow)]
-struct EntryRow {
-    id: i64,
-    #[sqlx(rename = "type")]
-    kind: String,
-    amount: i64,
-    balance_after: i64,
-    created_at: DateTime<Utc>,
-}
-
 /// Newest first.
 pub async fn history(db: &MySqlPool, user_id: UserId, limit: u32) -> Result<Vec<Entry>, sqlx::Error> {
-    let rows: Vec<EntryRow> = sqlx::query_as(
-        "SELECT id, type, amount, balance_after, created_at FROM balance_history
+    sqlx::query_as(
+        "SELECT id AS transaction_id, type, amount, balance_after, created_at FROM balance_history
          WHERE user_id = ? ORDER BY id DESC LIMIT ?",
     )
     .bind(user_id)
     .bind(limit)
     .fetch_all(db)
-    .await?;
-    rows.into_iter()
-        .map(|row| {
-            let kind = EntryType::parse(&row.kind)
-                .ok_or_else(|| sqlx::Error::Decode(format!("balance_history {}: bad type", row.id).into()))?;
-            Ok(Entry {
-                transaction_id: row.id,
-                kind,
-                amount: row.amount,
-                balance_after: row.balance_after,
-                created_at: row.created_at,
-            })
-        })
-        .collect()
+    .await
 }
 
 /// Deletes up to `limit` idempotency keys created before `before` (the retention job); returns how many.

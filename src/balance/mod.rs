@@ -99,39 +99,24 @@ pub struct Charged {
 }
 
 /// Kind of a history entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, sqlx::Encode, sqlx::Decode)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[sqlx(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum EntryType {
     Charge,
     Payment,
     Refund,
 }
 
-impl EntryType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EntryType::Charge => "CHARGE",
-            EntryType::Payment => "PAYMENT",
-            EntryType::Refund => "REFUND",
-        }
-    }
-
-    pub fn parse(raw: &str) -> Option<Self> {
-        match raw {
-            "CHARGE" => Some(EntryType::Charge),
-            "PAYMENT" => Some(EntryType::Payment),
-            "REFUND" => Some(EntryType::Refund),
-            _ => None,
-        }
-    }
-}
+crate::store::mysql::text_column!(EntryType);
 
 /// One balance change.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema, sqlx::FromRow)]
 #[serde(rename_all = "camelCase")]
 pub struct Entry {
     pub transaction_id: i64,
     #[serde(rename = "type")]
+    #[sqlx(rename = "type")]
     pub kind: EntryType,
     /// Won; negative for a payment.
     pub amount: i64,

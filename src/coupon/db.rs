@@ -14,25 +14,17 @@ struct HeldRow {
     #[sqlx(flatten)]
     coupon: CouponRow,
     user_id: UserId,
-    status: String,
+    status: HeldStatus,
     issued_at: DateTime<Utc>,
     used_at: Option<DateTime<Utc>>,
 }
 
 impl HeldRow {
     fn into_held(self) -> Result<HeldCoupon, sqlx::Error> {
-        let status = match self.status.as_str() {
-            "AVAILABLE" => HeldStatus::Available,
-            "USED" => HeldStatus::Used,
-            other => {
-                let why = format!("coupon {}: bad user_coupons.status {other}", self.coupon.id);
-                return Err(sqlx::Error::Decode(why.into()));
-            }
-        };
         Ok(HeldCoupon {
             coupon: self.coupon.into_coupon()?,
             user_id: self.user_id,
-            status,
+            status: self.status,
             issued_at: self.issued_at,
             used_at: self.used_at,
             unpersisted_generation: None,
@@ -99,7 +91,7 @@ pub async fn mark_used(
 struct CouponRow {
     id: CouponId,
     name: String,
-    discount_type: String,
+    discount_type: DiscountType,
     discount_value: i64,
     total_quantity: i64,
     starts_at: DateTime<Utc>,
@@ -109,8 +101,7 @@ struct CouponRow {
 impl CouponRow {
     fn into_coupon(self) -> Result<Coupon, sqlx::Error> {
         let corrupt = |what: &str| sqlx::Error::Decode(format!("coupon {}: bad {what}", self.id).into());
-        let kind = DiscountType::parse(&self.discount_type).ok_or_else(|| corrupt("discount_type"))?;
-        let discount = Discount::new(kind, self.discount_value).map_err(|_| corrupt("discount_value"))?;
+        let discount = Discount::new(self.discount_type, self.discount_value).map_err(|_| corrupt("discount_value"))?;
         Ok(Coupon {
             id: self.id,
             name: self.name,
@@ -133,7 +124,7 @@ pub async fn insert_coupon(db: &MySqlPool, new: &NewCoupon) -> Result<CouponId, 
          VALUES (?, ?, ?, ?, ?, ?)",
     )
     .bind(&new.name)
-    .bind(new.discount.kind().as_str())
+    .bind(new.discount.kind())
     .bind(new.discount.value())
     .bind(new.total_quantity)
     .bind(mysql::datetime(new.starts_at))

@@ -49,8 +49,9 @@ crate::user::user_error_conversions!(Error);
 crate::store::store_error_conversions!(Error);
 
 /// How a coupon discounts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, sqlx::Encode, sqlx::Decode)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[sqlx(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum DiscountType {
     /// `discountValue` won off.
     Fixed,
@@ -58,22 +59,7 @@ pub enum DiscountType {
     Rate,
 }
 
-impl DiscountType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DiscountType::Fixed => "FIXED",
-            DiscountType::Rate => "RATE",
-        }
-    }
-
-    pub fn parse(raw: &str) -> Option<Self> {
-        match raw {
-            "FIXED" => Some(DiscountType::Fixed),
-            "RATE" => Some(DiscountType::Rate),
-            _ => None,
-        }
-    }
-}
+crate::store::mysql::text_column!(DiscountType);
 
 /// A valid discount: FIXED takes more than 0 won, RATE 1..=100 percent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,12 +122,15 @@ impl Coupon {
 }
 
 /// Whether an issued coupon can still be used.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, sqlx::Encode, sqlx::Decode)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[sqlx(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum HeldStatus {
     Available,
     Used,
 }
+
+crate::store::mysql::text_column!(HeldStatus);
 
 /// A coupon issued to a user.
 #[derive(Debug, Clone)]

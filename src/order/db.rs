@@ -41,7 +41,7 @@ async fn insert(
          VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(order.user_id)
-    .bind(status.as_str())
+    .bind(status)
     .bind(order.total_amount)
     .bind(order.discount_amount)
     .bind(order.final_amount)
@@ -157,7 +157,7 @@ pub async fn insert_outbox(tx: &mut MySqlConnection, event: &OrderEvent) -> Resu
 struct OrderRow {
     id: OrderId,
     user_id: UserId,
-    status: String,
+    status: Status,
     total_amount: i64,
     discount_amount: i64,
     final_amount: i64,
@@ -193,12 +193,10 @@ pub async fn find(db: &MySqlPool, order_id: OrderId) -> Result<Option<Order>, sq
     .bind(order_id)
     .fetch_all(db)
     .await?;
-    let status = Status::parse(&row.status)
-        .ok_or_else(|| sqlx::Error::Decode(format!("order {}: bad status", row.id).into()))?;
     Ok(Some(Order {
         order_id: row.id,
         user_id: row.user_id,
-        status,
+        status: row.status,
         items: items
             .into_iter()
             .map(|i| Item {

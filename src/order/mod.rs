@@ -84,8 +84,9 @@ crate::store::store_error_conversions!(Error);
 crate::user::user_error_conversions!(Error);
 
 /// Where an order is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, sqlx::Encode, sqlx::Decode)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[sqlx(rename_all = "SCREAMING_SNAKE_CASE")]
 #[schema(as = OrderStatus)]
 pub enum Status {
     Pending,
@@ -93,24 +94,7 @@ pub enum Status {
     Failed,
 }
 
-impl Status {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Pending => "PENDING",
-            Status::Paid => "PAID",
-            Status::Failed => "FAILED",
-        }
-    }
-
-    pub fn parse(raw: &str) -> Option<Self> {
-        match raw {
-            "PENDING" => Some(Status::Pending),
-            "PAID" => Some(Status::Paid),
-            "FAILED" => Some(Status::Failed),
-            _ => None,
-        }
-    }
-}
+crate::store::mysql::text_column!(Status);
 
 /// One requested line.
 #[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema)]

@@ -73,7 +73,7 @@ async fn insert_options(tx: &mut MySqlConnection, rows: &[OptionInsert<'_>]) -> 
             .push_bind(&option.name)
             .push_bind(*price)
             .push_bind(option.stock)
-            .push_bind(Status::for_stock(option.stock).as_str());
+            .push_bind(Status::for_stock(option.stock));
     });
     query.build().execute(&mut *tx).await?;
     Ok(())
@@ -112,7 +112,7 @@ pub async fn add_option(db: &MySqlPool, product_id: ProductId, new: &NewOption) 
             .bind(&new.name)
             .bind(price)
             .bind(new.stock)
-            .bind(Status::for_stock(new.stock).as_str())
+            .bind(Status::for_stock(new.stock))
             .execute(&mut *tx)
             .await;
     let done = match inserted {

@@ -44,24 +44,20 @@ fn invalid(message: impl Into<String>) -> Error {
 }
 
 /// Whether a product or an option can be bought: `SOLD_OUT` exactly when its stock is 0.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, sqlx::Encode, sqlx::Decode)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[sqlx(rename_all = "SCREAMING_SNAKE_CASE")]
 #[schema(as = ProductStatus)]
 pub enum Status {
     OnSale,
     SoldOut,
 }
 
+crate::store::mysql::text_column!(Status);
+
 impl Status {
     pub fn for_stock(stock: i64) -> Self {
         if stock == 0 { Status::SoldOut } else { Status::OnSale }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::OnSale => "ON_SALE",
-            Status::SoldOut => "SOLD_OUT",
-        }
     }
 }
 

@@ -26,6 +26,25 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<MySqlPool, Store
     Ok(pool)
 }
 
+/// Gives an enum stored in a VARCHAR column the column's `sqlx::Type`, for enums that
+/// `#[derive(sqlx::Encode, sqlx::Decode)]` their variants' names (`#[sqlx(rename_all = ...)]`).
+/// `#[derive(sqlx::Type)]` alone declares MySQL's ENUM type, and sqlx 0.9 then refuses to decode a VARCHAR
+/// column ("mismatched types", also an `ENUM ... NOT NULL` one, tried on MariaDB 10.11): the type is text's.
+macro_rules! text_column {
+    ($enum:ty) => {
+        impl sqlx::Type<sqlx::MySql> for $enum {
+            fn type_info() -> sqlx::mysql::MySqlTypeInfo {
+                <str as sqlx::Type<sqlx::MySql>>::type_info()
+            }
+
+            fn compatible(ty: &sqlx::mysql::MySqlTypeInfo) -> bool {
+                <str as sqlx::Type<sqlx::MySql>>::compatible(ty)
+            }
+        }
+    };
+}
+pub(crate) use text_column;
+
 /// Appends `(?, ?, ...)` binding each of `values`: the list of an `IN`.
 pub fn push_list<T>(query: &mut sqlx::QueryBuilder<sqlx::MySql>, values: impl IntoIterator<Item = T>)
 where
