@@ -28,7 +28,7 @@ const QUEUE_CAPACITY: usize = 16 * 1024;
 /// A request still queued after this is answered 503 rather than sent: with a Redis command allowed 1.5 s
 /// (`store::redis`), it keeps every answer within the contract's 2 s for a 503. The queue only grows this
 /// long when every worker waits on a Redis that does not answer; otherwise a request waits milliseconds.
-const MAX_QUEUE_WAIT: Duration = Duration::from_millis(400);
+const MAX_QUEUE_WAIT: Duration = Duration::from_millis(300);
 
 /// Hands issuances to the batching workers. Cheap to clone; the workers stop once every clone is dropped.
 #[derive(Clone)]

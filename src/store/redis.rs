@@ -1,10 +1,13 @@
 //! The Redis connection pool, key naming, and the typed script handle used by every Lua script.
 
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use fred::prelude::*;
 use fred::types::scripts::Script as FredScript;
 use fred::types::{MultipleKeys, MultipleValues};
+use fred::util::redis_keyslot;
 
 use super::StoreError;
 
@@ -44,6 +47,9 @@ pub struct Redis {
     /// One more connection, for background jobs: a job's large replies (the writer reads hundreds of stream
     /// entries at once) would otherwise queue the requests' small ones behind them on a shared connection.
     jobs: Pool,
+    /// On a cluster, where script calls go: straight to their slot's master (see [`Masters`]).
+    masters: Option<Arc<Masters>>,
+    jobs_masters: Option<Arc<Masters>>,
     pub keys: Keys,
 }
 
@@ -51,6 +57,7 @@ impl Redis {
     /// Connects to a node (`redis://`) or a cluster (`redis-cluster://`) and waits until connected.
     pub async fn connect(url: &str, prefix: &str, size: usize) -> Result<Self, StoreError> {
         let config = Config::from_url(url)?;
+        let clustered = config.server.is_clustered();
         let builder = Builder::from_config(config)
             .with_connection_config(|c| {
                 c.connection_timeout = CONNECT_TIMEOUT;
@@ -66,17 +73,116 @@ impl Redis {
         let jobs = builder.build_pool(1)?;
         pool.init().await?;
         jobs.init().await?;
-        Ok(Self { pool, jobs, keys: Keys::new(prefix) })
+        let (masters, jobs_masters) = if clustered {
+            let masters = Masters::connect(pool.clone(), &builder, size.max(1)).await?;
+            (Some(Arc::new(masters)), Some(Arc::new(Masters::connect(jobs.clone(), &builder, 1).await?)))
+        } else {
+            (None, None)
+        };
+        Ok(Self { pool, jobs, masters, jobs_masters, keys: Keys::new(prefix) })
     }
 
-    /// The same server and prefix, on the connection reserved for background jobs.
+    /// The same server and prefix, on the connections reserved for background jobs.
     pub fn for_jobs(&self) -> Self {
-        Self { pool: self.jobs.clone(), jobs: self.jobs.clone(), keys: self.keys.clone() }
+        Self {
+            pool: self.jobs.clone(),
+            jobs: self.jobs.clone(),
+            masters: self.jobs_masters.clone(),
+            jobs_masters: self.jobs_masters.clone(),
+            keys: self.keys.clone(),
+        }
     }
 
     /// The next connection of the pool, round robin.
     pub fn client(&self) -> &Client {
         self.pool.next()
+    }
+
+    /// A connection for commands on `key`: on a cluster, straight to the master of its slot (see [`Masters`]),
+    /// or an unavailable error (503) at once while that master's connection is down; otherwise the next
+    /// connection of the pool.
+    pub fn client_for(&self, key: &[u8]) -> Result<Client, fred::error::Error> {
+        let Some(master) = self.masters.as_ref().and_then(|masters| masters.client_for(redis_keyslot(key))) else {
+            return Ok(self.client().clone());
+        };
+        if master.state() == ClientState::Connected {
+            Ok(master)
+        } else {
+            Err(fred::error::Error::new(fred::error::ErrorKind::Canceled, "the slot's master is not connected"))
+        }
+    }
+
+    /// Where a script call on `keys` goes: [`Redis::client_for`] its first key (a script's keys share a slot).
+    fn script_client(&self, keys: &MultipleKeys) -> Result<Client, fred::error::Error> {
+        match keys.clone().inner().first() {
+            Some(key) => self.client_for(key.as_bytes()),
+            None => Ok(self.client().clone()),
+        }
+    }
+
+    /// After a MOVED: every cluster connection of the pool reads the slot map again, so the next script call
+    /// goes to the new owner and the pool's other commands do not each meet the MOVED first.
+    async fn moved(&self) {
+        if let Some(masters) = &self.masters {
+            futures::future::join_all(masters.cluster.clients().iter().map(|client| client.sync_cluster())).await;
+        }
+    }
+}
+
+/// Plain (non-cluster) connections to each master of a cluster, for script calls.
+///
+/// Why: fred 10.1's cluster client, once it loses one node, reconnects as a whole: it connects to every
+/// master in `CLUSTER SLOTS`, fails on the dead one, and routes no command meanwhile, so one master refusing
+/// connections stopped every coupon (docs/scaling.md#a-master-down). A script call (and the issue path's
+/// other per-request read, a user's existence bit) sent here on its own connection to its slot's master
+/// depends on that master only, and fails at once while it is unreachable. The cluster client keeps the slot
+/// map (its last one, also while it reconnects) and serves every other command.
+struct Masters {
+    /// The cluster connections; the slot map of the next one routes a call.
+    cluster: Pool,
+    /// The cluster's builder, whose settings (timeouts, reconnect policy, TLS) each master's pool takes.
+    builder: Builder,
+    size: usize,
+    pools: RwLock<HashMap<Server, Pool>>,
+}
+
+impl Masters {
+    /// One pool per master of the current slot map, connected.
+    async fn connect(cluster: Pool, builder: &Builder, size: usize) -> Result<Self, StoreError> {
+        let masters = Self { cluster, builder: builder.clone(), size, pools: RwLock::default() };
+        let servers: Vec<Server> =
+            masters.cluster.cached_cluster_state().map(|state| state.unique_primary_nodes()).unwrap_or_default();
+        for server in servers {
+            let pool = masters.pool(&server)?;
+            pool.init().await?;
+            masters.pools.write().expect("not poisoned").insert(server, pool);
+        }
+        Ok(masters)
+    }
+
+    /// A connection to the master serving `slot`, as the slot map says; `None` when the map has no owner.
+    fn client_for(&self, slot: u16) -> Option<Client> {
+        let server = self.cluster.next().cached_cluster_state()?.get_server(slot)?.clone();
+        if let Some(pool) = self.pools.read().expect("not poisoned").get(&server) {
+            return Some(pool.next().clone());
+        }
+        // A master the map did not name at start (a node added, a slot moved to it): connect in the
+        // background; the call waits for the connection within its command timeout.
+        let pool = self.pool(&server).ok()?;
+        pool.connect_pool();
+        let mut pools = self.pools.write().expect("not poisoned");
+        Some(pools.entry(server).or_insert(pool).next().clone())
+    }
+
+    /// A pool of plain connections to `server` with the cluster's settings, reconnecting also when its
+    /// first connection fails.
+    fn pool(&self, server: &Server) -> Result<Pool, fred::error::Error> {
+        let mut config = self.builder.get_config().expect("built from a config").clone();
+        config.server = ServerConfig::Centralized { server: server.clone() };
+        config.fail_fast = false;
+        let mut builder = self.builder.clone();
+        builder.set_config(config);
+        builder.build_pool(self.size)
     }
 }
 
@@ -136,7 +242,8 @@ impl Script {
             if let Some(reply) = self.evalsha(redis, &keys, &args).await? {
                 return Ok(reply);
             }
-            self.load(redis).await?;
+            // Where the call went: on a cluster, the one master that lost it (the others may be down).
+            self.script.load(&redis.script_client(&keys)?).await?;
         }
         metrics::counter!("redis_script_errors_total", "script" => self.name).increment(1);
         let lost = format!("script {} flushed again after each of {NOSCRIPT_ATTEMPTS} loads", self.name);
@@ -163,7 +270,11 @@ impl Script {
         keys: &MultipleKeys,
         args: &MultipleValues,
     ) -> Result<Option<R>, StoreError> {
-        match retry_unsettled(|| self.script.evalsha(redis.client(), keys.clone(), args.clone())).await {
+        let call = || {
+            let (client, keys, args) = (redis.script_client(keys), keys.clone(), args.clone());
+            async move { self.script.evalsha(&client?, keys, args).await }
+        };
+        match retry_unsettled(redis, call).await {
             Ok(reply) => Ok(Some(reply)),
             Err(error) if error.details().starts_with("NOSCRIPT") => Ok(None),
             Err(error) => {
@@ -180,8 +291,9 @@ impl Script {
     }
 }
 
-/// Runs `call` again while its slot is moving, as [`UNSETTLED_PAUSE`] describes.
-async fn retry_unsettled<R, F, Fut>(mut call: F) -> Result<R, fred::error::Error>
+/// Runs `call` again while its slot is moving, as [`UNSETTLED_PAUSE`] describes; after a MOVED, once the
+/// slot map is read again.
+async fn retry_unsettled<R, F, Fut>(redis: &Redis, mut call: F) -> Result<R, fred::error::Error>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<R, fred::error::Error>>,
@@ -191,6 +303,9 @@ where
         match call().await {
             Err(error) if is_unsettled(&error) => {
                 metrics::counter!("redis_slot_moving_retries_total").increment(1);
+                if error.details().starts_with("MOVED ") {
+                    redis.moved().await;
+                }
                 tokio::time::sleep(pause).await;
                 pause *= 2;
             }
@@ -200,8 +315,13 @@ where
     call().await
 }
 
-/// Whether Redis refused the command, unexecuted, because its slot is moving between cluster nodes.
+/// Whether Redis refused the command, unexecuted, because its slot is moving between cluster nodes: ASK,
+/// MOVED or TRYAGAIN from a master (script calls go to masters directly), or fred's cluster client giving up
+/// on a redirection.
 fn is_unsettled(error: &fred::error::Error) -> bool {
-    error.details().starts_with("TRYAGAIN")
-        || (*error.kind() == fred::error::ErrorKind::Routing && error.details() == "Too many redirections.")
+    let details = error.details();
+    details.starts_with("TRYAGAIN")
+        || details.starts_with("MOVED ")
+        || details.starts_with("ASK ")
+        || (*error.kind() == fred::error::ErrorKind::Routing && details == "Too many redirections.")
 }

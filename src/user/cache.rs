@@ -26,7 +26,8 @@ pub async fn is_known(redis: &Redis, id: UserId) -> Result<bool, fred::error::Er
         return Ok(false);
     }
     let getbit = CustomCommand::new_static("GETBIT", ClusterHash::FirstKey, false);
-    let bit: u8 = redis.client().custom(getbit, vec![key(redis), id.get().to_string()]).await?;
+    let key = key(redis);
+    let bit: u8 = redis.client_for(key.as_bytes())?.custom(getbit, vec![key, id.get().to_string()]).await?;
     Ok(bit == 1)
 }
 

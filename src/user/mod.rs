@@ -56,17 +56,25 @@ pub async fn create(stores: &Stores, name: UserName) -> Result<User, Error> {
 }
 
 /// `Ok` when the user exists. Answered by Redis once the user is known there, so the coupon path does not
-/// query MySQL in steady state; an unknown id falls back to MySQL, so a lost Redis never loses a user.
+/// query MySQL in steady state; an unknown id falls back to MySQL, so a lost Redis never loses a user. So
+/// does a Redis that cannot answer (down, or the cluster master holding the index): MySQL knows every user,
+/// and the request may not need Redis otherwise (a coupon on another master).
 pub async fn ensure_exists(stores: &Stores, id: UserId) -> Result<(), Error> {
-    if cache::is_known(&stores.redis, id).await? {
+    let known = match cache::is_known(&stores.redis, id).await.map_err(StoreError::from) {
+        Ok(known) => Some(known),
+        Err(error) if error.is_unavailable() => None,
+        Err(error) => return Err(error.into()),
+    };
+    if known == Some(true) {
         return Ok(());
     }
-    if db::exists(&stores.db, id).await? {
-        cache::remember(&stores.redis, &[id]).await?;
-        Ok(())
-    } else {
-        Err(Error::NotFound(id))
+    if !db::exists(&stores.db, id).await? {
+        return Err(Error::NotFound(id));
     }
+    if known.is_some() {
+        cache::remember(&stores.redis, &[id]).await?;
+    }
+    Ok(())
 }
 
 /// [`ensure_exists`] behind the in-process mirror: the hot coupon path's check, usually no round trip.
