@@ -36,15 +36,30 @@ pub async fn claim_due(
     .await
 }
 
-/// Records what one pass did to a row.
-pub async fn record(
+/// Records that this pass finished `ids` (delivered and sales applied, each at `now` unless done before), in
+/// one statement: most passes finish every row they claimed.
+pub async fn record_done(tx: &mut MySqlConnection, ids: &[i64], now: DateTime<Utc>) -> Result<(), sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let now = mysql::datetime(now);
+    let mut query = sqlx::QueryBuilder::new("UPDATE outbox SET delivered_at = COALESCE(delivered_at, ");
+    query.push_bind(now).push("), sales_applied_at = COALESCE(sales_applied_at, ").push_bind(now);
+    query.push("), next_attempt_at = ").push_bind(now).push(", last_error = NULL WHERE id IN ");
+    mysql::push_list(&mut query, ids.iter().copied());
+    query.build().execute(&mut *tx).await?;
+    Ok(())
+}
+
+/// Records what one pass did to a row it did not finish, and when to try the rest again.
+pub async fn record_unfinished(
     tx: &mut MySqlConnection,
     id: i64,
     delivered_at: Option<DateTime<Utc>>,
     sales_applied_at: Option<DateTime<Utc>>,
     attempts: i32,
     next_attempt_at: DateTime<Utc>,
-    last_error: Option<&str>,
+    last_error: &str,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE outbox SET delivered_at = ?, sales_applied_at = ?, attempts = ?, next_attempt_at = ?, last_error = ?

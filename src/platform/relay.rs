@@ -69,22 +69,23 @@ impl Relay {
         let mut outcome = Outcome { claimed: rows.len(), ..Outcome::default() };
         let handled = join_all(rows.iter().map(|row| self.handle(stores, row))).await;
         let now = Utc::now();
+        let mut finished = Vec::with_capacity(rows.len());
         for (row, done) in rows.iter().zip(handled) {
             outcome.delivered += usize::from(row.delivered_at.is_none() && done.delivered);
             outcome.sales_applied += usize::from(done.counted_now);
+            let Some(error) = done.error else {
+                finished.push(row.id);
+                continue;
+            };
+            outcome.retrying += 1;
             let delivered_at = row.delivered_at.or(done.delivered.then_some(now));
             let sales_applied_at = row.sales_applied_at.or(done.sales_applied.then_some(now));
-            match done.error {
-                None => db::record(&mut tx, row.id, delivered_at, sales_applied_at, row.attempts, now, None).await?,
-                Some(error) => {
-                    outcome.retrying += 1;
-                    let attempts = row.attempts.saturating_add(1);
-                    let error: String = error.chars().take(LAST_ERROR_MAX_CHARS).collect();
-                    let next = now + backoff(attempts);
-                    db::record(&mut tx, row.id, delivered_at, sales_applied_at, attempts, next, Some(&error)).await?;
-                }
-            }
+            let attempts = row.attempts.saturating_add(1);
+            let error: String = error.chars().take(LAST_ERROR_MAX_CHARS).collect();
+            let next = now + backoff(attempts);
+            db::record_unfinished(&mut tx, row.id, delivered_at, sales_applied_at, attempts, next, &error).await?;
         }
+        db::record_done(&mut tx, &finished, now).await?;
         tx.commit().await?;
         Ok(outcome)
     }
