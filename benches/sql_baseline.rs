@@ -12,8 +12,8 @@
 //! data is never touched. Set-up happens before anything is timed.
 //!
 //! A second group, `sql_baseline_charge`, is the floor of `POST /users/{id}/balance/charge`: the same
-//! transaction the service runs for a charge (guarded `UPDATE balances`, read of the new balance, `INSERT`
-//! into `balance_history`, commit), done raw with 64 callers over [`CHARGE_USERS`] users whose balance rows
+//! transaction the service runs for a charge (guarded `UPDATE balances` returning the new balance through
+//! `LAST_INSERT_ID(expr)`, `INSERT` into `balance_history`, commit), done raw with 64 callers over [`CHARGE_USERS`] users whose balance rows
 //! exist, as `loadtest/wrk/charge.lua` spreads its requests. The service's charge throughput is reported
 //! against it (docs/performance.md).
 //!
@@ -113,15 +113,15 @@ async fn prepare() -> Baseline {
 /// idempotency key, statement for statement; the new balance.
 async fn charge(pool: &MySqlPool, user_id: i64, amount: i64) -> Result<i64, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let updated = sqlx::query("UPDATE balances SET amount = amount + ? WHERE user_id = ? AND amount <= ?")
-        .bind(amount)
-        .bind(user_id)
-        .bind(BALANCE_MAX - amount)
-        .execute(&mut *tx)
-        .await?;
+    let updated =
+        sqlx::query("UPDATE balances SET amount = LAST_INSERT_ID(amount + ?) WHERE user_id = ? AND amount <= ?")
+            .bind(amount)
+            .bind(user_id)
+            .bind(BALANCE_MAX - amount)
+            .execute(&mut *tx)
+            .await?;
     assert_eq!(updated.rows_affected(), 1, "user {user_id} has room below the maximum");
-    let balance: i64 =
-        sqlx::query_scalar("SELECT amount FROM balances WHERE user_id = ?").bind(user_id).fetch_one(&mut *tx).await?;
+    let balance = updated.last_insert_id() as i64;
     sqlx::query(
         "INSERT INTO balance_history (user_id, type, amount, balance_after, order_id, created_at) VALUES (?, ?, ?, ?, ?, ?)",
     )

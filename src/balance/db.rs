@@ -64,12 +64,13 @@ pub async fn charge(
                 }
             }
         }
-        let updated = sqlx::query("UPDATE balances SET amount = amount + ? WHERE user_id = ? AND amount <= ?")
-            .bind(amount)
-            .bind(user_id)
-            .bind(balance_max - amount)
-            .execute(&mut *tx)
-            .await?;
+        let updated =
+            sqlx::query("UPDATE balances SET amount = LAST_INSERT_ID(amount + ?) WHERE user_id = ? AND amount <= ?")
+                .bind(amount)
+                .bind(user_id)
+                .bind(balance_max - amount)
+                .execute(&mut *tx)
+                .await?;
         if updated.rows_affected() == 0 {
             let exists = sqlx::query_scalar::<_, i64>("SELECT amount FROM balances WHERE user_id = ?")
                 .bind(user_id)
@@ -85,7 +86,7 @@ pub async fn charge(
             }
             continue;
         }
-        let balance = current(&mut tx, user_id).await?;
+        let balance = updated_amount(&updated);
         let transaction_id = insert_entry(&mut tx, user_id, EntryType::Charge, amount, balance, None, now).await?;
         let charged = Charged { user_id, balance, charged_amount: amount, transaction_id, charged_at: now };
         if let Some(key) = key {
@@ -135,9 +136,12 @@ async fn replay(
     Ok(ChargeOutcome::Replayed { amount, response })
 }
 
-/// The balance as this transaction sees it (its own update included).
-async fn current(tx: &mut MySqlConnection, user_id: UserId) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT amount FROM balances WHERE user_id = ?").bind(user_id).fetch_one(&mut *tx).await
+/// The balance an `UPDATE balances SET amount = LAST_INSERT_ID(<new amount>) ...` wrote: MySQL and MariaDB
+/// return the argument of `LAST_INSERT_ID(expr)` as the statement's insert id, so the new balance comes back
+/// with the update instead of from a second query (a pay runs a dozen statements; this was one of them).
+/// Balances are never negative (guarded), so the unsigned id holds them.
+fn updated_amount(updated: &sqlx::mysql::MySqlQueryResult) -> i64 {
+    updated.last_insert_id() as i64
 }
 
 /// Appends a history row; returns its id (the `transactionId`).
@@ -182,16 +186,17 @@ pub async fn deduct(
             .await?;
         return Ok(Some(balance.unwrap_or(0)));
     }
-    let updated = sqlx::query("UPDATE balances SET amount = amount - ? WHERE user_id = ? AND amount >= ?")
-        .bind(amount)
-        .bind(user_id)
-        .bind(amount)
-        .execute(&mut *tx)
-        .await?;
+    let updated =
+        sqlx::query("UPDATE balances SET amount = LAST_INSERT_ID(amount - ?) WHERE user_id = ? AND amount >= ?")
+            .bind(amount)
+            .bind(user_id)
+            .bind(amount)
+            .execute(&mut *tx)
+            .await?;
     if updated.rows_affected() == 0 {
         return Ok(None);
     }
-    let balance = current(tx, user_id).await?;
+    let balance = updated_amount(&updated);
     insert_entry(tx, user_id, EntryType::Payment, -amount, balance, Some(order_id), now).await?;
     Ok(Some(balance))
 }
