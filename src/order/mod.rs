@@ -14,8 +14,10 @@
 //! After the commit, every instance's catalogue copies of the products bought are dropped (see
 //! `product::catalog`).
 //!
-//! Every check that can be made without locks (order state, coupon, stock, balance) is made first, so a
-//! doomed payment fails without taking a lock; the guards make the outcome right under any concurrency.
+//! Paying a stored order, every check that can be made without locks (order state, coupon, stock, balance)
+//! is made first, so a doomed payment fails without taking a lock; the guards make the outcome right under
+//! any concurrency. A `"pay": true` create checks only what pricing reads, then runs the transaction (see
+//! [`Orders::create`]).
 //! Those checks may run after a concurrent pay of the same order (a double click) committed and took what
 //! they check, so a refusal is answered only while the order is still PENDING; otherwise the request lost
 //! that race and gets ORDER_NOT_PAYABLE, as it would inside the transaction.
@@ -208,11 +210,10 @@ impl Orders {
             let order_id = db::insert_order(&stores.db, &draft).await?;
             return Ok(Order { order_id, ..draft });
         }
-        // Fast refusal before taking locks; the guard in the transaction is what decides.
-        let balance = balance::db::amount(&stores.db, draft.user_id).await?.unwrap_or(0);
-        if balance < draft.final_amount {
-            return Err(Error::InsufficientBalance(draft.final_amount));
-        }
+        // No balance check before the transaction, unlike the pay of a stored order: a new order's
+        // transaction locks only rows of this user before its balance guard (its own new rows, its coupon,
+        // its balance; options come last), so a doomed one holds up nobody, and a read first would cost
+        // every successful checkout one more statement.
         let paid = pay_in_transaction(stores, catalog, &draft, held.as_ref(), None).await?;
         Ok(Order { order_id: paid.order_id, status: Status::Paid, paid_at: Some(paid.paid_at), ..draft })
     }
