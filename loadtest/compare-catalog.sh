@@ -37,8 +37,7 @@ lines="$(mktemp)"
 trap '[[ -n "${pid:-}" ]] && kill "$pid" 2>/dev/null; rm -f "$lines"' EXIT
 
 sql() { mariadb --no-defaults -h127.0.0.1 -P"${server_url##*:}" -ustampede -pstampede -N -B "$@"; }
-requests_per_second() { awk '/^Requests\/sec:/ { printf "%d", $2 }'; }
-p99() { awk '$1 == "99%" { print $2 }'; }
+source loadtest/wrk/report.sh
 run_wrk() { wrk -t2 -c"$CONNECTIONS" -d"$DURATION" --latency "$@"; }
 # SIGTERM, then SIGKILL if the graceful stop (draining the relay's backlog of this run's events) takes over 30 s.
 stop_server() {

@@ -12,6 +12,7 @@
 # Prints one line per run.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source loadtest/wrk/report.sh
 
 (($# == 2)) || { sed -n 2,12p "$0"; exit 2; }
 server="$1" baseline="$2"
@@ -44,6 +45,6 @@ for round in $(seq 1 "$ROUNDS"); do
     out=$(FIRST_USER=1 USERS=20000 AMOUNT=1 THREADS=2 wrk -t2 -c64 -d"$DURATION" --latency \
         -s loadtest/wrk/charge.lua "http://127.0.0.1:$PORT")
     kill "$pid"; wait "$pid" 2>/dev/null || true; pid=
-    echo "round $round service: $(awk '/^Requests\/sec:/ { print $2 " req/s" } $1 == "99%" { print "p99 " $2 }' <<<"$out" | paste -sd' ')" \
+    echo "round $round service: $(requests_per_second <<<"$out") req/s p99 $(p99 <<<"$out")" \
         "$(grep '^status' <<<"$out" | paste -sd' ' || true)"
 done

@@ -35,8 +35,7 @@ eval "$("$SERVICES" env dev single)"
 single_redis_port="${REDIS_URL##*:}"
 trap 'redis-cli -p "$single_redis_port" CONFIG SET appendfsync everysec >/dev/null; [[ -n "${pid:-}" ]] && kill "$pid" 2>/dev/null || true' EXIT
 
-requests_per_second() { awk '/^Requests\/sec:/ { printf "%d", $2 }'; }
-p99() { awk '$1 == "99%" { print $2 }'; }
+source loadtest/wrk/report.sh
 
 for round in $(seq "$ROUNDS"); do
     for spec in "$@"; do

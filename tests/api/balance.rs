@@ -108,6 +108,14 @@ async fn charges_outside_the_limits_are_refused_and_change_nothing() {
 
     let (status, body) = app.post(&charge_path(999_999), json!({ "amount": 1 })).await;
     assert_eq!((status, body["code"].as_str()), (StatusCode::NOT_FOUND, Some("USER_NOT_FOUND")), "{body}");
+    // With a key too; the key's row goes with the rolled-back transaction.
+    let (status, body) = charge_with_key(&app, 999_999, 1, "unknown-user").await;
+    assert_eq!((status, body["code"].as_str()), (StatusCode::NOT_FOUND, Some("USER_NOT_FOUND")), "{body}");
+    let keys: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM idempotency_keys WHERE user_id = 999999")
+        .fetch_one(app.db())
+        .await
+        .unwrap();
+    assert_eq!(keys, 0);
     for path in ["/api/v1/users/999999/balance", "/api/v1/users/999999/balance/history"] {
         let (status, body) = app.get(path).await;
         assert_eq!((status, body["code"].as_str()), (StatusCode::NOT_FOUND, Some("USER_NOT_FOUND")), "{path}: {body}");
