@@ -153,7 +153,8 @@ impl Masters {
         let servers: Vec<Server> =
             masters.cluster.cached_cluster_state().map(|state| state.unique_primary_nodes()).unwrap_or_default();
         for server in servers {
-            let pool = masters.pool(&server)?;
+            // Fails the start-up like the cluster connection does when a master cannot be reached.
+            let pool = masters.pool(&server, true)?;
             pool.init().await?;
             masters.pools.write().expect("not poisoned").insert(server, pool);
         }
@@ -167,19 +168,19 @@ impl Masters {
             return Some(pool.next().clone());
         }
         // A master the map did not name at start (a node added, a slot moved to it): connect in the
-        // background; the call waits for the connection within its command timeout.
-        let pool = self.pool(&server).ok()?;
+        // background, retrying until it answers; calls for it answer 503 until it is connected.
+        let pool = self.pool(&server, false).ok()?;
         pool.connect_pool();
         let mut pools = self.pools.write().expect("not poisoned");
         Some(pools.entry(server).or_insert(pool).next().clone())
     }
 
-    /// A pool of plain connections to `server` with the cluster's settings, reconnecting also when its
-    /// first connection fails.
-    fn pool(&self, server: &Server) -> Result<Pool, fred::error::Error> {
+    /// A pool of plain connections to `server` with the cluster's settings; with `fail_fast` false it keeps
+    /// trying when its first connection fails, as it does after losing a connection.
+    fn pool(&self, server: &Server, fail_fast: bool) -> Result<Pool, fred::error::Error> {
         let mut config = self.builder.get_config().expect("built from a config").clone();
         config.server = ServerConfig::Centralized { server: server.clone() };
-        config.fail_fast = false;
+        config.fail_fast = fail_fast;
         let mut builder = self.builder.clone();
         builder.set_config(config);
         builder.build_pool(self.size)
