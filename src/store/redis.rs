@@ -102,7 +102,13 @@ impl Redis {
     /// or an unavailable error (503) at once while that master's connection is down; otherwise the next
     /// connection of the pool.
     pub fn client_for(&self, key: &[u8]) -> Result<Client, fred::error::Error> {
-        let Some(master) = self.masters.as_ref().and_then(|masters| masters.client_for(redis_keyslot(key))) else {
+        self.client_for_slot(self.masters.as_ref().map(|_| redis_keyslot(key)))
+    }
+
+    /// [`Redis::client_for`] a key of cluster slot `slot`; `None` (a single node, or no key) takes the pool's.
+    fn client_for_slot(&self, slot: Option<u16>) -> Result<Client, fred::error::Error> {
+        let routed = slot.zip(self.masters.as_ref()).and_then(|(slot, masters)| masters.client_for(slot));
+        let Some(master) = routed else {
             return Ok(self.client().clone());
         };
         if master.state() == ClientState::Connected {
@@ -112,12 +118,11 @@ impl Redis {
         }
     }
 
-    /// Where a script call on `keys` goes: [`Redis::client_for`] its first key (a script's keys share a slot).
-    fn script_client(&self, keys: &MultipleKeys) -> Result<Client, fred::error::Error> {
-        match keys.clone().inner().first() {
-            Some(key) => self.client_for(key.as_bytes()),
-            None => Ok(self.client().clone()),
-        }
+    /// The cluster slot a script call on `keys` is routed by (a script's keys share one); `None` on a single
+    /// node, where nothing is routed (and the keys are not looked at).
+    fn script_slot(&self, keys: &MultipleKeys) -> Option<u16> {
+        self.masters.as_ref()?;
+        keys.clone().inner().first().map(Key::cluster_hash)
     }
 
     /// After a MOVED: every cluster connection of the pool reads the slot map again, so the next script call
@@ -244,7 +249,7 @@ impl Script {
                 return Ok(reply);
             }
             // Where the call went: on a cluster, the one master that lost it (the others may be down).
-            self.script.load(&redis.script_client(&keys)?).await?;
+            self.script.load(&redis.client_for_slot(redis.script_slot(&keys))?).await?;
         }
         metrics::counter!("redis_script_errors_total", "script" => self.name).increment(1);
         let lost = format!("script {} flushed again after each of {NOSCRIPT_ATTEMPTS} loads", self.name);
@@ -271,8 +276,9 @@ impl Script {
         keys: &MultipleKeys,
         args: &MultipleValues,
     ) -> Result<Option<R>, StoreError> {
+        let slot = redis.script_slot(keys);
         let call = || {
-            let (client, keys, args) = (redis.script_client(keys), keys.clone(), args.clone());
+            let (client, keys, args) = (redis.client_for_slot(slot), keys.clone(), args.clone());
             async move { self.script.evalsha(&client?, keys, args).await }
         };
         match retry_unsettled(redis, call).await {
