@@ -10,7 +10,7 @@ use stampede::config::StoreConfig;
 use stampede::id::{ProductId, UserId};
 use stampede::order::{self, ItemRequest, NewOrder, Orders};
 use stampede::product::{Catalog, ProductSpec};
-use stampede::store::{Stores, mysql};
+use stampede::store::Stores;
 use stampede::user::{self, UserName};
 use tokio::runtime::Runtime;
 
@@ -25,10 +25,9 @@ async fn connect() -> Stores {
         redis_prefix: "stampede-bench:".to_owned(),
         database_pool_size: 4,
         redis_pool_size: 1,
+        redis_wait_replicas: 0,
     };
-    let stores = Stores::connect(&config).await.expect("dev services up (scripts/services.sh start dev)");
-    mysql::migrate(&stores.db).await.expect("migrate");
-    stores
+    Stores::connect(&config).await.expect("dev services up (scripts/services.sh start dev)")
 }
 
 /// A buyer and `products` products of price 1 with all the stock a bench run can use.

@@ -34,7 +34,7 @@ use stampede::id::{OrderId, ProductId};
 use stampede::product;
 use stampede::ranking::published::Published;
 use stampede::ranking::{self, ComputeGate, Settings, Shards, Window};
-use stampede::store::{Stores, mysql};
+use stampede::store::Stores;
 use tokio::runtime::Runtime;
 
 /// Catalogue sizes of the refresh benchmark unless `RANKING_BENCH_PRODUCTS` names others.
@@ -66,6 +66,7 @@ fn store_config() -> StoreConfig {
         redis_prefix: format!("bench:ranking:{}:", uuid::Uuid::new_v4().simple()),
         database_pool_size: 4,
         redis_pool_size: 2,
+        redis_wait_replicas: 0,
     }
 }
 
@@ -159,11 +160,8 @@ async fn forget_prefix(stores: &Stores) {
 /// A runtime and migrated stores on the dev services.
 fn connect() -> (Runtime, Stores) {
     let runtime = Runtime::new().unwrap();
-    let stores = runtime.block_on(async {
-        let stores = Stores::connect(&store_config()).await.expect("dev services up: scripts/services.sh start dev");
-        mysql::migrate(&stores.db).await.unwrap();
-        stores
-    });
+    let stores =
+        runtime.block_on(Stores::connect(&store_config())).expect("dev services up: scripts/services.sh start dev");
     (runtime, stores)
 }
 

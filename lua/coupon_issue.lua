@@ -2,11 +2,11 @@
 --
 -- KEYS (all share the coupon's hash tag, `<prefix>coupon:{<id>}:...`, so the script runs unchanged on
 -- Redis Cluster):
---   KEYS[1] meta    hash {total, starts, ends, gen, epoch, listed}: the campaign window in microseconds since
---                   the Unix epoch (`ends` absent: no end), the generation of this state (see coupon_load.lua;
---                   absent in state loaded before generations existed: 0), and the listing (below): `listed`
---                   = '1' while the coupon is in `<prefix>coupons:unpersisted` with score >= `epoch`. Its
---                   absence means the state is not loaded.
+--   KEYS[1] meta    hash {total, starts, ends, gen, epoch, listed, count}: the campaign window in microseconds
+--                   since the Unix epoch (`ends` absent: no end), the generation of this state (see
+--                   coupon_load.lua), the listing (below): `listed` = '1' while the coupon is in
+--                   `<prefix>coupons:unpersisted` with score >= `epoch`, and `count`, the issuances `issued`
+--                   holds. Its absence means the state is not loaded.
 --   KEYS[2] stock   string integer: issuances left.
 --   KEYS[3] issued  hash user id -> issued_at (microseconds since the epoch): who holds the coupon.
 --   KEYS[4] queue   stream of issuances for the MySQL writer: one entry per call that issued any, with
@@ -24,7 +24,8 @@
 --   1, issued_at    already issued to this user (issued_at of the first issuance)
 --   2, 0            sold out
 --   3, 0            outside the active window
---   4, 0            state not loaded (Redis lost it): the caller rebuilds it from MySQL and retries
+--   4, 0            (for every user, nothing decided) state not loaded or not whole (Redis lost it, or one of its
+--                   keys): the caller rebuilds it from MySQL and what is left of it, then retries
 --   5, epoch        (for every user, nothing decided or written) some user would win but the coupon is not
 --                   listed: the caller adds the coupon to `<prefix>coupons:unpersisted` with this epoch as
 --                   score (ZADD GT), then calls again with ARGV[2] = epoch
@@ -44,8 +45,8 @@
 -- Nothing runs between two users of a batch that could not also have run between two single calls: the
 -- script is atomic, and each user is decided exactly as a call of its own would decide it.
 --
--- Why a constant number of Redis commands per call (HMGET, GET, HMGET, then HSET, XADD, DECRBY if any
--- user won) rather than a few per user: each `redis.call` costs Redis about a microsecond of its own,
+-- Why a constant number of Redis commands per call (HMGET, GET, HLEN, EXISTS, HMGET, then HSET, HSET, XADD,
+-- DECRBY if any user won) rather than a few per user: each `redis.call` costs Redis about a microsecond of its own,
 -- which per user was most of the script's time. One stream entry per call likewise cuts what the writer
 -- reads, decodes and acknowledges by the batch size.
 --
@@ -53,6 +54,13 @@
 -- the coupon's hash tag. The writer finds the streams through the registry set `<prefix>coupons` (written
 -- when a coupon is created or rebuilt) and reads them with XREADGROUP one stream per command, pipelined,
 -- because one XREADGROUP naming several streams only works when they share a slot.
+--
+-- Why the state checks itself: a key of the coupon can vanish while `meta` stays (an operator's DEL, an
+-- eviction, a bad script). Without `issued` every holder would win again; without `stock` every ask would be
+-- sold out; without the stream the writer would never persist what it held. So before deciding anything the
+-- state must be whole: `issued` holds exactly `count` users, `stock` is `total - count` (never below 0), and
+-- the stream exists (it is created with the state and never deleted while the state lives). All three are
+-- O(1) reads. `count` is kept in the same atomic step as the issuances it counts.
 --
 -- Algorithm: the holders among the users are read at once; then for each user the checks run in the
 -- contract's order (duplicate, also of a user won earlier in this call; window; stock), and a user who
@@ -63,20 +71,30 @@ local users = #ARGV - 2
 local now = tonumber(ARGV[1])
 local replies = {}
 
-local window = redis.call('HMGET', KEYS[1], 'starts', 'ends', 'gen', 'epoch', 'listed')
-if window[1] == false then
+local function refuse_all(code, value)
     for i = 1, users do
-        replies[2 * i - 1] = 4
-        replies[2 * i] = 0
+        replies[2 * i - 1] = code
+        replies[2 * i] = value
     end
     return replies
 end
+
+local window = redis.call('HMGET', KEYS[1], 'starts', 'ends', 'gen', 'epoch', 'listed', 'total', 'count')
+if window[1] == false or window[6] == false or window[7] == false then
+    return refuse_all(4, 0)
+end
+local count = tonumber(window[7])
+local stock = redis.call('GET', KEYS[2])
+if stock == false or tonumber(stock) ~= math.max(tonumber(window[6]) - count, 0)
+    or redis.call('HLEN', KEYS[3]) ~= count or redis.call('EXISTS', KEYS[4]) ~= 1 then
+    return refuse_all(4, 0)
+end
+stock = tonumber(stock)
 if users == 0 then
     return replies
 end
 
 local active = now >= tonumber(window[1]) and (window[2] == false or now < tonumber(window[2]))
-local stock = tonumber(redis.call('GET', KEYS[2]) or '0')
 local held = redis.call('HMGET', KEYS[3], unpack(ARGV, 3))
 -- Users issued by this call: `fields` for the HSET (user, now, user, now, ...), `winners` for the entry.
 local fields, winners, won = {}, {}, {}
@@ -102,22 +120,20 @@ for i = 1, users do
     replies[2 * i] = at
 end
 
-if #winners > 0 and window[5] ~= '1' then
+if #winners == 0 then
+    return replies
+end
+if window[5] ~= '1' then
     local next_epoch = tonumber(window[4] or window[3] or '0') + 1
     if tonumber(ARGV[2]) ~= next_epoch then
         -- Decide nothing: the caller lists the coupon and asks again.
-        for i = 1, users do
-            replies[2 * i - 1] = 5
-            replies[2 * i] = next_epoch
-        end
-        return replies
+        return refuse_all(5, next_epoch)
     end
-    redis.call('HSET', KEYS[1], 'epoch', next_epoch, 'listed', '1')
+    redis.call('HSET', KEYS[1], 'count', count + #winners, 'epoch', next_epoch, 'listed', '1')
+else
+    redis.call('HSET', KEYS[1], 'count', count + #winners)
 end
-
-if #winners > 0 then
-    redis.call('HSET', KEYS[3], unpack(fields))
-    redis.call('XADD', KEYS[4], '*', 'u', table.concat(winners, ','), 't', ARGV[1], 'g', window[3] or '0')
-    redis.call('DECRBY', KEYS[2], #winners)
-end
+redis.call('HSET', KEYS[3], unpack(fields))
+redis.call('XADD', KEYS[4], '*', 'u', table.concat(winners, ','), 't', ARGV[1], 'g', window[3] or '0')
+redis.call('DECRBY', KEYS[2], #winners)
 return replies

@@ -9,7 +9,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::ServeConfig;
 use crate::state::{AppState, Shared};
-use crate::store::{StoreError, Stores, mysql};
+use crate::store::{StoreError, Stores};
 use crate::{product, ranking};
 
 /// A built application: connected, migrated and bound, not yet serving.
@@ -30,6 +30,11 @@ pub enum StartError {
          set ADMIN_TOKEN to a secret, or bind to 127.0.0.1"
     )]
     DevTokenExposed(SocketAddr),
+    #[error(
+        "Redis runs with maxmemory-policy {0}: it would evict coupon state and issue coupons twice; \
+         set maxmemory-policy noeviction on every Redis node (REDIS_URL)"
+    )]
+    EvictingRedis(String),
     #[error("server failed: {0}")]
     Serve(std::io::Error),
     #[error("cannot load coupon state: {0}")]
@@ -46,7 +51,12 @@ impl App {
             return Err(StartError::DevTokenExposed(config.bind_addr));
         }
         let stores = Stores::connect(&config.store).await?;
-        mysql::migrate(&stores.db).await?;
+        // An evicting Redis drops keys of a coupon's state one at a time (the dedupe hash first, as the
+        // coldest): never start on one (docs/operations.md#redis-eviction).
+        if let Some(policy) = stores.redis.eviction_policies().await?.into_iter().find(|policy| policy != "noeviction")
+        {
+            return Err(StartError::EvictingRedis(policy));
+        }
         let catalog = crate::coupon::Catalog::default();
         let users = crate::user::cache::KnownUsers::default();
         users.refresh(&stores.redis).await.map_err(StoreError::from)?;

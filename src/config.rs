@@ -28,6 +28,12 @@ pub struct StoreConfig {
     /// jobs use one more of their own.
     #[arg(long, env = "REDIS_POOL_SIZE", default_value_t = 4)]
     pub redis_pool_size: usize,
+
+    /// Replicas that must acknowledge an issuance (Redis `WAIT`, at most 300 ms) before it is answered 201;
+    /// one that is not acknowledged in time is answered 503 (asking again answers 409 while it stands). With
+    /// 1, a failover to that replica loses no acknowledged issuance; 0 (the default) does not wait.
+    #[arg(long, env = "REDIS_WAIT_REPLICAS", default_value_t = 0)]
+    pub redis_wait_replicas: u32,
 }
 
 /// The admin token `make run` and `make load` use: well known, so only acceptable on loopback.

@@ -8,7 +8,7 @@ use rand::Rng;
 
 use crate::config::SeedConfig;
 use crate::id::{CouponId, UserId};
-use crate::store::{StoreError, Stores, mysql};
+use crate::store::{StoreError, Stores};
 use crate::{coupon, product, user};
 
 /// INSERT statements in flight at once; more only queues on InnoDB's auto-increment lock.
@@ -26,7 +26,6 @@ pub struct Seeded {
 /// Migrates, then inserts the requested users, products and coupons, showing progress on stderr.
 pub async fn run(config: &SeedConfig) -> Result<Seeded, coupon::Error> {
     let stores = Stores::connect(&config.store).await?;
-    mysql::migrate(&stores.db).await?;
     let batch = config.batch_size.max(1) as u64;
     let mut seeded = Seeded::default();
 

@@ -13,6 +13,7 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use fred::prelude::*;
+use fred::types::scan::Scanner;
 use fred::types::sorted_sets::Ordering;
 use fred::types::streams::{XID, XReadResponse, XReadValue};
 
@@ -86,12 +87,19 @@ pub async fn issue(
 ) -> Result<Option<Vec<IssueReply>>, StoreError> {
     let script = &*crate::store::scripts::COUPON_ISSUE;
     let args: Vec<i64> = [now_micros, listing].into_iter().chain(users.iter().map(|user| user.get())).collect();
-    let Some(reply) = script.call_if_loaded::<Vec<i64>, _, _>(redis, CouponKeys::new(redis, id).all(), args).await?
+    let Some(called) = script.call_if_loaded::<Vec<i64>, _, _>(redis, CouponKeys::new(redis, id).all(), args).await?
     else {
         return Ok(None);
     };
+    let reply = &called.reply;
     if reply.len() != 2 * users.len() {
         return Err(script.unexpected(reply));
+    }
+    // Code 0 is an issuance: with REDIS_WAIT_REPLICAS, its 201 waits for the replicas to have it.
+    if reply.chunks_exact(2).any(|pair| pair[0] == 0) && !called.replicated(redis).await? {
+        metrics::counter!("coupon_issue_unreplicated_total").increment(1);
+        let why = format!("issuance of coupon {id} not acknowledged by the replicas REDIS_WAIT_REPLICAS asks for");
+        return Err(fred::error::Error::new(fred::error::ErrorKind::Timeout, why).into());
     }
     reply
         .chunks_exact(2)
@@ -137,17 +145,66 @@ pub struct State {
     pub generation: i64,
     /// The stream's last generated id: every entry this state ever queued has an id at most this.
     pub last_id: StreamId,
+    /// Whether its keys agree with each other (`issued` holds `count` users, `stock` is `total - count`, the
+    /// stream exists): the check the issue script makes before it decides anything.
+    pub whole: bool,
 }
 
 /// The coupon's state as Redis has it, read in one script call.
 pub async fn state(redis: &Redis, id: CouponId) -> Result<State, StoreError> {
-    let keys = CouponKeys::new(redis, id);
     let script = &*crate::store::scripts::COUPON_STATE;
-    let reply: Vec<i64> = script.call(redis, vec![keys.meta, keys.queue], Vec::<String>::new()).await?;
+    let reply: Vec<i64> = script.call(redis, CouponKeys::new(redis, id).all(), Vec::<String>::new()).await?;
     match reply[..] {
-        [loaded, generation, ms, seq] => Ok(State { loaded: loaded == 1, generation, last_id: StreamId { ms, seq } }),
+        [loaded, generation, ms, seq, whole] => {
+            Ok(State { loaded: loaded == 1, generation, last_id: StreamId { ms, seq }, whole: whole == 1 })
+        }
         _ => Err(script.unexpected(reply)),
     }
+}
+
+/// Entries per XRANGE and fields per HSCAN page while a rebuild collects what Redis still knows.
+const SURVIVOR_PAGE: u64 = 1_000;
+
+/// The winners Redis still knows of, with their issue time (µs): every user of every entry left in the
+/// coupon's stream (read or not, of any generation), and, when `with_holders`, every user of its `issued`
+/// hash. A rebuild keeps those MySQL does not have yet, so first come first served survives a lost key.
+/// Paged, so a large campaign never blocks Redis for one long reply.
+pub async fn survivors(redis: &Redis, id: CouponId, with_holders: bool) -> Result<Vec<(UserId, i64)>, StoreError> {
+    let keys = CouponKeys::new(redis, id);
+    let client = redis.client_for(keys.queue.as_bytes())?;
+    let mut found = Vec::new();
+    let mut start = "-".to_owned();
+    loop {
+        let page: Vec<XReadValue<String, String, String>> =
+            client.xrange_values(&keys.queue, start.as_str(), "+", Some(SURVIVOR_PAGE)).await?;
+        let full = page.len() as u64 == SURVIVOR_PAGE;
+        for value in page {
+            start = format!("({}", value.0);
+            if let Some(entry) = queued(id, value) {
+                let at = entry.issued_at.timestamp_micros();
+                found.extend(entry.user_ids.into_iter().map(|user| (user, at)));
+            }
+        }
+        if !full {
+            break;
+        }
+    }
+    if with_holders {
+        let mut pages = std::pin::pin!(client.hscan(&keys.issued, "*", Some(SURVIVOR_PAGE as u32)));
+        while let Some(page) = futures::StreamExt::next(&mut pages).await {
+            let mut page = page?;
+            if let Some(map) = page.take_results() {
+                for (user, at) in map.inner() {
+                    let user = user.as_str().and_then(|user| user.parse().ok()).and_then(UserId::new);
+                    if let (Some(user), Some(at)) = (user, at.as_str().and_then(|at| at.parse().ok())) {
+                        found.push((user, at));
+                    }
+                }
+            }
+            page.next();
+        }
+    }
+    Ok(found)
 }
 
 /// Deletes the coupon's `meta`, `stock` and `issued`, so it issues nothing until loaded again; the stream
@@ -160,21 +217,35 @@ pub async fn unload(redis: &Redis, id: CouponId) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Loads a coupon's state unless it is there: registers it for the writer, copies `issued` (user,
-/// issued_at µs) into the issued hash, then runs `coupon_load.lua` with the `generation` and the highest
-/// `persisted` stream id MySQL records. `true` when this call loaded it.
+/// What a load puts into Redis beside the campaign.
+#[derive(Debug, Default)]
+pub struct Holders<'a> {
+    /// Everyone who holds the coupon (user, issued_at µs): MySQL's rows and the winners only Redis knew.
+    pub all: &'a [(UserId, i64)],
+    /// Those of `all` MySQL does not have yet, queued again for the writer; then the coupon is listed with
+    /// `listing`.
+    pub unpersisted: &'a [(UserId, i64)],
+    pub listing: i64,
+}
+
+/// Loads a coupon's state unless it is there: registers it for the writer, copies `holders.all` into the
+/// issued hash, then runs `coupon_load.lua` with the `generation` and the highest `persisted` stream id MySQL
+/// records, queueing `holders.unpersisted` again. `true` when this call loaded it.
 pub async fn load(
     redis: &Redis,
     coupon: &Coupon,
-    issued: &[(UserId, i64)],
+    holders: Holders<'_>,
     generation: i64,
     persisted: StreamId,
 ) -> Result<bool, StoreError> {
     let keys = CouponKeys::new(redis, coupon.id);
     // Registered first: a coupon that can issue must be one the writer reads.
     let _: i64 = redis.client().sadd(registry_key(redis), coupon.id.get()).await?;
+    if !holders.unpersisted.is_empty() {
+        list(redis, coupon.id, holders.listing).await?;
+    }
     // Pipelines of bounded size: one pipeline of a million users' fields outlasted the command timeout.
-    for group in issued.chunks(LOAD_CHUNK * LOAD_CHUNKS_PER_PIPELINE) {
+    for group in holders.all.chunks(LOAD_CHUNK * LOAD_CHUNKS_PER_PIPELINE) {
         let pipeline = redis.client().pipeline();
         for chunk in group.chunks(LOAD_CHUNK) {
             let fields: Vec<(String, i64)> = chunk.iter().map(|(user, at)| (user.get().to_string(), *at)).collect();
@@ -182,14 +253,23 @@ pub async fn load(
         }
         let _: Vec<Value> = pipeline.all().await?;
     }
-    let args = vec![
+    let mut args = vec![
         coupon.total_quantity.to_string(),
         coupon.starts_at.timestamp_micros().to_string(),
         coupon.ends_at.map_or_else(String::new, |end| end.timestamp_micros().to_string()),
         WRITER_GROUP.to_owned(),
         generation.to_string(),
         persisted.to_string(),
+        if holders.unpersisted.is_empty() { "0".to_owned() } else { holders.listing.to_string() },
     ];
+    // One entry per issue time, as the issue script wrote them.
+    let mut by_time: std::collections::BTreeMap<i64, Vec<String>> = std::collections::BTreeMap::new();
+    for (user, at) in holders.unpersisted {
+        by_time.entry(*at).or_default().push(user.get().to_string());
+    }
+    for (at, users) in by_time {
+        args.extend([at.to_string(), users.join(",")]);
+    }
     let script = &*crate::store::scripts::COUPON_LOAD;
     let loaded: i64 = script.call(redis, keys.all(), args).await?;
     Ok(loaded == 1)

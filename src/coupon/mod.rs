@@ -406,7 +406,7 @@ impl Coupons {
             ends_at: new.ends_at,
         };
         // A new campaign: generation 0 and nothing persisted, as its MySQL row says.
-        cache::load(&stores.redis, &coupon, &[], 0, cache::StreamId::default()).await?;
+        cache::load(&stores.redis, &coupon, cache::Holders::default(), 0, cache::StreamId::default()).await?;
         Ok(self.catalog.remember(coupon))
     }
 
@@ -429,7 +429,9 @@ impl Coupons {
             reply = match catalog.restore(stores, &coupon).await? {
                 // Pruned: it ended (by the clock of the instance that pruned it), so nothing issues.
                 fence::Checked::Pruned => IssueReply::NotActive,
-                fence::Checked::Trusted | fence::Checked::Rebuilt(_) => issuer.issue(coupon_id, user_id).await?,
+                fence::Checked::Trusted | fence::Checked::Unknown | fence::Checked::Rebuilt(_) => {
+                    issuer.issue(coupon_id, user_id).await?
+                }
             };
         }
         let (result, outcome) = match reply {

@@ -41,6 +41,11 @@ const QUIET_AFTER: Duration = Duration::from_secs(10);
 /// The margin covers clock differences between instances and a script
 /// call decided just before the end but run late.
 pub const UNREGISTER_AFTER_END: Duration = Duration::from_secs(60);
+/// Longest a read of the streams may hold the coupons' rows locked (see [`Writer::take_batch`]). A read takes
+/// milliseconds; one waiting on a Redis master that died would otherwise hold them for the whole command
+/// timeout, and every pay with an unpersisted coupon, every rebuild and every check of Redis with them. An
+/// abandoned read leaves what it was delivered pending, claimed again after [`CLAIM_IDLE`].
+const LOCKED_READ_TIMEOUT: Duration = Duration::from_millis(500);
 /// Pause after a step that drained the queue: bounds the issue-to-persist lag of a short queue.
 const IDLE_SLEEP: Duration = Duration::from_millis(20);
 /// Backoff after a failed step, doubling up to the maximum while the failure lasts.
@@ -66,11 +71,17 @@ pub struct Writer {
     gate: ScriptGate,
     /// Entries read but not yet acknowledged; kept across a failed step so it is retried first.
     in_hand: Vec<Queued>,
+    /// The transaction holding the locks of the coupons `in_hand` was read from, with their fences, taken
+    /// before the read (see [`Writer::take_batch`]); `None` once committed, or after a failed step.
+    locked: Option<(sqlx::Transaction<'static, sqlx::MySql>, HashMap<CouponId, db::Fence>)>,
     /// Whether `in_hand` is persisted (inserted or re-decided) and only waits for its acknowledgement.
     persisted: Option<usize>,
     /// Whether the read that filled `in_hand` was full for some stream.
     backlog: bool,
     last_reclaim: Option<Instant>,
+    /// The last full pass's chores, done once its batch is committed (no row lock held): the coupons it
+    /// found finished, to unregister, and the delisting of quiet ones.
+    chores: Option<Vec<CouponId>>,
     /// Coupons whose stream had entries within [`QUIET_AFTER`], and when it last had some.
     busy: HashMap<CouponId, Instant>,
 }
@@ -91,9 +102,11 @@ impl Writer {
             consumer,
             gate: ScriptGate::default(),
             in_hand: Vec::new(),
+            locked: None,
             persisted: None,
             backlog: false,
             last_reclaim: None,
+            chores: None,
             busy: HashMap::new(),
         }
     }
@@ -110,21 +123,55 @@ impl Writer {
         }
         let issuances = self.persist(stores).await?;
         self.acknowledge(stores).await?;
+        self.do_chores(stores).await;
         Ok(Outcome::Persisted { issuances, backlog: self.backlog })
     }
 
     /// Step 1: reads a batch unless one is in hand; returns the entries in hand.
+    ///
+    /// The coupons' rows are locked (the lock of a rebuild, [`fence::rebuild`]) before their streams are read,
+    /// and stay locked until the batch is committed: a batch is never in a writer's hand outside that lock,
+    /// so a rebuild anywhere either comes before the read or sees the batch in MySQL. Were the lock taken
+    /// after the read, a Redis replaced in between by a replica that lagged would sell the batch's stock a
+    /// second time, and the batch would then be inserted beside it.
     pub async fn take_batch(&mut self, stores: &Stores) -> Result<usize, StoreError> {
         if self.in_hand.is_empty() {
-            self.in_hand = self.read(stores).await?;
+            self.locked = None;
+            // The coupons stay locked while their streams are read: not while this connection is still
+            // reconnecting (the read would wait out the command timeout holding them, and every rebuild and
+            // check with it). The next step tries again.
+            if !fred::interfaces::ClientLike::is_connected(stores.redis.client()) {
+                return Ok(0);
+            }
+            let (coupons, full_pass) = self.to_read(stores).await?;
+            let mut locked = None;
+            if !coupons.is_empty() {
+                let mut tx = stores.db.begin().await?;
+                let fences = db::lock_fences(&mut tx, &coupons).await?.into_iter().collect();
+                locked = Some((tx, fences));
+            }
+            let read = tokio::time::timeout(LOCKED_READ_TIMEOUT, self.read(stores, &coupons, full_pass)).await;
+            let Ok(read) = read else {
+                let why =
+                    format!("reading the coupon streams took over {LOCKED_READ_TIMEOUT:?} with their rows locked");
+                return Err(fred::error::Error::new(fred::error::ErrorKind::Timeout, why).into());
+            };
+            self.in_hand = read?;
             self.persisted = None;
+            if self.in_hand.is_empty() {
+                drop(locked);
+                self.do_chores(stores).await;
+            } else {
+                self.locked = locked;
+            }
         }
         Ok(self.in_hand.len())
     }
 
-    /// Step 2: in one transaction holding the coupons' rows, inserts the entries of each coupon's current
-    /// generation and raises its persisted mark; then re-decides the entries of older generations. Returns
-    /// the issuances inserted. Done once per batch: a retry after a failed acknowledgement skips it.
+    /// Step 2: in the transaction of step 1 (or, retrying after a failure, a new one locking the coupons in
+    /// hand), inserts the entries of each coupon's current generation and raises its persisted mark; then
+    /// re-decides the entries of older generations. Returns the issuances inserted. Done once per batch: a
+    /// retry after a failed acknowledgement skips it.
     pub async fn persist(&mut self, stores: &Stores) -> Result<usize, StoreError> {
         if let Some(inserted) = self.persisted {
             return Ok(inserted);
@@ -133,9 +180,15 @@ impl Writer {
         for entry in &self.in_hand {
             by_coupon.entry(entry.coupon_id).or_default().push(entry);
         }
-        let ids: Vec<CouponId> = by_coupon.keys().copied().collect();
-        let mut tx = stores.db.begin().await?;
-        let fences: HashMap<CouponId, db::Fence> = db::lock_fences(&mut tx, &ids).await?.into_iter().collect();
+        let (mut tx, fences) = match self.locked.take() {
+            Some(locked) => locked,
+            None => {
+                let ids: Vec<CouponId> = by_coupon.keys().copied().collect();
+                let mut tx = stores.db.begin().await?;
+                let fences = db::lock_fences(&mut tx, &ids).await?.into_iter().collect();
+                (tx, fences)
+            }
+        };
         let mut rows: Vec<NewIssuance> = Vec::new();
         let mut stale: Vec<(CouponId, Vec<&Queued>)> = Vec::new();
         for (coupon_id, entries) in &by_coupon {
@@ -222,26 +275,33 @@ impl Writer {
         Ok(())
     }
 
+    /// The coupons whose streams the next read takes: the busy ones, or on the reclaim step every registered
+    /// one, with what that full pass does beside reading.
+    async fn to_read(&self, stores: &Stores) -> Result<(Vec<CouponId>, Option<cache::FullPass>), StoreError> {
+        if self.last_reclaim.is_some_and(|at| at.elapsed() < RECLAIM_PERIOD) {
+            return Ok((self.busy.keys().copied().collect(), None));
+        }
+        let full_pass = cache::FullPass {
+            claim_idle_ms: CLAIM_IDLE.as_millis() as u64,
+            ended_before: chrono::Utc::now().timestamp_micros() - UNREGISTER_AFTER_END.as_micros() as i64,
+        };
+        Ok((cache::registered(&stores.redis).await?, Some(full_pass)))
+    }
+
     /// Reads the busy streams, or on the reclaim step every registered one. A coupon that wakes up after
     /// [`QUIET_AFTER`] (or a new one) is found by the next reclaim step, so its lag is at most
     /// [`RECLAIM_PERIOD`] longer.
-    async fn read(&mut self, stores: &Stores) -> Result<Vec<Queued>, StoreError> {
-        let reclaim_due = self.last_reclaim.is_none_or(|at| at.elapsed() >= RECLAIM_PERIOD);
-        let full_pass = reclaim_due.then(|| cache::FullPass {
-            claim_idle_ms: CLAIM_IDLE.as_millis() as u64,
-            ended_before: chrono::Utc::now().timestamp_micros() - UNREGISTER_AFTER_END.as_micros() as i64,
-        });
-        let coupons =
-            if reclaim_due { cache::registered(&stores.redis).await? } else { self.busy.keys().copied().collect() };
-        let read = cache::read_queues(&stores.redis, &coupons, &self.consumer, READ_COUNT, full_pass).await?;
-        self.unregister(stores, &read.finished).await;
+    async fn read(
+        &mut self,
+        stores: &Stores,
+        coupons: &[CouponId],
+        full_pass: Option<cache::FullPass>,
+    ) -> Result<Vec<Queued>, StoreError> {
+        let read = cache::read_queues(&stores.redis, coupons, &self.consumer, READ_COUNT, full_pass).await?;
         let now = Instant::now();
-        if reclaim_due {
+        if full_pass.is_some() {
             self.last_reclaim = Some(now);
-            // Like unregistering: a failure only leaves coupons listed until the next full pass.
-            if let Err(error) = delist_quiet(stores, QUIET_AFTER).await {
-                tracing::warn!(%error, "delisting persisted coupons failed");
-            }
+            self.chores = Some(read.finished.clone());
         }
         let mut read_per_coupon: HashMap<CouponId, u64> = HashMap::new();
         for entry in &read.entries {
@@ -257,6 +317,17 @@ impl Writer {
             metrics::gauge!("coupon_writer_pending").set(pending as f64);
         }
         Ok(read.entries)
+    }
+
+    /// The full pass's chores, once no coupon row is locked: unregisters the finished coupons it found and
+    /// delists the quiet ones. Like unregistering, a failed delisting only leaves coupons listed until the
+    /// next full pass.
+    async fn do_chores(&mut self, stores: &Stores) {
+        let Some(finished) = self.chores.take() else { return };
+        self.unregister(stores, &finished).await;
+        if let Err(error) = delist_quiet(stores, QUIET_AFTER).await {
+            tracing::warn!(%error, "delisting persisted coupons failed");
+        }
     }
 
     /// Unregisters finished coupons. A failure only leaves them registered until the next full pass, so it

@@ -19,10 +19,20 @@ pub struct Stores {
 }
 
 impl Stores {
-    /// Connects to both stores and loads every Lua script; migrations are the caller's choice.
+    /// Connects to MySQL and migrates it, then connects to Redis with every key under the prefix and this
+    /// database's nonce (`migrations/0100_database_identity.sql`), and loads every Lua script.
+    ///
+    /// Why the nonce: Redis holds a cache of this database's decisions. A fresh database beside a Redis that
+    /// kept an earlier sale under the same `REDIS_PREFIX` would otherwise take that sale's stock, holders,
+    /// queue and known users for its own; under its own names it finds nothing and starts clean.
     pub async fn connect(config: &StoreConfig) -> Result<Self, StoreError> {
         let db = mysql::connect(&config.database_url, config.database_pool_size).await?;
-        let redis = Redis::connect(&config.redis_url, &config.redis_prefix, config.redis_pool_size).await?;
+        mysql::migrate(&db).await?;
+        let nonce = mysql::database_nonce(&db).await?;
+        let prefix =
+            if nonce.is_empty() { config.redis_prefix.clone() } else { format!("{}{nonce}:", config.redis_prefix) };
+        let redis =
+            Redis::connect(&config.redis_url, &prefix, config.redis_pool_size, config.redis_wait_replicas).await?;
         scripts::load_all(&redis).await?;
         Ok(Self { db, redis })
     }

@@ -75,6 +75,11 @@ pub async fn migrate(pool: &MySqlPool) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// This database's random name, which namespaces its Redis keys (empty for a database older than it).
+pub async fn database_nonce(pool: &MySqlPool) -> Result<String, StoreError> {
+    Ok(sqlx::query_scalar("SELECT nonce FROM database_identity WHERE id = 1").fetch_one(pool).await?)
+}
+
 /// How many times a transaction that lost a deadlock or a lock wait is run in all before giving up.
 pub const CONFLICT_ATTEMPTS: u32 = 5;
 /// Pause before a rerun, times the attempt number, plus jitter so the losers do not collide again.

@@ -1,6 +1,7 @@
 //! The Redis connection pool, key naming, and the typed script handle used by every Lua script.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -17,6 +18,9 @@ use super::StoreError;
 const COMMAND_TIMEOUT: Duration = Duration::from_millis(1_500);
 /// Time allowed to open a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long an issue call waits for `REDIS_WAIT_REPLICAS` replicas to acknowledge it before answering 503: with
+/// the command timeout it stays below the contract's 2 s.
+const WAIT_TIMEOUT: Duration = Duration::from_millis(300);
 /// Loads of a script one call may make when Redis keeps answering NOSCRIPT (its scripts flushed again and
 /// again); past it the call fails as unavailable (503).
 const NOSCRIPT_ATTEMPTS: usize = 5;
@@ -51,11 +55,16 @@ pub struct Redis {
     masters: Option<Arc<Masters>>,
     jobs_masters: Option<Arc<Masters>>,
     pub keys: Keys,
+    /// Replicas that must acknowledge an issuance before its 201 (`REDIS_WAIT_REPLICAS`; 0: none).
+    wait_replicas: u32,
+    /// Reconnections since start, on every pool: a new connection may reach another Redis (restarted from a
+    /// file, a promoted replica) than the one the state was last checked on.
+    connections: Arc<AtomicU64>,
 }
 
 impl Redis {
     /// Connects to a node (`redis://`) or a cluster (`redis-cluster://`) and waits until connected.
-    pub async fn connect(url: &str, prefix: &str, size: usize) -> Result<Self, StoreError> {
+    pub async fn connect(url: &str, prefix: &str, size: usize, wait_replicas: u32) -> Result<Self, StoreError> {
         let config = Config::from_url(url)?;
         let clustered = config.server.is_clustered();
         let builder = Builder::from_config(config)
@@ -71,15 +80,75 @@ impl Redis {
             .clone();
         let pool = builder.build_pool(size.max(1))?;
         let jobs = builder.build_pool(1)?;
+        let connections = Arc::new(AtomicU64::new(0));
+        count_connections(&pool, &connections, false);
+        count_connections(&jobs, &connections, false);
         pool.init().await?;
         jobs.init().await?;
         let (masters, jobs_masters) = if clustered {
-            let masters = Masters::connect(pool.clone(), &builder, size.max(1)).await?;
-            (Some(Arc::new(masters)), Some(Arc::new(Masters::connect(jobs.clone(), &builder, 1).await?)))
+            let masters = Masters::connect(pool.clone(), &builder, size.max(1), &connections).await?;
+            let jobs_masters = Masters::connect(jobs.clone(), &builder, 1, &connections).await?;
+            (Some(Arc::new(masters)), Some(Arc::new(jobs_masters)))
         } else {
             (None, None)
         };
-        Ok(Self { pool, jobs, masters, jobs_masters, keys: Keys::new(prefix) })
+        Ok(Self { pool, jobs, masters, jobs_masters, keys: Keys::new(prefix), wait_replicas, connections })
+    }
+
+    /// How many connections were made again since start; a change means a check of what Redis holds is due
+    /// before it decides again (`coupon::fence::ScriptGate`).
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Acquire)
+    }
+
+    /// A connection to every node script calls reach: each master of a cluster, or the one node.
+    fn nodes(&self) -> Vec<Client> {
+        match &self.masters {
+            Some(masters) => {
+                masters.pools.read().expect("not poisoned").values().map(|pool| pool.next().clone()).collect()
+            }
+            None => vec![self.client().clone()],
+        }
+    }
+
+    /// `<run_id>/<master_replid>` of every node script calls reach, sorted. The run id changes when a node
+    /// restarts or another process (a promoted replica) takes its place; the replication id when a node is
+    /// promoted or takes a whole copy of another master's data. Neither changes otherwise, so an unchanged
+    /// list tells a reconnection, or scripts flushed, on the same data from other data.
+    pub async fn node_ids(&self) -> Result<Vec<String>, StoreError> {
+        let field = |info: &str, name: &str| {
+            info.lines().find_map(|line| line.strip_prefix(name)).unwrap_or_default().trim().to_owned()
+        };
+        let mut ids = Vec::new();
+        for client in self.nodes() {
+            let server: String = client.info(Some(fred::types::InfoKind::Server)).await?;
+            let replication: String = client.info(Some(fred::types::InfoKind::Replication)).await?;
+            ids.push(format!("{}/{}", field(&server, "run_id:"), field(&replication, "master_replid:")));
+        }
+        ids.sort_unstable();
+        Ok(ids)
+    }
+
+    /// The `maxmemory-policy` of every node script calls reach (each master of a cluster): from `CONFIG GET`,
+    /// or from `INFO memory` where `CONFIG` is disabled (managed Redis).
+    pub async fn eviction_policies(&self) -> Result<Vec<String>, StoreError> {
+        let clients = self.nodes();
+        let mut policies = Vec::with_capacity(clients.len());
+        for client in clients {
+            let configured: Result<HashMap<String, String>, _> = client.config_get("maxmemory-policy").await;
+            let policy = match configured.ok().and_then(|mut pairs| pairs.remove("maxmemory-policy")) {
+                Some(policy) => policy,
+                None => {
+                    let info: String = client.info(Some(fred::types::InfoKind::Memory)).await?;
+                    info.lines()
+                        .find_map(|line| line.strip_prefix("maxmemory_policy:"))
+                        .map(|policy| policy.trim().to_owned())
+                        .unwrap_or_default()
+                }
+            };
+            policies.push(policy);
+        }
+        Ok(policies)
     }
 
     /// The same server and prefix, on the connections reserved for background jobs.
@@ -90,6 +159,8 @@ impl Redis {
             masters: self.jobs_masters.clone(),
             jobs_masters: self.jobs_masters.clone(),
             keys: self.keys.clone(),
+            wait_replicas: self.wait_replicas,
+            connections: self.connections.clone(),
         }
     }
 
@@ -149,12 +220,25 @@ struct Masters {
     builder: Builder,
     size: usize,
     pools: RwLock<HashMap<Server, Pool>>,
+    /// [`Redis::connections`], counted on every master's pool too.
+    connections: Arc<AtomicU64>,
 }
 
 impl Masters {
     /// One pool per master of the current slot map, connected.
-    async fn connect(cluster: Pool, builder: &Builder, size: usize) -> Result<Self, StoreError> {
-        let masters = Self { cluster, builder: builder.clone(), size, pools: RwLock::default() };
+    async fn connect(
+        cluster: Pool,
+        builder: &Builder,
+        size: usize,
+        connections: &Arc<AtomicU64>,
+    ) -> Result<Self, StoreError> {
+        let masters = Self {
+            cluster,
+            builder: builder.clone(),
+            size,
+            pools: RwLock::default(),
+            connections: connections.clone(),
+        };
         let servers: Vec<Server> =
             masters.cluster.cached_cluster_state().map(|state| state.unique_primary_nodes()).unwrap_or_default();
         for server in servers {
@@ -183,12 +267,32 @@ impl Masters {
     /// A pool of plain connections to `server` with the cluster's settings; with `fail_fast` false it keeps
     /// trying when its first connection fails, as it does after losing a connection.
     fn pool(&self, server: &Server, fail_fast: bool) -> Result<Pool, fred::error::Error> {
+        // A pool made at start (`fail_fast`) is checked by the start-up check; a later one reaches a master
+        // that may hold anything, so its first connection counts.
         let mut config = self.builder.get_config().expect("built from a config").clone();
         config.server = ServerConfig::Centralized { server: server.clone() };
         config.fail_fast = fail_fast;
         let mut builder = self.builder.clone();
         builder.set_config(config);
-        builder.build_pool(self.size)
+        let pool = builder.build_pool(self.size)?;
+        count_connections(&pool, &self.connections, !fail_fast);
+        Ok(pool)
+    }
+}
+
+/// Counts the connections `pool` makes into `connections`: every reconnection, and with `first` also each
+/// client's first connection (a pool made while serving, to a master the service did not know at start).
+fn count_connections(pool: &Pool, connections: &Arc<AtomicU64>, first: bool) {
+    for client in pool.clients() {
+        let (connections, first_seen) = (connections.clone(), Arc::new(AtomicBool::new(first)));
+        // Detached: the listener ends with the client.
+        let _listener = client.on_reconnect(move |_| {
+            // fred announces the first connection as a reconnection too.
+            if first_seen.swap(true, Ordering::AcqRel) {
+                connections.fetch_add(1, Ordering::AcqRel);
+            }
+            async { Ok(()) }
+        });
     }
 }
 
@@ -259,14 +363,19 @@ impl Script {
     /// Runs the script if Redis still has it; `Ok(None)` on NOSCRIPT, which means Redis restarted or its
     /// scripts were flushed. A gated script (the coupon issue script) is loaded again only after the caller
     /// has checked what such a Redis may also have lost.
-    pub async fn call_if_loaded<R, K, V>(&self, redis: &Redis, keys: K, args: V) -> Result<Option<R>, StoreError>
+    pub async fn call_if_loaded<R, K, V>(
+        &self,
+        redis: &Redis,
+        keys: K,
+        args: V,
+    ) -> Result<Option<Called<R>>, StoreError>
     where
         R: FromValue,
         K: Into<MultipleKeys> + Send,
         V: TryInto<MultipleValues> + Send,
         V::Error: Into<fred::error::Error> + Send,
     {
-        self.evalsha(redis, &keys.into(), &args.try_into().map_err(Into::into)?).await
+        self.evalsha_on(redis, &keys.into(), &args.try_into().map_err(Into::into)?).await
     }
 
     /// One EVALSHA (retried while its slot moves); `Ok(None)` on NOSCRIPT.
@@ -276,13 +385,27 @@ impl Script {
         keys: &MultipleKeys,
         args: &MultipleValues,
     ) -> Result<Option<R>, StoreError> {
+        Ok(self.evalsha_on(redis, keys, args).await?.map(|called| called.reply))
+    }
+
+    /// [`Script::evalsha`], keeping the connection the call went out on.
+    async fn evalsha_on<R: FromValue>(
+        &self,
+        redis: &Redis,
+        keys: &MultipleKeys,
+        args: &MultipleValues,
+    ) -> Result<Option<Called<R>>, StoreError> {
         let slot = redis.script_slot(keys);
         let call = || {
             let (client, keys, args) = (redis.client_for_slot(slot), keys.clone(), args.clone());
-            async move { self.script.evalsha(&client?, keys, args).await }
+            async move {
+                let client = client?;
+                let reply = self.script.evalsha(&client, keys, args).await?;
+                Ok(Called { reply, client })
+            }
         };
         match retry_unsettled(redis, call).await {
-            Ok(reply) => Ok(Some(reply)),
+            Ok(called) => Ok(Some(called)),
             Err(error) if error.details().starts_with("NOSCRIPT") => Ok(None),
             Err(error) => {
                 metrics::counter!("redis_script_errors_total", "script" => self.name).increment(1);
@@ -295,6 +418,26 @@ impl Script {
     /// Wraps an undecodable reply into an error naming this script.
     pub fn unexpected(&self, reply: impl std::fmt::Debug) -> StoreError {
         StoreError::ScriptReply { script: self.name, reply: format!("{reply:?}") }
+    }
+}
+
+/// A script's reply, with the connection it came on.
+pub struct Called<R> {
+    pub reply: R,
+    client: Client,
+}
+
+impl<R> Called<R> {
+    /// Whether the replicas `REDIS_WAIT_REPLICAS` asks for have every write this call's connection made
+    /// (`WAIT`, at most [`WAIT_TIMEOUT`]); `true` at once when it asks for none. WAIT counts the writes of its
+    /// own connection, so it must go out on the one the script call took.
+    pub async fn replicated(&self, redis: &Redis) -> Result<bool, StoreError> {
+        if redis.wait_replicas == 0 {
+            return Ok(true);
+        }
+        let acknowledged: i64 =
+            self.client.wait(i64::from(redis.wait_replicas), WAIT_TIMEOUT.as_millis() as i64).await?;
+        Ok(acknowledged >= i64::from(redis.wait_replicas))
     }
 }
 

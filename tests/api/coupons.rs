@@ -807,7 +807,6 @@ impl Drop for Process {
 async fn a_process_killed_hard_after_a_burst_persists_every_issuance_after_restart() {
     let store = isolated_store().await;
     let stores = Stores::connect(&store).await.unwrap();
-    stampede::store::mysql::migrate(&stores.db).await.unwrap();
     let users = create_users(&stores, 400).await;
     let first = Process::start(&store).await;
     let http = reqwest::Client::new();

@@ -17,5 +17,6 @@ mod outbox;
 mod products;
 mod ranking;
 mod redis_loss;
+mod redis_trust;
 mod retention;
 mod users;

@@ -3,6 +3,7 @@
 //! reached over real HTTP. `TEST_DATABASE_URL` (a server URL without database) and `TEST_REDIS_URL` use
 //! existing servers instead.
 
+pub mod proxy;
 pub mod servers;
 
 use std::net::SocketAddr;
@@ -16,6 +17,7 @@ use stampede::state::AppState;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+pub use proxy::Proxy;
 pub use servers::{MariaDb, RedisCluster, RedisServer};
 
 /// The admin token every test app uses.
@@ -75,6 +77,7 @@ pub fn store_config(database_url: String, redis_url: String) -> StoreConfig {
         redis_prefix: format!("t{}:", uuid::Uuid::new_v4().simple()),
         database_pool_size: 16,
         redis_pool_size: 2,
+        redis_wait_replicas: 0,
     }
 }
 

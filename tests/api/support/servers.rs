@@ -110,6 +110,13 @@ impl RedisServer {
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
+
+    /// SIGSTOP (`true`) or SIGCONT (`false`): a stopped replica acknowledges nothing its master sends.
+    pub fn freeze(&self, frozen: bool) {
+        let pid = self.child.as_ref().expect("running").id();
+        let signal = if frozen { nix::sys::signal::Signal::SIGSTOP } else { nix::sys::signal::Signal::SIGCONT };
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal).expect("signal redis-server");
+    }
 }
 
 impl Drop for RedisServer {
