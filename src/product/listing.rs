@@ -8,11 +8,15 @@
 //! long a change whose announcement was lost stays unseen, as for the detail copies.
 //!
 //! Every read of MySQL runs under one gate, so reads apply in the order they were made and none overwrites
-//! a newer one; a product that changes while it is read stays stale and is read again by the next page.
+//! a newer one; a product that changes while it is read stays stale and is read again by the next page. A
+//! page that waited at the gate while a read that began after it arrived completed is served without a read
+//! of its own: that read saw every change made before the page was asked for. So while payments keep marking
+//! products stale, the pages waiting share one read instead of reading one after the other.
 
 use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -37,6 +41,10 @@ pub(super) struct Listing {
     pages: RwLock<HashMap<ListRequest, ComputedPage>>,
     /// Serializes reads of MySQL: a burst of pages after a change reads once, and reads apply in order.
     gate: tokio::sync::Mutex<()>,
+    /// Reads begun (numbered from 1, under the gate).
+    reads_begun: AtomicU64,
+    /// The number of the last read applied.
+    read_applied: AtomicU64,
 }
 
 /// Every product, as of the reads applied so far.
@@ -82,6 +90,8 @@ impl Listing {
             stale: Mutex::default(),
             pages: RwLock::default(),
             gate: tokio::sync::Mutex::new(()),
+            reads_begun: AtomicU64::new(0),
+            read_applied: AtomicU64::new(0),
         }
     }
 
@@ -105,8 +115,10 @@ impl Listing {
     /// One page of the listing, serialized; reads MySQL only for what changed since the last page.
     pub async fn page(&self, db: &MySqlPool, request: &ListRequest) -> Result<Bytes, sqlx::Error> {
         if !self.is_current() {
+            let arrived = self.reads_begun.load(AtomicOrdering::Acquire);
             let _reading = self.gate.lock().await;
-            if !self.is_current() {
+            let read_since = self.read_applied.load(AtomicOrdering::Acquire) > arrived;
+            if !read_since && !self.is_current() {
                 self.read(db, false).await?;
             }
         }
@@ -150,6 +162,7 @@ impl Listing {
     /// Under the gate: reads the stale products, or every product when `whole`, when everything is stale or
     /// the copy is missing or too old; then clears the marks this read saw. A mark made meanwhile stays.
     async fn read(&self, db: &MySqlPool, whole: bool) -> Result<(), sqlx::Error> {
+        let number = self.reads_begun.fetch_add(1, AtomicOrdering::AcqRel) + 1;
         let seen = self.stale.lock().expect("never poisoned").clone();
         let too_old = self.copy.read().expect("never poisoned").as_ref().is_none_or(|c| c.loaded.elapsed() >= MAX_AGE);
         let whole = whole || too_old || seen.everything.is_some();
@@ -174,6 +187,7 @@ impl Listing {
         if whole && stale.everything == seen.everything {
             stale.everything = None;
         }
+        self.read_applied.store(number, AtomicOrdering::Release);
         Ok(())
     }
 }
