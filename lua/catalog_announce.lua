@@ -6,7 +6,8 @@
 --                                             product's views were flushed to MySQL), score = the version
 --                                             that last announced it
 -- ARGV[1]  how many versions the sorted set remembers; an instance further behind drops everything
--- ARGV[2..] product ids, `all` for a change of the whole listing (a product created), or `v<id>`
+-- ARGV[2..] product ids (a new product too), `all` for a change of the whole catalogue (earlier builds sent
+--           it for a product created), or `v<id>`
 --
 -- Returns the new version.
 --

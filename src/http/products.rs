@@ -13,7 +13,10 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use super::error::{ErrorBody, Result};
 use super::extract::{Admin, Json, Path, Query};
 use crate::id::{OptionId, ProductId};
-use crate::product::{OptionSpec, PageRequest, ProductDetail, ProductOption, ProductPage, ProductSpec, Restock};
+use crate::product::{
+    Filter, ListRequest, OptionSpec, PageRequest, ProductDetail, ProductOption, ProductPage, ProductSpec, Restock,
+    Sort, Status,
+};
 use crate::ranking::{TopProducts, Window};
 use crate::state::AppState;
 
@@ -35,23 +38,49 @@ fn json(body: Bytes) -> Response {
 }
 
 #[derive(Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase")]
 #[into_params(parameter_in = Query)]
-pub struct PageQuery {
+pub struct ListQuery {
     /// Page number from 0; default 0.
     #[param(minimum = 0)]
     page: Option<i64>,
     /// Products per page, 1..=100; default 20.
     #[param(minimum = 1, maximum = 100)]
     size: Option<i64>,
+    /// Only products of this status.
+    #[param(inline)]
+    status: Option<Status>,
+    /// Only products whose name contains this, ignoring case; matched literally (`%`, `_` and `\` are plain
+    /// characters), 1..=100 characters.
+    #[param(min_length = 1, max_length = 100)]
+    q: Option<String>,
+    /// Only products priced at least this many won (inclusive), >= 0; at most `maxPrice`.
+    #[param(minimum = 0)]
+    min_price: Option<i64>,
+    /// Only products priced at most this many won (inclusive), >= 0; at least `minPrice`.
+    #[param(minimum = 0)]
+    max_price: Option<i64>,
+    /// The order: `id` (default), `price`, `-price` (highest first), `sold`, `-sold` (most sold first); ties
+    /// by lower id.
+    #[param(inline)]
+    sort: Option<Sort>,
 }
 
-/// Lists products by id, with their options. A committed payment or restock shows at once on the instance
-/// that committed it and within 100 ms on the others.
-#[utoipa::path(get, path = "/products", tag = "products", params(PageQuery),
-    responses((status = 200, body = ProductPage), (status = 400, body = ErrorBody)))]
-async fn list_products(State(app): State<AppState>, Query(query): Query<PageQuery>) -> Result<Response> {
-    let request = PageRequest::parse(query.page, query.size)?;
-    Ok(json(app.products.list(request).await?))
+/// Lists the products matching the filters (all combined with AND) in the order asked for, with their options;
+/// `totalElements` counts the matches. A committed payment or restock shows (in `stock`, `status`,
+/// `soldCount` and so in the filters) at once on the instance that committed it and within 100 ms on the
+/// others.
+#[utoipa::path(get, path = "/products", tag = "products", params(ListQuery),
+    responses((status = 200, body = ProductPage),
+        (status = 400, description = "INVALID_REQUEST: a parameter out of range or malformed, or minPrice > maxPrice",
+            body = ErrorBody)))]
+async fn list_products(State(app): State<AppState>, Query(query): Query<ListQuery>) -> Result<Response> {
+    let request = ListRequest {
+        filter: Filter::parse(query.status, query.q.as_deref(), query.min_price, query.max_price)?,
+        sort: query.sort.unwrap_or_default(),
+        page: PageRequest::parse(query.page, query.size)?,
+    };
+    Ok(json(app.products.list(&request).await?))
 }
 
 /// One product with its options, counting a view; `viewCount` includes views not yet flushed to MySQL.

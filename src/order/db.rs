@@ -105,14 +105,16 @@ pub async fn lock_coupon(tx: &mut MySqlConnection, user_id: UserId, coupon_id: C
     Ok(())
 }
 
-/// Takes `quantity` units of an option; `false` (nothing changed) when fewer are left. An option reaching 0
-/// becomes SOLD_OUT: `status` is assigned first, from the stock before this UPDATE, which is right whether
-/// the server evaluates assignments left to right (MySQL) or all from the old row.
+/// Takes `quantity` units of an option and counts them sold; `false` (nothing changed) when fewer are left. An
+/// option reaching 0 becomes SOLD_OUT: `status` is assigned first, from the stock before this UPDATE, which is
+/// right whether the server evaluates assignments left to right (MySQL) or all from the old row. The sold
+/// count rides on the same row lock as the stock, so it is exact under any concurrency at no extra cost.
 pub async fn take_stock(tx: &mut MySqlConnection, option_id: OptionId, quantity: i64) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
-        "UPDATE product_options SET status = IF(stock = ?, 'SOLD_OUT', status), stock = stock - ?
+        "UPDATE product_options SET status = IF(stock = ?, 'SOLD_OUT', status), stock = stock - ?, sold = sold + ?
          WHERE id = ? AND stock >= ?",
     )
+    .bind(quantity)
     .bind(quantity)
     .bind(quantity)
     .bind(option_id)

@@ -1,12 +1,14 @@
-//! The catalogue as the shop reads and changes it: listing pages and product details served from copies
-//! kept in this process, already serialized, and dropped when a change commits.
+//! The catalogue as the shop reads and changes it: listing pages (from the copy of the whole catalogue in
+//! `listing`) and product details served from copies kept in this process, already serialized, and dropped
+//! or marked stale when a change commits.
 //!
 //! Freshness (docs/orders.md#catalogue): the instance that commits a payment, a restock or a new product or
-//! option drops its copies of the products involved before it answers, then announces them in Redis
-//! (`lua/catalog_announce.lua`, every [`ANNOUNCE_PERIOD`], one call for all its changes). Every instance asks Redis for announcements every [`POLL`] and drops what
-//! they name, so a change shows everywhere within about that long. A copy is served only while this instance
-//! has heard from Redis within [`SYNC_STALE`], and never once older than [`MAX_AGE`], which bounds staleness
-//! when an announcement itself is lost (Redis down right after a commit).
+//! option drops (or marks stale) its copies of the products involved before it answers, then announces them in Redis
+//! (`lua/catalog_announce.lua`, every [`ANNOUNCE_PERIOD`], one call for all its changes). Every instance asks
+//! Redis for announcements every [`POLL`] and drops what they name, so a change shows everywhere within about
+//! that long. A detail copy is served only while this instance has heard from Redis within [`SYNC_STALE`], and
+//! never once older than [`MAX_AGE`], which bounds staleness when an announcement itself is lost (Redis down
+//! right after a commit); the listing's copy is read whole again every [`listing::RELOAD_PERIOD`] instead.
 //!
 //! A copy being loaded while its product changes is not kept: loads compare per-product change counters
 //! before and after reading MySQL.
@@ -21,8 +23,9 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::db::{self, AddedOption, Restocked};
+use super::listing::{self, Listing};
 use super::views::ViewCounter;
-use super::{Error, NewOption, NewProduct, PageRequest, Product, ProductOption, ProductPage, Restock, Status};
+use super::{Error, ListRequest, NewOption, NewProduct, Product, ProductOption, Restock, Status};
 use crate::id::{OptionId, ProductId};
 use crate::store::scripts::{CATALOG_ANNOUNCE, CATALOG_CHANGES};
 use crate::store::{Redis, StoreError, Stores};
@@ -36,15 +39,13 @@ pub const ANNOUNCE_PERIOD: Duration = Duration::from_millis(10);
 /// announcements.
 const SYNC_STALE: Duration = Duration::from_secs(1);
 /// The oldest copy served: the bound on staleness when an announcement was lost.
-const MAX_AGE: Duration = Duration::from_secs(2);
+pub(super) const MAX_AGE: Duration = Duration::from_secs(2);
 /// Versions the announcement set remembers; an instance further behind drops every copy.
 const REMEMBERED_VERSIONS: i64 = 100_000;
 /// Most products one poll names; more drop every copy.
 const MAX_CHANGES_PER_POLL: usize = 10_000;
 /// Most product details kept; beyond it the copies are dropped and loaded again.
 const MAX_DETAILS: usize = 100_000;
-/// Most listing pages kept, likewise.
-const MAX_PAGES: usize = 1_000;
 /// Stripes of the per-product change counters and of the load gate.
 const STRIPES: usize = 1_024;
 
@@ -55,19 +56,17 @@ pub struct Catalog(Arc<Inner>);
 struct Inner {
     stores: Stores,
     copies: Copies,
+    listing: Listing,
     views: ViewCounter,
     /// Announcement members not sent yet: one announcement every [`ANNOUNCE_PERIOD`] carries them all.
     unannounced: Mutex<BTreeSet<String>>,
-    /// Serializes loads of one product or page, so a burst of requests for it reads MySQL once.
+    /// Serializes loads of one product, so a burst of requests for it reads MySQL once.
     gate: Box<[tokio::sync::Mutex<()>]>,
 }
 
-/// The in-process copies and what tells whether they may be served.
+/// The in-process detail copies and what tells whether they may be served.
 struct Copies {
     details: RwLock<HashMap<ProductId, Arc<DetailCopy>>>,
-    pages: RwLock<HashMap<PageRequest, Arc<PageCopy>>>,
-    /// Products in the catalogue, counted once per product creation.
-    total: Mutex<Option<i64>>,
     /// Raised when a product of the stripe changes.
     stripes: Box<[AtomicU64]>,
     /// Raised when everything is dropped.
@@ -92,13 +91,6 @@ struct DetailCopy {
     loaded: Instant,
 }
 
-/// A serialized listing page and the ids it covers.
-struct PageCopy {
-    body: Bytes,
-    ids: Option<(ProductId, ProductId)>,
-    loaded: Instant,
-}
-
 /// The counters a load compares before and after reading MySQL.
 #[derive(PartialEq, Eq)]
 struct Epoch {
@@ -116,16 +108,17 @@ impl Catalog {
         Self(Arc::new(Inner {
             stores,
             copies: Copies::new(),
+            listing: Listing::new(),
             views: ViewCounter::default(),
             unannounced: Mutex::default(),
             gate: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
         }))
     }
 
-    /// Stores a new product; every instance's listing shows it within [`POLL`].
+    /// Stores a new product; this instance's listing shows it at once, every other's within [`POLL`].
     pub async fn create(&self, new: NewProduct) -> Result<Product, Error> {
         let product = db::insert(&self.0.stores.db, &new).await?;
-        self.changed_everything();
+        self.changed(&[product.id]);
         Ok(product)
     }
 
@@ -166,8 +159,19 @@ impl Catalog {
     /// [`ANNOUNCE_PERIOD`]. Called after a commit changed their stock; the announcement never delays the
     /// answer, and a lost one leaves the other instances' copies to expire within [`MAX_AGE`].
     pub fn changed(&self, ids: &[ProductId]) {
-        self.0.copies.drop_products(ids);
+        self.drop_products(ids);
         self.announce_later(ids.iter().map(|id| id.to_string()));
+    }
+
+    /// Drops the detail copies of `ids` and marks them stale in the listing.
+    fn drop_products(&self, ids: &[ProductId]) {
+        self.0.copies.drop_products(ids);
+        self.0.listing.changed(ids);
+    }
+
+    fn drop_everything(&self) {
+        self.0.copies.drop_everything();
+        self.0.listing.changed_everything();
     }
 
     fn announce_later(&self, members: impl IntoIterator<Item = String>) {
@@ -228,34 +232,9 @@ impl Catalog {
         Ok(())
     }
 
-    fn changed_everything(&self) {
-        self.0.copies.drop_everything();
-        self.announce_later([ALL.to_owned()]);
-    }
-
-    /// One page of the listing, serialized.
-    pub async fn list(&self, request: PageRequest) -> Result<Bytes, Error> {
-        let copies = &self.0.copies;
-        if let Some(body) = copies.page(request) {
-            return Ok(body);
-        }
-        let _loading = self.lock(request.page().unsigned_abs().wrapping_mul(131) ^ request.size().unsigned_abs()).await;
-        if let Some(body) = copies.page(request) {
-            return Ok(body);
-        }
-        let before = copies.epoch();
-        let db = &self.0.stores.db;
-        let counted = *copies.total.lock().expect("never poisoned");
-        let total = match counted {
-            Some(total) => total,
-            None => db::count(db).await?,
-        };
-        let products = db::page(db, request.size(), request.offset()).await?;
-        let ids = products.first().zip(products.last()).map(|(first, last)| (first.id, last.id));
-        let page = ProductPage { products, page: request.page(), size: request.size(), total_elements: total };
-        let body = Bytes::from(serde_json::to_vec(&page).expect("a page serializes"));
-        copies.keep_page(request, &page, PageCopy { body: body.clone(), ids, loaded: Instant::now() }, before);
-        Ok(body)
+    /// One page of the listing, serialized, from the copy of the whole catalogue (see `listing`).
+    pub async fn list(&self, request: &ListRequest) -> Result<Bytes, Error> {
+        Ok(self.0.listing.page(&self.0.stores.db, request).await?)
     }
 
     /// A product's detail, serialized, counting this view: `viewCount` includes it.
@@ -301,10 +280,10 @@ impl Catalog {
         let version: i64 = version.parse().map_err(|_| CATALOG_CHANGES.unexpected(&reply))?;
         let id = |member: &str| member.parse().ok().and_then(ProductId::new);
         if members.iter().any(|member| member == ALL) {
-            copies.drop_everything();
+            self.drop_everything();
         } else if !members.is_empty() {
             let changed: Vec<ProductId> = members.iter().filter_map(|member| id(member)).collect();
-            copies.drop_products(&changed);
+            self.drop_products(&changed);
             let flushed: Vec<ProductId> =
                 members.iter().filter_map(|member| member.strip_prefix(VIEWS_FLUSHED).and_then(id)).collect();
             if let Err(error) = self.refresh_views(&flushed).await {
@@ -322,7 +301,8 @@ impl Catalog {
     }
 
     /// Until `shutdown`: applies announcements every [`POLL`], announces this instance's changes every
-    /// [`ANNOUNCE_PERIOD`], and sends counted views to Redis every [`super::views::SEND_PERIOD`].
+    /// [`ANNOUNCE_PERIOD`], reads the listing's copy whole every [`listing::RELOAD_PERIOD`], and sends
+    /// counted views to Redis every [`super::views::SEND_PERIOD`].
     pub async fn run(self, shutdown: CancellationToken) {
         let views = self.0.views.clone().run(self.0.stores.redis.clone(), shutdown.clone());
         let polls = crate::ticker::every(POLL, &shutdown, || async {
@@ -335,7 +315,12 @@ impl Catalog {
                 tracing::warn!(%error, "catalogue changes not announced; kept for the next try");
             }
         });
-        tokio::join!(views, polls, announcements);
+        let reloads = crate::ticker::every(listing::RELOAD_PERIOD, &shutdown, || async {
+            if let Err(error) = self.0.listing.reload(&self.0.stores.db).await {
+                tracing::warn!(%error, "the listing's copy not read again; a page reads it once it is too old");
+            }
+        });
+        tokio::join!(views, polls, announcements, reloads);
     }
 }
 
@@ -352,8 +337,6 @@ impl Copies {
     fn new() -> Self {
         Self {
             details: RwLock::default(),
-            pages: RwLock::default(),
-            total: Mutex::default(),
             stripes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
             everything: AtomicU64::new(0),
             version: AtomicI64::new(-1),
@@ -376,11 +359,6 @@ impl Copies {
     fn detail(&self, id: ProductId) -> Option<Arc<DetailCopy>> {
         let copy = self.details.read().expect("never poisoned").get(&id).cloned()?;
         (self.in_sync() && copy.loaded.elapsed() < MAX_AGE).then_some(copy)
-    }
-
-    fn page(&self, request: PageRequest) -> Option<Bytes> {
-        let copy = self.pages.read().expect("never poisoned").get(&request).cloned()?;
-        (self.in_sync() && copy.loaded.elapsed() < MAX_AGE).then(|| copy.body.clone())
     }
 
     fn epoch(&self) -> Epoch {
@@ -407,37 +385,20 @@ impl Copies {
         details.insert(id, copy);
     }
 
-    fn keep_page(&self, request: PageRequest, page: &ProductPage, copy: PageCopy, before: Epoch) {
-        let mut pages = self.pages.write().expect("never poisoned");
-        if !self.unchanged(&before, page.products.iter().map(|product| product.id)) {
-            return;
-        }
-        *self.total.lock().expect("never poisoned") = Some(page.total_elements);
-        if pages.len() >= MAX_PAGES {
-            pages.clear();
-        }
-        pages.insert(request, Arc::new(copy));
-    }
-
     /// Drops the copies showing `ids`. The counters rise under the write locks, so a load that checks them
     /// under the same lock either sees the rise or is dropped here.
     fn drop_products(&self, ids: &[ProductId]) {
         let mut details = self.details.write().expect("never poisoned");
-        let mut pages = self.pages.write().expect("never poisoned");
         for id in ids {
             self.stripes[stripe(*id)].fetch_add(1, Ordering::AcqRel);
             details.remove(id);
         }
-        pages.retain(|_, copy| !copy.ids.is_some_and(|(first, last)| ids.iter().any(|id| (first..=last).contains(id))));
     }
 
     fn drop_everything(&self) {
         let mut details = self.details.write().expect("never poisoned");
-        let mut pages = self.pages.write().expect("never poisoned");
         self.everything.fetch_add(1, Ordering::AcqRel);
         details.clear();
-        pages.clear();
-        *self.total.lock().expect("never poisoned") = None;
     }
 }
 
@@ -449,6 +410,8 @@ struct DetailHead<'a> {
     price: i64,
     stock: i64,
     status: Status,
+    #[serde(rename = "soldCount")]
+    sold_count: i64,
 }
 
 #[derive(Serialize)]
@@ -464,6 +427,7 @@ impl DetailCopy {
             price: product.price,
             stock: product.stock,
             status: product.status,
+            sold_count: product.sold_count,
         };
         let mut head = serde_json::to_vec(&head).expect("a product serializes");
         head.pop(); // the closing brace
@@ -492,6 +456,7 @@ mod tests {
             "t-\"shirt\"".to_owned(),
             1_000,
             vec![option(3, "S", 0), option(4, "M", 2)],
+            5,
         )
     }
 

@@ -28,7 +28,7 @@ pub async fn insert(db: &MySqlPool, new: &NewProduct) -> Result<Product, sqlx::E
     insert_options(&mut tx, &option_rows(id, new)).await?;
     let options = options_of(&mut *tx, &[id]).await?.remove(&id).unwrap_or_default();
     tx.commit().await?;
-    Ok(Product::new(id, new.name.clone(), new.price, options))
+    Ok(Product::new(id, new.name.clone(), new.price, options, 0))
 }
 
 /// Stores many products with their options in one transaction; returns how many products.
@@ -172,6 +172,7 @@ struct OptionRow {
     name: String,
     price: i64,
     stock: i64,
+    sold: i64,
 }
 
 impl OptionRow {
@@ -186,7 +187,8 @@ impl OptionRow {
     }
 }
 
-const OPTION_COLUMNS: &str = "SELECT id, product_id, name, price, CAST(stock AS SIGNED) AS stock FROM product_options";
+const OPTION_COLUMNS: &str =
+    "SELECT id, product_id, name, price, CAST(stock AS SIGNED) AS stock, sold FROM product_options";
 
 async fn option(
     db: &MySqlPool,
@@ -208,24 +210,44 @@ async fn exists(db: &MySqlPool, product_id: ProductId) -> Result<bool, sqlx::Err
     Ok(found.is_some())
 }
 
+/// A product's options, in ascending option id order, and the units sold over all of them.
+#[derive(Default)]
+struct OptionsSold {
+    options: Vec<ProductOption>,
+    sold: i64,
+}
+
+/// The options of each of `ids` (of every product with `None`), with their units sold (a plain read: no lock).
+async fn options_sold<'c>(
+    db: impl sqlx::MySqlExecutor<'c>,
+    ids: Option<&[ProductId]>,
+) -> Result<HashMap<ProductId, OptionsSold>, sqlx::Error> {
+    let mut by_product: HashMap<ProductId, OptionsSold> = HashMap::new();
+    let mut query = QueryBuilder::new(OPTION_COLUMNS);
+    if let Some(ids) = ids {
+        if ids.is_empty() {
+            return Ok(by_product);
+        }
+        query.push(" WHERE product_id IN ");
+        mysql::push_list(&mut query, ids.iter().copied());
+    }
+    query.push(" ORDER BY product_id, id");
+    let rows: Vec<OptionRow> = query.build_query_as().fetch_all(db).await?;
+    for row in rows {
+        let of = by_product.entry(row.product_id).or_default();
+        of.sold += row.sold;
+        of.options.push(row.into_option());
+    }
+    Ok(by_product)
+}
+
 /// The options of each of `ids`, in ascending option id order (a plain read: no lock).
 pub async fn options_of<'c>(
     db: impl sqlx::MySqlExecutor<'c>,
     ids: &[ProductId],
 ) -> Result<HashMap<ProductId, Vec<ProductOption>>, sqlx::Error> {
-    let mut by_product: HashMap<ProductId, Vec<ProductOption>> = HashMap::with_capacity(ids.len());
-    if ids.is_empty() {
-        return Ok(by_product);
-    }
-    let mut query = QueryBuilder::new(OPTION_COLUMNS);
-    query.push(" WHERE product_id IN ");
-    mysql::push_list(&mut query, ids.iter().copied());
-    query.push(" ORDER BY product_id, id");
-    let rows: Vec<OptionRow> = query.build_query_as().fetch_all(db).await?;
-    for row in rows {
-        by_product.entry(row.product_id).or_default().push(row.into_option());
-    }
-    Ok(by_product)
+    let by_product = options_sold(db, Some(ids)).await?;
+    Ok(by_product.into_iter().map(|(id, of)| (id, of.options)).collect())
 }
 
 #[derive(sqlx::FromRow)]
@@ -236,6 +258,12 @@ struct ProductRow {
     view_count: i64,
 }
 
+impl ProductRow {
+    fn into_product(self, of: OptionsSold) -> Product {
+        Product::new(self.id, self.name, self.price, of.options, of.sold)
+    }
+}
+
 /// A product with its options and the views already flushed to MySQL.
 pub async fn find(db: &MySqlPool, id: ProductId) -> Result<Option<(Product, i64)>, sqlx::Error> {
     let mut conn = db.acquire().await?;
@@ -244,24 +272,31 @@ pub async fn find(db: &MySqlPool, id: ProductId) -> Result<Option<(Product, i64)
         .fetch_optional(&mut *conn)
         .await?;
     let Some(row) = row else { return Ok(None) };
-    let options = options_of(&mut *conn, &[id]).await?.remove(&id).unwrap_or_default();
-    Ok(Some((Product::new(row.id, row.name, row.price, options), row.view_count)))
+    let of = options_sold(&mut *conn, Some(&[id])).await?.remove(&id).unwrap_or_default();
+    let view_count = row.view_count;
+    Ok(Some((row.into_product(of), view_count)))
 }
 
-/// `limit` products from `offset`, ordered by id, with their options.
-pub async fn page(db: &MySqlPool, limit: i64, offset: i64) -> Result<Vec<Product>, sqlx::Error> {
+/// Those of `ids` that exist (every product with `None`), ascending id, with their options and units sold.
+pub async fn products(db: &MySqlPool, ids: Option<&[ProductId]>) -> Result<Vec<Product>, sqlx::Error> {
     let mut conn = db.acquire().await?;
-    let rows: Vec<ProductRow> =
-        sqlx::query_as("SELECT id, name, price, view_count FROM products ORDER BY id LIMIT ? OFFSET ?")
-            .bind(limit)
-            .bind(offset)
-            .fetch_all(&mut *conn)
-            .await?;
-    let ids: Vec<ProductId> = rows.iter().map(|row| row.id).collect();
-    let mut options = options_of(&mut *conn, &ids).await?;
+    let mut query = QueryBuilder::new("SELECT id, name, price, view_count FROM products");
+    if let Some(ids) = ids {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        query.push(" WHERE id IN ");
+        mysql::push_list(&mut query, ids.iter().copied());
+    }
+    query.push(" ORDER BY id");
+    let rows: Vec<ProductRow> = query.build_query_as().fetch_all(&mut *conn).await?;
+    let mut options = options_sold(&mut *conn, ids).await?;
     Ok(rows
         .into_iter()
-        .map(|row| Product::new(row.id, row.name, row.price, options.remove(&row.id).unwrap_or_default()))
+        .map(|row| {
+            let of = options.remove(&row.id).unwrap_or_default();
+            row.into_product(of)
+        })
         .collect())
 }
 
@@ -272,9 +307,6 @@ pub async fn view_counts(db: &MySqlPool, ids: &[ProductId]) -> Result<Vec<(Produ
     query.build_query_as().fetch_all(db).await
 }
 
-pub async fn count(db: &MySqlPool) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT COUNT(*) FROM products").fetch_one(db).await
-}
 /// Adds a batch of views (ascending product ids) in one transaction recorded under `batch_id`; `false`
 /// when that batch was already applied, in which case nothing changes.
 pub async fn add_views(

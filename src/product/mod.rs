@@ -3,6 +3,7 @@
 
 pub mod catalog;
 pub mod db;
+mod listing;
 pub mod views;
 
 use serde::{Deserialize, Serialize};
@@ -44,7 +45,9 @@ fn invalid(message: impl Into<String>) -> Error {
 }
 
 /// Whether a product or an option can be bought: `SOLD_OUT` exactly when its stock is 0.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema, sqlx::Encode, sqlx::Decode)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema, sqlx::Encode, sqlx::Decode,
+)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 #[sqlx(rename_all = "SCREAMING_SNAKE_CASE")]
 #[schema(as = ProductStatus)]
@@ -86,14 +89,16 @@ pub struct Product {
     pub stock: i64,
     /// `SOLD_OUT` when every option is.
     pub status: Status,
+    /// Units sold in PAID orders, all time, every option counted.
+    pub sold_count: i64,
     pub options: Vec<ProductOption>,
 }
 
 impl Product {
-    /// The product with its stock and status computed from `options`.
-    pub fn new(id: ProductId, name: String, price: i64, options: Vec<ProductOption>) -> Self {
+    /// The product with its stock and status computed from `options`, of which `sold_count` units were sold.
+    pub fn new(id: ProductId, name: String, price: i64, options: Vec<ProductOption>, sold_count: i64) -> Self {
         let stock = options.iter().map(|option| option.stock).sum();
-        Self { id, name, price, stock, status: Status::for_stock(stock), options }
+        Self { id, name, price, stock, status: Status::for_stock(stock), sold_count, options }
     }
 }
 
@@ -247,14 +252,95 @@ impl PageRequest {
     }
 }
 
-/// One page of the catalogue, ordered by id.
+/// The order of a listing; ties are always broken by lower id.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, utoipa::ToSchema)]
+#[schema(as = ProductSort)]
+pub enum Sort {
+    /// Ascending id.
+    #[default]
+    #[serde(rename = "id")]
+    Id,
+    /// Lowest price first.
+    #[serde(rename = "price")]
+    Price,
+    /// Highest price first.
+    #[serde(rename = "-price")]
+    PriceDesc,
+    /// Fewest units sold first.
+    #[serde(rename = "sold")]
+    Sold,
+    /// Most units sold first.
+    #[serde(rename = "-sold")]
+    SoldDesc,
+}
+
+/// Most characters of a name search.
+pub const MAX_QUERY_CHARS: usize = 100;
+
+/// A valid listing filter, every part optional and all of them combined with AND: the status, a
+/// case-insensitive substring of the name (matched literally, never as a pattern), an inclusive price range.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Filter {
+    status: Option<Status>,
+    /// The search folded by [`fold`], as the names it is compared with.
+    name_contains: Option<String>,
+    min_price: Option<i64>,
+    max_price: Option<i64>,
+}
+
+impl Filter {
+    /// `q` must have 1..=[`MAX_QUERY_CHARS`] characters; prices must be >= 0 and `min_price <= max_price`.
+    pub fn parse(
+        status: Option<Status>,
+        q: Option<&str>,
+        min_price: Option<i64>,
+        max_price: Option<i64>,
+    ) -> Result<Self, Error> {
+        if let Some(q) = q
+            && (q.is_empty() || q.chars().count() > MAX_QUERY_CHARS)
+        {
+            return Err(invalid(format!("q must be 1..={MAX_QUERY_CHARS} characters")));
+        }
+        if min_price.is_some_and(|price| price < 0) || max_price.is_some_and(|price| price < 0) {
+            return Err(invalid("minPrice and maxPrice must be >= 0"));
+        }
+        if let (Some(min), Some(max)) = (min_price, max_price)
+            && min > max
+        {
+            return Err(invalid(format!("minPrice {min} is above maxPrice {max}")));
+        }
+        Ok(Self { status, name_contains: q.map(fold), min_price, max_price })
+    }
+
+    /// Whether the filter lets every product through.
+    fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// `text` in lower case, character by character (no context rules such as a final sigma), so a search and a
+/// name fold alike whatever surrounds them. Hangul has no case and stays as it is.
+fn fold(text: &str) -> String {
+    text.chars().flat_map(char::to_lowercase).collect()
+}
+
+/// A valid listing request: which products, in which order, which page of them.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ListRequest {
+    pub filter: Filter,
+    pub sort: Sort,
+    pub page: PageRequest,
+}
+
+/// One page of the products matching a filter, in the order asked for. Documents the body that
+/// [`Catalog::list`] assembles from serialized products.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProductPage {
     pub products: Vec<Product>,
     pub page: i64,
     pub size: i64,
-    /// Products in the whole catalogue.
+    /// Products matching the filter (every product without one).
     pub total_elements: i64,
 }
 
@@ -269,6 +355,8 @@ pub struct ProductDetail {
     /// The sum of the options' stock.
     pub stock: i64,
     pub status: Status,
+    /// Units sold in PAID orders, all time, every option counted.
+    pub sold_count: i64,
     /// Views flushed to MySQL plus those still counted in Redis, this one included.
     pub view_count: i64,
     pub options: Vec<ProductOption>,
@@ -276,8 +364,8 @@ pub struct ProductDetail {
 
 impl ProductDetail {
     pub fn new(product: Product, view_count: i64) -> Self {
-        let Product { id, name, price, stock, status, options } = product;
-        Self { id, name, price, stock, status, view_count, options }
+        let Product { id, name, price, stock, status, sold_count, options } = product;
+        Self { id, name, price, stock, status, sold_count, view_count, options }
     }
 }
 
@@ -331,6 +419,26 @@ mod tests {
     }
 
     #[test]
+    fn a_filter_refuses_an_empty_or_long_search_negative_prices_and_an_empty_price_range() {
+        let parse = |q: Option<&str>, min, max| Filter::parse(None, q, min, max);
+        assert!(parse(Some(""), None, None).is_err());
+        assert!(parse(Some(&"가".repeat(MAX_QUERY_CHARS + 1)), None, None).is_err());
+        assert!(parse(Some(&"가".repeat(MAX_QUERY_CHARS)), None, None).is_ok(), "characters are counted, not bytes");
+        assert!(parse(None, Some(-1), None).is_err());
+        assert!(parse(None, None, Some(-1)).is_err());
+        assert!(parse(None, Some(2), Some(1)).is_err());
+        assert!(parse(None, Some(1), Some(1)).is_ok());
+        assert!(parse(None, None, None).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_search_folds_case_character_by_character_and_keeps_everything_else_literal() {
+        assert_eq!(fold("T-Shirt 100%_\\'\""), "t-shirt 100%_\\'\"");
+        assert_eq!(fold("반팔 티셔츠"), "반팔 티셔츠");
+        assert_eq!(fold("ΟΔΟΣ"), "οδοσ", "no final-sigma rule: a search folds as the name does");
+    }
+
+    #[test]
     fn a_products_stock_is_the_sum_of_its_options_and_sold_out_at_zero() {
         let option = |id, stock| ProductOption {
             id: OptionId::new(id).unwrap(),
@@ -339,9 +447,9 @@ mod tests {
             stock,
             status: Status::for_stock(stock),
         };
-        let product = Product::new(ProductId::new(1).unwrap(), "p".to_owned(), 1, vec![option(1, 0), option(2, 3)]);
+        let product = Product::new(ProductId::new(1).unwrap(), "p".to_owned(), 1, vec![option(1, 0), option(2, 3)], 0);
         assert_eq!((product.stock, product.status), (3, Status::OnSale));
-        let product = Product::new(ProductId::new(1).unwrap(), "p".to_owned(), 1, vec![option(1, 0), option(2, 0)]);
+        let product = Product::new(ProductId::new(1).unwrap(), "p".to_owned(), 1, vec![option(1, 0), option(2, 0)], 0);
         assert_eq!((product.stock, product.status), (0, Status::SoldOut));
     }
 }
