@@ -22,6 +22,10 @@ async fn main() -> ExitCode {
         Command::Migrate { store } => migrate(&store.database_url).await.map_err(Into::into),
         Command::Seed(config) => seed(&config).await,
         Command::Ranking(RankingCommand::Rebuild(config)) => rebuild_ranking(&config).await,
+        Command::Token(config) => {
+            println!("{}", stampede::identity::token::mint(config.secret.as_bytes(), config.user, config.ttl));
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
