@@ -135,6 +135,11 @@ impl Identity {
         self.0.mode
     }
 
+    /// Verified tokens remembered right now (0 outside `jwt` mode).
+    pub fn remembered_tokens(&self) -> usize {
+        self.0.jwt.as_ref().map_or(0, Jwt::remembered)
+    }
+
     /// The (lower-case) name of the gateway's user header.
     pub fn user_header(&self) -> &str {
         &self.0.user_header
