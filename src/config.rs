@@ -129,6 +129,10 @@ pub struct TokenConfig {
     #[arg(long, value_parser = parse_user_id)]
     pub user: crate::id::UserId,
 
+    /// Tokens to print, one a line, for users `user`, `user + 1`, ... (load-test scripts read them).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub count: u64,
+
     /// How long the token is valid (`90s`, `15m`, `1h`, `7d`).
     #[arg(long, default_value = "1h", value_parser = crate::identity::config::parse_duration)]
     pub ttl: std::time::Duration,
