@@ -23,7 +23,7 @@ DEV_JWT_SECRET := stampede-development-secret-do-not-deploy
 
 # Criterion benches run once each in smoke mode (`-- --test`) by `make test`, against the test-profile services.
 # Add the names of benches/<name>.rs here as they appear.
-BENCHES := coupon pay ranking sql_baseline
+BENCHES := coupon identity pay ranking sql_baseline
 
 # `make seed USERS=... PRODUCTS=...`
 USERS ?= 100000

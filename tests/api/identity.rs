@@ -672,3 +672,36 @@ async fn no_token_sent_good_or_bad_is_ever_written_to_the_log() {
         assert!(!written.contains(signature), "the log holds a token or secret");
     }
 }
+
+#[tokio::test]
+async fn the_openapi_document_declares_the_bearer_scheme_on_every_user_operation_and_on_no_public_one() {
+    let app = TestApp::spawn().await;
+    let (status, spec) = app.get("/openapi.json").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(spec["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+    let mut user_operations = 0;
+    for (path, item) in spec["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            let schemes: Vec<&str> = operation["security"]
+                .as_array()
+                .map(|all| all.iter().flat_map(|one| one.as_object().unwrap().keys().map(String::as_str)).collect())
+                .unwrap_or_default();
+            let acts_for_a_user =
+                path.starts_with("/api/v1/users/") || path.starts_with("/api/v1/orders") || path.ends_with("/issue");
+            let what = format!("{method} {path}");
+            if acts_for_a_user {
+                user_operations += 1;
+                assert_eq!(schemes, ["bearer"], "{what}");
+                for code in ["401", "429"] {
+                    assert!(operation["responses"][code].is_object(), "{what} documents no {code}");
+                }
+                assert!(operation["responses"]["401"]["headers"]["WWW-Authenticate"].is_object(), "{what}");
+            } else if path.starts_with("/api/v1/admin/") {
+                assert_eq!(schemes, ["admin"], "{what}");
+            } else {
+                assert!(schemes.is_empty(), "{what} is public but names {schemes:?}");
+            }
+        }
+    }
+    assert_eq!(user_operations, 8, "issue, coupons, balance, charge, history, create, pay, read");
+}
