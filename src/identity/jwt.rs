@@ -208,24 +208,24 @@ impl Jwt {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                _ = ticks.tick() => { self.reload_keys().await; }
+                _ = ticks.tick() => self.reload_keys().await,
             }
         }
     }
 
     /// Re-reads the JWKS file; a file that cannot be read or parsed leaves the keys as they are (a writer
     /// that truncates and rewrites is seen between the two) and is logged.
-    pub async fn reload_keys(&self) -> bool {
-        let Some(path) = &self.0.keys_path else { return false };
+    async fn reload_keys(&self) {
+        let Some(path) = &self.0.keys_path else { return };
         let bytes = match tokio::fs::read(path).await {
             Ok(bytes) => bytes,
             Err(error) => {
                 tracing::warn!(path = %path.display(), %error, "AUTH_JWT_KEYS cannot be read; keeping the keys read before");
-                return false;
+                return;
             }
         };
         if *self.0.keys_file.read().expect("keys file lock") == bytes {
-            return false;
+            return;
         }
         let base = Base { leeway: self.0.leeway, issuer: self.0.issuer.clone(), audience: self.0.audience.clone() };
         match parse_jwks(&bytes, &base) {
@@ -239,11 +239,9 @@ impl Jwt {
                     cache.clear();
                 }
                 tracing::info!(path = %path.display(), keys = count, "AUTH_JWT_KEYS read again");
-                true
             }
             Err(reason) => {
                 tracing::warn!(path = %path.display(), %reason, "AUTH_JWT_KEYS is not a usable JWKS; keeping the keys read before");
-                false
             }
         }
     }

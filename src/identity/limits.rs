@@ -59,12 +59,6 @@ impl Rate {
     }
 }
 
-impl fmt::Display for Rate {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if *self == Rate::OFF { f.write_str("0") } else { write!(f, "{}/{}", self.per_second, self.burst) }
-    }
-}
-
 /// `RATE_LIMIT_*` settings.
 #[derive(Debug, Clone, Copy, clap::Args)]
 #[group(id = "rate_limits")]

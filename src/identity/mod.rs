@@ -131,10 +131,6 @@ impl Identity {
         })))
     }
 
-    pub fn mode(&self) -> AuthMode {
-        self.0.mode
-    }
-
     /// Verified tokens remembered right now (0 outside `jwt` mode).
     pub fn remembered_tokens(&self) -> usize {
         self.0.jwt.as_ref().map_or(0, Jwt::remembered)
