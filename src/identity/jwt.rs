@@ -85,12 +85,13 @@ struct Claims {
     iat: Option<u64>,
 }
 
-/// A verified token, remembered until its `exp` (plus the leeway).
+/// A verified token, remembered until its `exp`.
 #[derive(Clone, Copy)]
 struct Verified {
     user: UserId,
-    /// Unix seconds after which the token is refused.
-    refused_after: u64,
+    /// The token's `exp` (Unix seconds): after it the entry is not used, and the token is checked again (the
+    /// leeway may still accept it for a few seconds; the cache never does).
+    exp: u64,
     /// The key generation it was verified under; an entry of an older one is checked again.
     generation: u64,
 }
@@ -165,13 +166,10 @@ impl Jwt {
         if let Some(cache) = &self.0.cache
             && let Some(verified) = cache.get(&hash)
         {
-            if now > verified.refused_after {
-                cache.remove(&hash);
-                return Err(TokenError::Expired);
-            }
-            if verified.generation == self.0.generation.load(Ordering::Acquire) {
+            if now <= verified.exp && verified.generation == self.0.generation.load(Ordering::Acquire) {
                 return Ok(verified.user);
             }
+            cache.remove(&hash);
         }
         let verified = self.check(token, now)?;
         if let Some(cache) = &self.0.cache {
@@ -195,7 +193,7 @@ impl Jwt {
             return Err(TokenError::NotYetValid);
         }
         let user = parse_user_id(claims.sub.as_bytes()).ok_or(TokenError::BadSubject)?;
-        Ok(Verified { user, refused_after: claims.exp.saturating_add(self.0.leeway), generation })
+        Ok(Verified { user, exp: claims.exp, generation })
     }
 
     /// Reads `AUTH_JWT_KEYS` every [`KEYS_POLL_PERIOD`] until `shutdown`, and takes its keys when it changed.
