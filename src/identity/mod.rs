@@ -248,6 +248,26 @@ mod tests {
     }
 
     #[test]
+    fn the_client_is_the_first_untrusted_hop_behind_trusted_proxies_and_else_the_peer() {
+        let proxies = |cidrs: &[&str]| {
+            let config = Config {
+                auth_mode: AuthMode::None,
+                auth_trusted_proxies: cidrs.iter().map(|cidr| cidr.parse().unwrap()).collect(),
+                ..Config::default()
+            };
+            Identity::new(&config).unwrap()
+        };
+        let ip = |text: &str| text.parse::<IpAddr>().unwrap();
+        let loopback = proxies(&["127.0.0.0/8"]);
+        let hops = Some(&b"203.0.113.7, 10.0.0.1"[..]);
+        assert_eq!(loopback.client_address(ip("127.0.0.1"), hops), ip("10.0.0.1"));
+        assert_eq!(proxies(&["127.0.0.0/8", "10.0.0.0/8"]).client_address(ip("127.0.0.1"), hops), ip("203.0.113.7"));
+        assert_eq!(loopback.client_address(ip("198.51.100.1"), hops), ip("198.51.100.1"), "an untrusted peer's header");
+        assert_eq!(loopback.client_address(ip("127.0.0.1"), Some(b"junk")), ip("127.0.0.1"));
+        assert_eq!(loopback.client_address(ip("127.0.0.1"), None), ip("127.0.0.1"));
+    }
+
+    #[test]
     fn the_bearer_scheme_is_case_insensitive_and_needs_a_token() {
         assert_eq!(bearer(b"Bearer abc"), Some("abc"));
         assert_eq!(bearer(b"bearer abc"), Some("abc"));
