@@ -54,7 +54,8 @@ pub struct Config {
     pub auth_jwt_leeway: Duration,
 
     /// Verified tokens remembered, so a repeated token costs no signature check: each entry holds the token's
-    /// SHA-256, its user and its `exp` (memory per entry in docs/identity.md). `0` remembers none.
+    /// SHA-256, its user and its `exp`, about 101 bytes per entry (docs/identity.md). `0`
+    /// remembers none.
     #[arg(long, env = "AUTH_TOKEN_CACHE", default_value_t = 100_000)]
     pub auth_token_cache: usize,
 
