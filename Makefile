@@ -18,10 +18,12 @@ TARGET_DIR := $(shell $(CARGO) metadata --format-version 1 --no-deps 2>/dev/null
 STAMPEDE := $(TARGET_DIR)/release/stampede
 LOADTEST := $(TARGET_DIR)/release/loadtest
 DEV_ADMIN_TOKEN := dev-admin-token
+# The development JWT secret (DEV_JWT_SECRET in src/identity/config.rs): `serve` refuses it off loopback.
+DEV_JWT_SECRET := stampede-development-secret-do-not-deploy
 
 # Criterion benches run once each in smoke mode (`-- --test`) by `make test`, against the test-profile services.
 # Add the names of benches/<name>.rs here as they appear.
-BENCHES := coupon pay ranking sql_baseline
+BENCHES := coupon identity pay ranking sql_baseline
 
 # `make seed USERS=... PRODUCTS=...`
 USERS ?= 100000
@@ -61,7 +63,9 @@ run: ## Start dev Redis/MariaDB, build release, run the server in the foreground
 	$(CARGO) build --release --bin stampede
 	@$(DEV_ENV); \
 	export ADMIN_TOKEN="$${ADMIN_TOKEN:-$(DEV_ADMIN_TOKEN)}"; \
+	export AUTH_JWT_SECRET="$${AUTH_JWT_SECRET:-$(DEV_JWT_SECRET)}"; \
 	echo "admin token: $$ADMIN_TOKEN   (Authorization: Bearer $$ADMIN_TOKEN)"; \
+	echo "a user's token: AUTH_JWT_SECRET='$$AUTH_JWT_SECRET' $(STAMPEDE) token --user <id>   (Authorization: Bearer <token>)"; \
 	exec $(STAMPEDE) serve
 
 stop: ## Stop the servers started by `make load`, then the dev Redis/MariaDB
@@ -108,7 +112,7 @@ load: ## Load-test LOAD_INSTANCES local servers on 8080.. (starts those not answ
 	failed=(); \
 	for scenario in $(LOAD_SCENARIOS); do \
 	    echo "load: scenario $$scenario"; \
-	    ADMIN_TOKEN="$${ADMIN_TOKEN:-$(DEV_ADMIN_TOKEN)}" $(LOADTEST) \
+	    ADMIN_TOKEN="$${ADMIN_TOKEN:-$(DEV_ADMIN_TOKEN)}" AUTH_JWT_SECRET="$${AUTH_JWT_SECRET:-$(DEV_JWT_SECRET)}" $(LOADTEST) \
 	        --host "$$host" \
 	        --scenarios $$scenario \
 	        --users $(LOAD_USERS) \

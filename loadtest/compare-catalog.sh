@@ -27,6 +27,7 @@ USERS="${USERS:-20000}"
 PRODUCTS="${PRODUCTS:-1000}"
 PORT="${PORT:-18081}"
 TOKEN=bench-admin-token
+JWT_SECRET=bench-jwt-secret-of-at-least-32-bytes
 HOST="http://127.0.0.1:$PORT"
 
 (($# > 0)) || { sed -n 2,17p "$0"; exit 2; }
@@ -34,7 +35,8 @@ HOST="http://127.0.0.1:$PORT"
 eval "$("$SERVICES" env "$SERVICES_PROFILE" single)"
 server_url="${DATABASE_URL%/*}"
 lines="$(mktemp)"
-trap '[[ -n "${pid:-}" ]] && kill "$pid" 2>/dev/null; rm -f "$lines"' EXIT
+tokens="$(mktemp)"
+trap '[[ -n "${pid:-}" ]] && kill "$pid" 2>/dev/null; rm -f "$lines" "$tokens"' EXIT
 
 sql() { mariadb --no-defaults -h127.0.0.1 -P"${server_url##*:}" -ustampede -pstampede -N -B "$@"; }
 source loadtest/wrk/report.sh
@@ -57,7 +59,11 @@ for round in $(seq "$ROUNDS"); do
         [[ "$rest" == *:* ]] && options="${rest##*:}"
         database="catalog_${label}_${round}"
         export DATABASE_URL="$server_url/$database" REDIS_PREFIX="catalog:$$:${label}:${round}:" ADMIN_TOKEN="$TOKEN"
-        export BIND_ADDR="127.0.0.1:$PORT" RUST_LOG=warn
+        export BIND_ADDR="127.0.0.1:$PORT" RUST_LOG=warn AUTH_JWT_SECRET="$JWT_SECRET"
+        # The buyers' tokens, minted by the build under test (loadtest/wrk/tokens.lua); a build from before
+        # authentication has no `token` command and ignores the header.
+        "$binary" token --user 1 --count "$USERS" --ttl 1h >"$tokens" 2>/dev/null || : >"$tokens"
+        export TOKENS="$tokens"
         sql -e "DROP DATABASE IF EXISTS $database; CREATE DATABASE $database CHARACTER SET utf8mb4"
         "$binary" migrate >/dev/null
         "$binary" seed --users "$USERS" --products "$PRODUCTS" ${options:+--options-per-product "$options"} >/dev/null

@@ -20,6 +20,8 @@ MAX_INSTANCES=10
 READY_TIMEOUT=60
 STOP_TIMEOUT=30
 DEV_ADMIN_TOKEN=dev-admin-token
+# The development JWT secret (stampede's DEV_JWT_SECRET): `serve` accepts it on loopback only.
+DEV_JWT_SECRET=stampede-development-secret-do-not-deploy
 
 log() { echo "instances: $*" >&2; }
 die() {
@@ -39,6 +41,7 @@ cmd_start() {
     eval "$("$REPO_ROOT/scripts/services.sh" env dev "$redis")"
     export DATABASE_URL REDIS_URL
     export ADMIN_TOKEN="${ADMIN_TOKEN:-$DEV_ADMIN_TOKEN}"
+    export AUTH_JWT_SECRET="${AUTH_JWT_SECRET:-$DEV_JWT_SECRET}"
     mkdir -p "$DEV_DATA"
     for ((i = 0; i < count; i++)); do
         local port=$((FIRST_PORT + i))

@@ -35,6 +35,18 @@ pub enum StartError {
          set maxmemory-policy noeviction on every Redis node (REDIS_URL)"
     )]
     EvictingRedis(String),
+    #[error(
+        "AUTH_JWT_SECRET is the well-known development secret and BIND_ADDR {0} is not a loopback address: \
+         set AUTH_JWT_SECRET to a secret of your own, or bind to 127.0.0.1"
+    )]
+    DevSecretExposed(SocketAddr),
+    #[error(
+        "AUTH_MODE=none believes any userId and BIND_ADDR {0} is not a loopback address: \
+         use AUTH_MODE=jwt or gateway, or bind to 127.0.0.1"
+    )]
+    NoAuthExposed(SocketAddr),
+    #[error(transparent)]
+    Identity(#[from] crate::identity::ConfigError),
     #[error("server failed: {0}")]
     Serve(std::io::Error),
     #[error("cannot load coupon state: {0}")]
@@ -50,6 +62,8 @@ impl App {
         {
             return Err(StartError::DevTokenExposed(config.bind_addr));
         }
+        check_exposure(&config)?;
+        let identity = crate::identity::Identity::new(&config.auth)?;
         let stores = Stores::connect(&config.store).await?;
         // An evicting Redis drops keys of a coupon's state one at a time (the dedupe hash first, as the
         // coldest): never start on one (docs/operations.md#redis-eviction).
@@ -79,6 +93,7 @@ impl App {
             config: Arc::new(config),
             coupons,
             users,
+            identity,
         }));
         Ok(Self { listener, state })
     }
@@ -102,7 +117,8 @@ impl App {
         jobs.close();
         tracing::info!(addr = %self.local_addr(), "serving");
         let router = crate::http::router(self.state.clone());
-        let served = axum::serve(self.listener, router)
+        // The peer's address is what gateway mode trusts and the per-address limit counts.
+        let served = axum::serve(self.listener, router.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .await
             .map_err(StartError::Serve);
@@ -123,6 +139,20 @@ impl App {
     }
 }
 
+/// Refuses the settings that are safe on loopback only: the development JWT secret and `AUTH_MODE=none`.
+fn check_exposure(config: &ServeConfig) -> Result<(), StartError> {
+    if config.bind_addr.ip().is_loopback() {
+        return Ok(());
+    }
+    if config.auth.auth_mode == crate::identity::AuthMode::None {
+        return Err(StartError::NoAuthExposed(config.bind_addr));
+    }
+    if config.auth.auth_jwt_secret.as_deref() == Some(crate::identity::DEV_JWT_SECRET) {
+        return Err(StartError::DevSecretExposed(config.bind_addr));
+    }
+    Ok(())
+}
+
 /// Starts the writer, relays and schedulers; each stops when `shutdown` is cancelled (the view flusher when
 /// `drained` is). The jobs talk to Redis on their own connection, so their bulk traffic never delays a
 /// request's reply.
@@ -134,6 +164,7 @@ fn spawn_background_jobs(
 ) {
     let stores = state.stores.for_jobs();
     jobs.spawn(crate::coupon::writer::run(stores.clone(), shutdown.clone()));
+    jobs.spawn(state.identity.clone().run(shutdown.clone()));
     jobs.spawn(state.users.clone().run(stores.redis.clone(), shutdown.clone()));
     let relay =
         crate::platform::relay::Relay::new(state.config.data_platform_url.as_deref(), state.config.ranking_settings());

@@ -70,6 +70,9 @@ pub struct ServeConfig {
 
     #[command(flatten)]
     pub retention: crate::retention::Config,
+
+    #[command(flatten)]
+    pub auth: crate::identity::Config,
 }
 
 impl ServeConfig {
@@ -121,6 +124,28 @@ pub enum Command {
     /// Ranking maintenance.
     #[command(subcommand)]
     Ranking(RankingCommand),
+    /// Print an HS256 token for a user, signed with AUTH_JWT_SECRET (development, tests, load tests).
+    Token(TokenConfig),
+}
+
+/// What `stampede token` needs.
+#[derive(Debug, Clone, Args)]
+pub struct TokenConfig {
+    /// The user the token proves (`sub`).
+    #[arg(long, value_parser = parse_user_id)]
+    pub user: crate::id::UserId,
+
+    /// Tokens to print, one a line, for users `user`, `user + 1`, ... (load-test scripts read them).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub count: u64,
+
+    /// How long the token is valid (`90s`, `15m`, `1h`, `7d`).
+    #[arg(long, default_value = "1h", value_parser = crate::identity::config::parse_duration)]
+    pub ttl: std::time::Duration,
+
+    /// The HS256 key the server checks tokens with.
+    #[arg(long, env = "AUTH_JWT_SECRET", hide_env_values = true)]
+    pub secret: String,
 }
 
 /// `stampede ranking ...`.
@@ -178,6 +203,11 @@ pub struct SeedConfig {
     /// Quantity of each seeded coupon.
     #[arg(long, default_value_t = 1_000)]
     pub coupon_quantity: i64,
+}
+
+/// A positive user id.
+fn parse_user_id(s: &str) -> Result<crate::id::UserId, String> {
+    s.parse::<i64>().ok().and_then(crate::id::UserId::new).ok_or_else(|| format!("{s:?} is not a user id (1..=2^63-1)"))
 }
 
 /// Parses `+09:00` / `-05:30` / `Z` into a fixed offset.

@@ -5,6 +5,7 @@
 //! - [`config`]: the command line and environment, one clap struct per concern.
 //! - [`app`]: builds the state and listener, runs the server and background jobs until shutdown.
 //! - [`state`]: what every handler and job shares.
+//! - [`identity`]: who a request is (`AUTH_MODE` jwt, gateway or none) and the per-user and per-address rate limits.
 //! - [`http`]: routing, middleware, the error envelope; handlers translate HTTP to domain calls.
 //! - [`store`]: MySQL pool and migrations, Redis pool, the Lua script registry ([`store::scripts`]), error classification.
 //! - Domains, each with its rules (`mod.rs`), SQL (`db.rs`) and Redis calls (`cache.rs`):
@@ -20,6 +21,7 @@ pub mod config;
 pub mod coupon;
 pub mod http;
 pub mod id;
+pub mod identity;
 pub mod order;
 pub mod platform;
 pub mod product;

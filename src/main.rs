@@ -22,6 +22,7 @@ async fn main() -> ExitCode {
         Command::Migrate { store } => migrate(&store.database_url).await.map_err(Into::into),
         Command::Seed(config) => seed(&config).await,
         Command::Ranking(RankingCommand::Rebuild(config)) => rebuild_ranking(&config).await,
+        Command::Token(config) => print_tokens(&config),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -69,6 +70,23 @@ async fn rebuild_ranking(config: &stampede::config::RebuildConfig) -> Result<(),
     }
     let top = ranking::refresh(&stores, config.ranking_settings(), now).await?;
     println!("ranking refreshed: {} products in the top of {}..={}", top.products.len(), top.from, top.to);
+    Ok(())
+}
+
+/// `stampede token`: one token a line, for `--count` users from `--user` on.
+fn print_tokens(config: &stampede::config::TokenConfig) -> Result<(), Box<dyn std::error::Error>> {
+    use std::io::Write;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for n in 0..config.count {
+        let user = config
+            .user
+            .get()
+            .checked_add(n as i64)
+            .and_then(stampede::id::UserId::new)
+            .ok_or("--user + --count passes the largest id")?;
+        writeln!(out, "{}", stampede::identity::token::mint(config.secret.as_bytes(), user, config.ttl))?;
+    }
+    out.flush()?;
     Ok(())
 }
 

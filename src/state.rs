@@ -36,4 +36,6 @@ pub struct Shared {
     pub orders: crate::order::Orders,
     /// Balances, charges and their history.
     pub balances: crate::balance::Balances,
+    /// Who a request is, and the rate limits.
+    pub identity: crate::identity::Identity,
 }

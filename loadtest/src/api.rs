@@ -21,6 +21,8 @@ pub struct Api {
     /// `http://host:port`, without a trailing slash.
     base: String,
     admin_token: String,
+    /// Signs the tokens of the users set-up and verification act for.
+    jwt_secret: String,
 }
 
 /// A product as the API shows it.
@@ -65,9 +67,10 @@ struct HeldCoupon {
 }
 
 impl Api {
-    pub fn new(base: &str, admin_token: &str) -> Result<Self, Error> {
+    pub fn new(base: &str, admin_token: &str, jwt_secret: &str) -> Result<Self, Error> {
         let client = Client::builder().timeout(REQUEST_TIMEOUT).build()?;
-        Ok(Self { client, base: base.trim_end_matches('/').to_string(), admin_token: admin_token.to_string() })
+        let base = base.trim_end_matches('/').to_string();
+        Ok(Self { client, base, admin_token: admin_token.to_string(), jwt_secret: jwt_secret.to_string() })
     }
 
     pub async fn create_user(&self, name: &str) -> Result<i64, Error> {
@@ -100,6 +103,7 @@ impl Api {
         let request = self
             .client
             .post(format!("{}/api/v1/coupons/{coupon_id}/issue", self.base))
+            .bearer_auth(crate::token::mint(&self.jwt_secret, user_id))
             .json(&json!({ "userId": user_id }));
         let _: Value = self.call(request, 201).await?;
         Ok(())
@@ -107,7 +111,10 @@ impl Api {
 
     /// How many times `coupon_id` appears among the coupons `user_id` holds.
     pub async fn held_count(&self, user_id: i64, coupon_id: i64) -> Result<usize, Error> {
-        let request = self.client.get(format!("{}/api/v1/users/{user_id}/coupons", self.base));
+        let request = self
+            .client
+            .get(format!("{}/api/v1/users/{user_id}/coupons", self.base))
+            .bearer_auth(crate::token::mint(&self.jwt_secret, user_id));
         let held: HeldCoupons = self.call(request, 200).await?;
         Ok(held.coupons.iter().filter(|held| held.coupon_id == coupon_id).count())
     }

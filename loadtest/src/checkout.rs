@@ -74,10 +74,11 @@ pub async fn buy(user: &mut GooseUser, shared: Arc<Shared>, variant: Variant) ->
         }
     };
     let counters = shared.checkout.of(variant);
-    let (buyer, first_order) = checkout.buyers.take_cycling();
+    let (member, first_order) = checkout.buyers.take_cycling();
+    let (buyer, token) = (member.id, member.token.as_str());
 
     let path = format!("/api/v1/users/{buyer}/balance/charge");
-    let charged = request::post(user, &path, &json!({ "amount": option.price })).await?;
+    let charged = request::post(user, &path, token, &json!({ "amount": option.price })).await?;
     request::record(user, CHARGE, &charged, charged.expect(&[200])).await?;
 
     let item = json!({ "productId": product.id, "optionId": option.id, "quantity": 1 });
@@ -85,7 +86,7 @@ pub async fn buy(user: &mut GooseUser, shared: Arc<Shared>, variant: Variant) ->
     if first_order {
         order["couponId"] = json!(checkout.coupon_id);
     }
-    let created = request::post(user, "/api/v1/orders", &order).await?;
+    let created = request::post(user, "/api/v1/orders", token, &order).await?;
     if is_out_of_stock(&created) {
         counters.out_of_stock.fetch_add(1, Ordering::Relaxed);
         return request::record(user, CREATE_ORDER, &created, Ok(())).await;
@@ -98,7 +99,7 @@ pub async fn buy(user: &mut GooseUser, shared: Arc<Shared>, variant: Variant) ->
     counters.orders.fetch_add(1, Ordering::Relaxed);
 
     let path = format!("/api/v1/orders/{order_id}/pay");
-    let paid = request::post(user, &path, &json!({ "userId": buyer })).await?;
+    let paid = request::post(user, &path, token, &json!({ "userId": buyer })).await?;
     match paid.status {
         Some(200) => counters.paid.fetch_add(1, Ordering::Relaxed),
         _ if is_out_of_stock(&paid) => counters.out_of_stock.fetch_add(1, Ordering::Relaxed),

@@ -54,26 +54,35 @@ pub struct Checkout {
     pub hot_product: Option<Product>,
 }
 
-/// Ids handed out by a shared counter, so no two virtual users get the same one.
+/// Users handed out by a shared counter, so no two virtual users get the same one.
 pub struct Pool {
-    ids: Vec<i64>,
+    members: Vec<Member>,
     next: AtomicUsize,
 }
 
+/// A user the load test acts for, with its own token.
+pub struct Member {
+    pub id: i64,
+    /// `Authorization: Bearer` of every request made for this user.
+    pub token: String,
+}
+
 impl Pool {
-    fn new(ids: Vec<i64>) -> Self {
-        Self { ids, next: AtomicUsize::new(0) }
+    /// The users of `ids`, each with a token signed with `secret`.
+    fn new(ids: Vec<i64>, secret: &str) -> Self {
+        let members = ids.into_iter().map(|id| Member { id, token: crate::token::mint(secret, id) }).collect();
+        Self { members, next: AtomicUsize::new(0) }
     }
 
-    /// The next id never handed out before, or `None` once all were.
-    pub fn take(&self) -> Option<i64> {
-        self.ids.get(self.next.fetch_add(1, Ordering::Relaxed)).copied()
+    /// The next user never handed out before, or `None` once all were.
+    pub fn take(&self) -> Option<&Member> {
+        self.members.get(self.next.fetch_add(1, Ordering::Relaxed))
     }
 
-    /// The next id round-robin, and whether this is the first time it is handed out.
-    pub fn take_cycling(&self) -> (i64, bool) {
+    /// The next user round-robin, and whether this is the first time it is handed out.
+    pub fn take_cycling(&self) -> (&Member, bool) {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        (self.ids[n % self.ids.len()], n < self.ids.len())
+        (&self.members[n % self.members.len()], n < self.members.len())
     }
 }
 
@@ -105,7 +114,7 @@ pub async fn set_up(api: Api, settings: &Settings, needs: Needs) -> Result<Fixtu
         let coupon_id = api.create_coupon(&format!("loadtest {run} flash sale"), CHECKOUT_DISCOUNT, quantity).await?;
         let users = create_users(&api, settings.flash_users, limit, &format!("{run} flash")).await?;
         println!("set-up: flash-sale coupon {coupon_id}, quantity {quantity}, {} users", users.len());
-        Some(FlashSale { coupon_id, quantity, users: Pool::new(users) })
+        Some(FlashSale { coupon_id, quantity, users: Pool::new(users, &settings.jwt_secret) })
     } else {
         None
     };
@@ -134,7 +143,7 @@ pub async fn set_up(api: Api, settings: &Settings, needs: Needs) -> Result<Fixtu
         } else {
             None
         };
-        Some(Checkout { coupon_id, buyers: Pool::new(buyers), hot_product })
+        Some(Checkout { coupon_id, buyers: Pool::new(buyers, &settings.jwt_secret), hot_product })
     } else {
         None
     };

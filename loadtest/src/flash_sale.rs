@@ -22,7 +22,7 @@ use serde_json::json;
 
 use crate::Shared;
 use crate::api::{Api, CouponStatus, Error};
-use crate::fixture::{FlashSale, concurrently};
+use crate::fixture::{FlashSale, Member, concurrently};
 use crate::report::{Checks, LatencyRow, print_latencies};
 use crate::request::{self, ISSUE};
 
@@ -77,12 +77,12 @@ struct PoolSpent;
 /// The scenario's one transaction: ask for the coupon for the next fresh user, maybe ask again.
 pub async fn issue(user: &mut GooseUser, shared: Arc<Shared>) -> TransactionResult {
     let flash = shared.fixture()?.flash_sale.as_ref().ok_or_else(|| crate::missing("flash-sale"))?;
-    let Some(user_id) = flash.users.take() else {
+    let Some(member) = flash.users.take() else {
         return pool_spent(user).await;
     };
-    let outcome = ask(user, &shared.flash_sale, flash.coupon_id, user_id, Ask::First).await?;
+    let outcome = ask(user, &shared.flash_sale, flash.coupon_id, member, Ask::First).await?;
     if outcome == Outcome::Issued && rand::random_range(0..100) < shared.settings.flash_repeat_percent {
-        ask(user, &shared.flash_sale, flash.coupon_id, user_id, Ask::Repeat).await?;
+        ask(user, &shared.flash_sale, flash.coupon_id, member, Ask::Repeat).await?;
     }
     Ok(())
 }
@@ -91,11 +91,12 @@ async fn ask(
     user: &mut GooseUser,
     stats: &Stats,
     coupon_id: i64,
-    user_id: i64,
+    member: &Member,
     ask: Ask,
 ) -> Result<Outcome, Box<TransactionError>> {
     let path = format!("/api/v1/coupons/{coupon_id}/issue");
-    let answer = request::post(user, &path, &json!({ "userId": user_id })).await?;
+    let user_id = member.id;
+    let answer = request::post(user, &path, &member.token, &json!({ "userId": user_id })).await?;
     let outcome = match answer.status {
         Some(201) => Outcome::Issued,
         Some(409) => Outcome::AlreadyIssued,

@@ -17,6 +17,7 @@ mod flash_sale;
 mod report;
 mod request;
 mod settings;
+mod token;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -152,7 +153,7 @@ fn explain(error: GooseError) -> api::Error {
 /// started and with nothing yet to report.
 async fn set_up(user: &mut GooseUser, shared: Arc<Shared>) -> TransactionResult {
     let host = user.base_url.as_str();
-    let made = match Api::new(host, &shared.settings.admin_token) {
+    let made = match Api::new(host, &shared.settings.admin_token, &shared.settings.jwt_secret) {
         Ok(api) => fixture::set_up(api, &shared.settings, shared.needs).await,
         Err(e) => Err(e),
     };

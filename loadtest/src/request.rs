@@ -74,9 +74,15 @@ impl Answer {
     }
 }
 
-/// POSTs `body` as JSON to `path` (relative to the host) with the user's client, after goose's request
-/// throttle (`--throttle-requests`) lets it through; nothing is recorded until [`record`].
-pub async fn post(user: &mut GooseUser, path: &str, body: &Value) -> Result<Answer, Box<TransactionError>> {
+/// POSTs `body` as JSON to `path` (relative to the host) with the user's client and `token` (the acting
+/// user's), after goose's request throttle (`--throttle-requests`) lets it through; nothing is recorded
+/// until [`record`].
+pub async fn post(
+    user: &mut GooseUser,
+    path: &str,
+    token: &str,
+    body: &Value,
+) -> Result<Answer, Box<TransactionError>> {
     if user.is_throttled
         && let Some(throttle) = &user.throttle
     {
@@ -84,7 +90,7 @@ pub async fn post(user: &mut GooseUser, path: &str, body: &Value) -> Result<Answ
     }
     let url = user.build_url(path)?;
     let started = Instant::now();
-    let response = user.client.post(url).json(body).send().await;
+    let response = user.client.post(url).bearer_auth(token).json(body).send().await;
     let elapsed = started.elapsed();
     Ok(match response {
         Ok(response) => {

@@ -8,6 +8,8 @@ use std::str::FromStr;
 pub struct Settings {
     /// Bearer token of the admin API, used only by set-up and verification.
     pub admin_token: String,
+    /// `AUTH_JWT_SECRET`: the server's HS256 secret; every user the load test acts for gets a token signed with it.
+    pub jwt_secret: String,
     /// `FLASH_QUANTITY`: the flash-sale coupon's total quantity.
     pub flash_quantity: u64,
     /// `FLASH_USERS`: users created for the flash sale; each asks once, so this bounds the demand.
@@ -35,6 +37,7 @@ impl Settings {
     pub fn from_env() -> Result<Self, String> {
         let settings = Self {
             admin_token: env::var("ADMIN_TOKEN").unwrap_or_else(|_| "dev-admin-token".to_string()),
+            jwt_secret: env::var("AUTH_JWT_SECRET").unwrap_or_else(|_| DEV_JWT_SECRET.to_string()),
             flash_quantity: var("FLASH_QUANTITY", 1000)?,
             flash_users: var("FLASH_USERS", 5000)?,
             flash_repeat_percent: var("FLASH_REPEAT_PERCENT", 10)?,
@@ -68,10 +71,14 @@ impl Settings {
     }
 }
 
+/// The development secret `make run` and `make load` start the server with (stampede's `DEV_JWT_SECRET`).
+const DEV_JWT_SECRET: &str = "stampede-development-secret-do-not-deploy";
+
 /// The knobs as `--help` lists them: name, default, meaning.
 pub const HELP: &str = "\
 Environment (the load test's own knobs; goose's options follow):
   ADMIN_TOKEN           dev-admin-token  bearer token of the admin API (set-up and verification)
+  AUTH_JWT_SECRET       the dev secret   the server's HS256 secret: each user acted for gets its own token
   FLASH_QUANTITY        1000   flash-sale coupon quantity
   FLASH_USERS           5000   users created for the flash sale; each asks once
   FLASH_REPEAT_PERCENT  10     share of winners that ask again at once (must get 409 or 410)

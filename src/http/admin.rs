@@ -7,8 +7,9 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
+use super::auth::Admin;
 use super::error::{ErrorBody, Result};
-use super::extract::{Admin, Json};
+use super::extract::Json;
 use crate::state::AppState;
 use crate::user::{self, User, UserName};
 

@@ -1,4 +1,4 @@
-//! `/users/{userId}/balance`: read, charge (optionally idempotent) and history.
+//! `/users/{userId}/balance`: read, charge (optionally idempotent) and history, for the authenticated user only.
 
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -6,6 +6,7 @@ use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
+use super::auth::AuthUser;
 use super::error::{ErrorBody, Result};
 use super::extract::{Json, Path, Query};
 use crate::balance::{Balance, Charged, History, IdempotencyKey};
@@ -25,11 +26,17 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 /// The balance; 0 for a user who never charged.
-#[utoipa::path(get, path = "/users/{userId}/balance", tag = "balance",
+#[utoipa::path(get, path = "/users/{userId}/balance", tag = "balance", security(("bearer" = [])),
     params(("userId" = i64, Path, description = "User id", minimum = 1)),
-    responses((status = 200, body = Balance), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
-async fn get_balance(State(app): State<AppState>, Path(user_id): Path<UserId>) -> Result<axum::Json<Balance>> {
-    Ok(axum::Json(app.balances.get(user_id).await?))
+    responses((status = 200, body = Balance), (status = 400, body = ErrorBody),
+        (status = 403, description = "FORBIDDEN: another user's balance", body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+async fn get_balance(
+    AuthUser(caller): AuthUser,
+    State(app): State<AppState>,
+    Path(user_id): Path<UserId>,
+) -> Result<axum::Json<Balance>> {
+    Ok(axum::Json(app.balances.get(caller.acting_for(Some(user_id))?).await?))
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -42,11 +49,15 @@ pub struct ChargeRequest {
 
 /// Adds to the balance. With `Idempotency-Key`, a retry returns the first response and charges once.
 #[utoipa::path(post, path = "/users/{userId}/balance/charge", tag = "balance", request_body = ChargeRequest,
+    security(("bearer" = [])),
     params(("userId" = i64, Path, description = "User id", minimum = 1),
         ("Idempotency-Key" = Option<String>, Header, description = "Up to 128 printable ASCII characters")),
-    responses((status = 200, body = Charged), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+    responses((status = 200, body = Charged), (status = 400, body = ErrorBody),
+        (status = 403, description = "FORBIDDEN: another user's balance", body = ErrorBody),
+        (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 async fn charge_balance(
+    AuthUser(caller): AuthUser,
     State(app): State<AppState>,
     Path(user_id): Path<UserId>,
     headers: HeaderMap,
@@ -56,7 +67,7 @@ async fn charge_balance(
         .get(IDEMPOTENCY_KEY)
         .map(|value| IdempotencyKey::parse(value.to_str().unwrap_or_default()))
         .transpose()?;
-    Ok(axum::Json(app.balances.charge(user_id, req.amount, key.as_ref()).await?))
+    Ok(axum::Json(app.balances.charge(caller.acting_for(Some(user_id))?, req.amount, key.as_ref()).await?))
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -67,14 +78,17 @@ pub struct HistoryQuery {
 }
 
 /// Balance changes, newest first.
-#[utoipa::path(get, path = "/users/{userId}/balance/history", tag = "balance",
+#[utoipa::path(get, path = "/users/{userId}/balance/history", tag = "balance", security(("bearer" = [])),
     params(("userId" = i64, Path, description = "User id", minimum = 1), HistoryQuery),
-    responses((status = 200, body = History), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = History), (status = 400, body = ErrorBody),
+        (status = 403, description = "FORBIDDEN: another user's balance", body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
 async fn list_balance_history(
+    AuthUser(caller): AuthUser,
     State(app): State<AppState>,
     Path(user_id): Path<UserId>,
     Query(query): Query<HistoryQuery>,
 ) -> Result<axum::Json<History>> {
     let limit = query.limit.unwrap_or(DEFAULT_HISTORY_LIMIT);
-    Ok(axum::Json(app.balances.history(user_id, limit).await?))
+    Ok(axum::Json(app.balances.history(caller.acting_for(Some(user_id))?, limit).await?))
 }

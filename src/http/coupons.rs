@@ -1,4 +1,5 @@
-//! Coupon endpoints: issuance and a user's coupons (public), campaign creation and progress (admin).
+//! Coupon endpoints: issuance and a user's coupons (the authenticated user's), campaign creation and progress
+//! (admin).
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -7,8 +8,9 @@ use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
+use super::auth::{Admin, AuthUser, IssuingUser};
 use super::error::{ErrorBody, Result};
-use super::extract::{Admin, Json, Path, Query};
+use super::extract::{Json, Path, Query};
 use crate::coupon::view::{CouponBody, CouponProgress, HeldList, IssuedCoupon};
 use crate::coupon::{CouponSpec, DiscountType, HeldStatus, NewCoupon};
 use crate::id::{CouponId, UserId};
@@ -25,24 +27,28 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct IssueRequest {
-    user_id: UserId,
+    /// The authenticated user; may be left out (required in `AUTH_MODE=none`).
+    user_id: Option<UserId>,
 }
 
 /// Issues the coupon to the user, first come first served.
 #[utoipa::path(post, path = "/coupons/{couponId}/issue", tag = "coupons", request_body = IssueRequest,
+    security(("bearer" = [])),
     params(("couponId" = i64, Path, description = "coupon id", minimum = 1)),
     responses((status = 201, body = IssuedCoupon), (status = 400, body = ErrorBody),
+        (status = 403, description = "FORBIDDEN: userId is another user", body = ErrorBody),
         (status = 404, description = "COUPON_NOT_FOUND or USER_NOT_FOUND", body = ErrorBody),
         (status = 409, description = "ALREADY_ISSUED", body = ErrorBody),
         (status = 410, description = "SOLD_OUT", body = ErrorBody),
         (status = 422, description = "COUPON_NOT_ACTIVE", body = ErrorBody),
         (status = 503, body = ErrorBody)))]
 async fn issue_coupon(
+    IssuingUser(caller): IssuingUser,
     State(app): State<AppState>,
     Path(coupon_id): Path<CouponId>,
     Json(req): Json<IssueRequest>,
 ) -> Result<(StatusCode, axum::Json<IssuedCoupon>)> {
-    let issued = app.coupons.issue(coupon_id, req.user_id).await?;
+    let issued = app.coupons.issue(coupon_id, caller.acting_for(req.user_id)?).await?;
     Ok((StatusCode::CREATED, axum::Json(issued.into())))
 }
 
@@ -54,16 +60,18 @@ pub struct ListQuery {
 }
 
 /// The user's coupons, newest issuance first, including issuances not yet persisted.
-#[utoipa::path(get, path = "/users/{userId}/coupons", tag = "coupons",
+#[utoipa::path(get, path = "/users/{userId}/coupons", tag = "coupons", security(("bearer" = [])),
     params(("userId" = i64, Path, description = "user id", minimum = 1), ListQuery),
     responses((status = 200, body = HeldList), (status = 400, body = ErrorBody),
+        (status = 403, description = "FORBIDDEN: another user's coupons", body = ErrorBody),
         (status = 404, description = "USER_NOT_FOUND", body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn list_user_coupons(
+    AuthUser(caller): AuthUser,
     State(app): State<AppState>,
     Path(user_id): Path<UserId>,
     Query(query): Query<ListQuery>,
 ) -> Result<axum::Json<HeldList>> {
-    let held = app.coupons.held(user_id, query.status).await?;
+    let held = app.coupons.held(caller.acting_for(Some(user_id))?, query.status).await?;
     Ok(axum::Json(held.into()))
 }
 

@@ -3,13 +3,14 @@
 
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::http::StatusCode;
+use axum::http::header::{RETRY_AFTER, WWW_AUTHENTICATE};
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use thiserror::Error;
 
 use crate::store::StoreError;
-use crate::{balance, coupon, order, product, ranking, user};
+use crate::{balance, coupon, identity, order, product, ranking, user};
 
 /// What handlers return.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -29,7 +30,7 @@ pub enum Error {
     /// 400 INVALID_REQUEST: malformed path, query or body.
     #[error("{0}")]
     InvalidRequest(String),
-    /// 401 UNAUTHORIZED: missing or wrong admin bearer token.
+    /// 401 UNAUTHORIZED (`WWW-Authenticate: Bearer`): missing or wrong admin bearer token.
     #[error("missing or invalid bearer token")]
     Unauthorized,
     /// 404 NOT_FOUND: no such route.
@@ -47,6 +48,9 @@ pub enum Error {
     /// 500 INTERNAL_ERROR: a handler panicked.
     #[error("internal error")]
     Panic,
+    /// 400, 401, 403 or 429: see [`identity::Error`].
+    #[error(transparent)]
+    Identity(#[from] identity::Error),
     #[error(transparent)]
     User(#[from] user::Error),
     #[error(transparent)]
@@ -77,6 +81,14 @@ impl Error {
             Error::PayloadTooLarge => (S::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE", message),
             Error::UnsupportedMediaType => (S::UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE", message),
             Error::Panic => (S::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", message),
+            Error::Identity(e) => match e {
+                identity::Error::MissingCredentials
+                | identity::Error::InvalidToken(_)
+                | identity::Error::UntrustedUserHeader => (S::UNAUTHORIZED, "UNAUTHORIZED", message),
+                identity::Error::OtherUser { .. } => (S::FORBIDDEN, "FORBIDDEN", message),
+                identity::Error::UserIdRequired => (S::BAD_REQUEST, "INVALID_REQUEST", message),
+                identity::Error::RateLimited { .. } => (S::TOO_MANY_REQUESTS, "TOO_MANY_REQUESTS", message),
+            },
             Error::User(e) => match e {
                 user::Error::NotFound(_) => (S::NOT_FOUND, "USER_NOT_FOUND", message),
                 user::Error::Invalid(_) => (S::BAD_REQUEST, "INVALID_REQUEST", message),
@@ -153,12 +165,30 @@ fn store_parts(error: &StoreError) -> (StatusCode, &'static str, String) {
     }
 }
 
+impl Error {
+    /// The header a status needs beside the body: `WWW-Authenticate` on a 401, `Retry-After` on a 429 or 503.
+    fn header(&self, status: StatusCode) -> Option<(axum::http::HeaderName, HeaderValue)> {
+        match (self, status) {
+            (Error::Identity(identity::Error::InvalidToken(_)), _) => {
+                Some((WWW_AUTHENTICATE, HeaderValue::from_static(r#"Bearer error="invalid_token""#)))
+            }
+            (_, StatusCode::UNAUTHORIZED) => Some((WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))),
+            (Error::Identity(identity::Error::RateLimited { retry_after_seconds, .. }), _) => {
+                Some((RETRY_AFTER, (*retry_after_seconds).into()))
+            }
+            (_, StatusCode::SERVICE_UNAVAILABLE) => Some((RETRY_AFTER, RETRY_AFTER_SECONDS.into())),
+            _ => None,
+        }
+    }
+}
+
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let (status, code, message) = self.parts();
+        let header = self.header(status);
         let mut response = (status, Json(ErrorBody { code, message })).into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            response.headers_mut().insert(axum::http::header::RETRY_AFTER, RETRY_AFTER_SECONDS.into());
+        if let Some((name, value)) = header {
+            response.headers_mut().insert(name, value);
         }
         response
     }

@@ -2,6 +2,7 @@
 //! translate HTTP to domain calls; they know no SQL and no Redis command.
 
 pub mod admin;
+pub mod auth;
 pub mod balance;
 pub mod coupons;
 pub mod error;
@@ -46,6 +47,7 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(|| async { Error::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(middleware::limit_body))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::limit_address))
         .layer(CatchPanicLayer::custom(|_| Error::Panic.into_response()))
         .layer(axum::middleware::from_fn(middleware::observe))
         .with_state(state)

@@ -11,20 +11,31 @@ use crate::state::AppState;
 #[derive(OpenApi)]
 #[openapi(
     info(title = "stampede", description = "Redis-first coupon and ranking engine for flash sales"),
-    modifiers(&AdminToken),
+    modifiers(&BearerSchemes),
     components(schemas(super::error::ErrorBody)),
 )]
 struct Base;
 
-/// Declares the bearer scheme the admin endpoints refer to.
-struct AdminToken;
+/// Declares the bearer schemes operations refer to: `admin` (the `ADMIN_TOKEN`) and `bearer` (a user's JWT,
+/// API.md section Identity). Public reads name neither.
+struct BearerSchemes;
 
-impl Modify for AdminToken {
+impl Modify for BearerSchemes {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "admin",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some("A user's token: `sub` is the user id (`stampede token --user <id>`)"))
+                    .build(),
+            ),
         );
     }
 }
@@ -50,7 +61,8 @@ pub fn router(mut spec: utoipa::openapi::OpenApi) -> Router<AppState> {
 }
 
 /// Adds the answers an operation gives by its kind rather than by its handler, in one place: 413 and 415
-/// where it takes a JSON body, 401 where it needs the admin token, 503 (with `Retry-After`) wherever it
+/// where it takes a JSON body, 401 where it needs the admin token or a user's, 429 where it counts against
+/// a user's rate limit, 503 (with `Retry-After`) wherever it
 /// touches a store. A handler's own description of one of these codes is kept.
 fn document_common_answers(spec: &mut utoipa::openapi::OpenApi) {
     use utoipa::openapi::{ContentBuilder, HeaderBuilder, Ref, ResponseBuilder, path::HttpMethod};
@@ -76,7 +88,11 @@ fn document_common_answers(spec: &mut utoipa::openapi::OpenApi) {
             };
             let Some(operation) = operation else { continue };
             let has_body = operation.request_body.is_some();
-            let admin = operation.security.as_ref().is_some_and(|security| !security.is_empty());
+            let needs = |scheme: &str| {
+                let security = serde_json::to_value(&operation.security).unwrap_or_default();
+                security.as_array().is_some_and(|all| all.iter().any(|one| one.get(scheme).is_some()))
+            };
+            let (admin, user) = (needs("admin"), needs("bearer"));
             let responses = &mut operation.responses.responses;
             let mut add = |code: &str, response: utoipa::openapi::Response| {
                 responses.entry(code.to_owned()).or_insert_with(|| response.into());
@@ -87,6 +103,17 @@ fn document_common_answers(spec: &mut utoipa::openapi::OpenApi) {
             }
             if admin {
                 add("401", error("UNAUTHORIZED: missing or wrong admin token").build());
+            }
+            if user {
+                let challenge = HeaderBuilder::new()
+                    .schema(utoipa::openapi::ObjectBuilder::new().schema_type(utoipa::openapi::schema::Type::String))
+                    .description(Some(r#"`Bearer`, or `Bearer error="invalid_token"` when a token was refused"#))
+                    .build();
+                add("401", error("UNAUTHORIZED: no usable credentials").header("WWW-Authenticate", challenge).build());
+                let limited = error("TOO_MANY_REQUESTS: over the user's rate limit")
+                    .header("Retry-After", retry_after.clone())
+                    .build();
+                add("429", limited);
             }
             if !storeless {
                 let unavailable = error("SERVICE_UNAVAILABLE: Redis or MySQL cannot serve now")

@@ -10,8 +10,9 @@ use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
+use super::auth::Admin;
 use super::error::{ErrorBody, Result};
-use super::extract::{Admin, Json, Path, Query};
+use super::extract::{Json, Path, Query};
 use crate::id::{OptionId, ProductId};
 use crate::product::{
     Filter, ListRequest, OptionSpec, PageRequest, ProductDetail, ProductOption, ProductPage, ProductSpec, Restock,

@@ -29,6 +29,7 @@ async fn charge_with_key(app: &TestApp, user: i64, amount: i64, key: &str) -> (S
     let response = app
         .http
         .post(app.url(&charge_path(user)))
+        .bearer_auth(crate::support::token_for(user))
         .header("Idempotency-Key", key)
         .json(&json!({ "amount": amount }))
         .send()
@@ -253,7 +254,7 @@ async fn balance_endpoints_reject_malformed_input_with_the_envelope() {
         ),
     ];
     for (method, path, body, status, code) in cases {
-        let mut request = app.http.request(method.clone(), app.url(&path));
+        let mut request = app.http.request(method.clone(), app.url(&path)).bearer_auth(crate::support::token_for(user));
         if let Some(body) = body {
             request = request.header("content-type", "application/json").body(body.to_owned());
         }
@@ -315,6 +316,7 @@ async fn a_key_of_128_printable_characters_is_accepted_and_non_ascii_is_refused(
     let response = app
         .http
         .post(app.url(&charge_path(user)))
+        .bearer_auth(crate::support::token_for(user))
         .header("Idempotency-Key", reqwest::header::HeaderValue::from_bytes("키".as_bytes()).unwrap())
         .json(&json!({ "amount": 100 }))
         .send()

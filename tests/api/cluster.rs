@@ -216,6 +216,7 @@ async fn ask(app: &TestApp, coupon: i64, user: i64) -> Asked {
     let response = app
         .http
         .post(app.url(&format!("/api/v1/coupons/{coupon}/issue")))
+        .bearer_auth(crate::support::token_for(user))
         .json(&json!({ "userId": user }))
         .send()
         .await

@@ -269,9 +269,10 @@ async fn malformed_coupon_requests_get_400_and_the_envelope() {
         assert_eq!((status, body["code"].as_str()), (StatusCode::BAD_REQUEST, Some("INVALID_REQUEST")), "{id}");
     }
     let issue = format!("/api/v1/coupons/{coupon}/issue");
-    for body in ["{", "[]", "{}", r#"{"userId": 0}"#, r#"{"userId": -3}"#, r#"{"userId": "1"}"#, r#"{"userId": 1.5}"#] {
-        let response =
-            app.http.post(app.url(&issue)).header("content-type", "application/json").body(body).send().await.unwrap();
+    // (`{}` is a valid ask in jwt mode: the token's user is the one asking.)
+    for body in ["{", "[]", r#"{"userId": 0}"#, r#"{"userId": -3}"#, r#"{"userId": "1"}"#, r#"{"userId": 1.5}"#] {
+        let request = app.as_user(reqwest::Method::POST, &issue, user).header("content-type", "application/json");
+        let response = request.body(body).send().await.unwrap();
         assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{body}");
         let envelope: Value = response.json().await.unwrap();
         assert_eq!(envelope["code"], "INVALID_REQUEST", "{body}");
@@ -772,6 +773,7 @@ impl Process {
             .env("REDIS_URL", &store.redis_url)
             .env("REDIS_PREFIX", &store.redis_prefix)
             .env("ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("AUTH_JWT_SECRET", crate::support::JWT_SECRET)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()
@@ -827,7 +829,8 @@ async fn a_process_killed_hard_after_a_burst_persists_every_issuance_after_resta
             let (http, url) = (&http, &url);
             async move {
                 let response =
-                    http.post(format!("{url}/api/v1/coupons/{coupon}/issue")).json(&json!({ "userId": user })).send();
+                    http.post(format!("{url}/api/v1/coupons/{coupon}/issue")).json(&json!({ "userId": user }));
+                let response = response.bearer_auth(crate::support::token_for(user)).send();
                 response.await.unwrap().status()
             }
         })

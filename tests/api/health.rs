@@ -120,7 +120,7 @@ async fn mysql_at_its_connection_limit_or_timing_out_a_lock_wait_answers_503_wit
     let user = app.create_user("kim").await;
     let product = app.create_product("socks", 100, 10).await;
     let order = json!({ "userId": user, "items": [{ "productId": product, "quantity": 1 }] });
-    let create = || app.http.post(app.url("/api/v1/orders")).json(&order);
+    let create = || app.as_user(reqwest::Method::POST, "/api/v1/orders", user).json(&order);
 
     // The order's INSERT checks its user's row, which another transaction holds: 1205 after a second.
     let mut locker = admin.begin().await.unwrap();
@@ -152,7 +152,7 @@ async fn mysql_at_its_connection_limit_or_timing_out_a_lock_wait_answers_503_wit
     };
     let number = refused.as_database_error().and_then(|e| e.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>());
     assert_eq!(number.map(|e| e.number()), Some(1040), "{refused}");
-    let read = || app.http.get(app.url(&format!("/api/v1/orders/{order_id}")));
+    let read = || app.as_user(reqwest::Method::GET, &format!("/api/v1/orders/{order_id}"), user);
     let started = std::time::Instant::now();
     let (status, retry_after, body) = send(read()).await;
     assert_unavailable(status, retry_after.as_deref(), &body, "too many connections");

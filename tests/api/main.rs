@@ -10,6 +10,7 @@ mod dashboard;
 mod docs;
 mod errors;
 mod health;
+mod identity;
 mod journey;
 mod options;
 mod orders;

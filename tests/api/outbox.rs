@@ -193,6 +193,7 @@ impl Server {
             .env("REDIS_URL", &store.redis_url)
             .env("REDIS_PREFIX", &store.redis_prefix)
             .env("ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("AUTH_JWT_SECRET", crate::support::JWT_SECRET)
             .env("DATA_PLATFORM_URL", platform_url)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -240,6 +241,7 @@ async fn an_event_committed_before_the_process_is_killed_is_delivered_after_rest
         .unwrap();
     let charged = http
         .post(format!("{base}/users/{}/balance/charge", user["id"]))
+        .bearer_auth(crate::support::token_for(user["id"].as_i64().unwrap()))
         .json(&json!({ "amount": 1_000 }))
         .send()
         .await
@@ -247,6 +249,7 @@ async fn an_event_committed_before_the_process_is_killed_is_delivered_after_rest
     assert_eq!(charged.status(), StatusCode::OK);
     let order = http
         .post(format!("{base}/orders"))
+        .bearer_auth(crate::support::token_for(user["id"].as_i64().unwrap()))
         .json(&json!({ "userId": user["id"], "pay": true, "items": [{ "productId": product["id"], "quantity": 2 }] }))
         .send()
         .await

@@ -382,7 +382,7 @@ async fn a_busy_redis_answers_503_with_retry_after_and_ready_says_why() {
     })
     .await;
 
-    let response = app.http.post(app.url(&format!("/api/v1/coupons/{coupon}/issue")));
+    let response = app.as_user(reqwest::Method::POST, &format!("/api/v1/coupons/{coupon}/issue"), user);
     let response = response.json(&serde_json::json!({ "userId": user })).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(response.headers().get("retry-after").map(|v| v.to_str().unwrap()), Some("1"));

@@ -23,6 +23,19 @@ pub use servers::{MariaDb, RedisCluster, RedisServer};
 /// The admin token every test app uses.
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 
+/// The HS256 secret every test app checks user tokens with (`AUTH_MODE=jwt`, the default).
+pub const JWT_SECRET: &str = "test-jwt-secret-of-at-least-32-bytes";
+
+/// A user-acting request that names no user (or an id that is none) is sent with a token for this id,
+/// which is no user: it gets past authentication to the check it is about, and acts for nobody real.
+pub const NOBODY: i64 = i64::MAX;
+
+/// A token for `user_id`, signed with [`JWT_SECRET`], valid for an hour.
+pub fn token_for(user_id: i64) -> String {
+    let user = stampede::id::UserId::new(user_id).expect("a positive user id");
+    stampede::identity::token::mint(JWT_SECRET.as_bytes(), user, std::time::Duration::from_secs(3_600))
+}
+
 /// Servers shared by every test of this binary, started on first use.
 struct Shared {
     mysql_server_url: String,
@@ -92,6 +105,13 @@ pub fn serve_config(store: StoreConfig) -> ServeConfig {
         ranking: stampede::ranking::Config::default(),
         limits: stampede::balance::Limits::default(),
         retention: stampede::retention::Config::default(),
+        // The default jwt mode with a test secret. Rate limits are off: many tests send far more than a user's
+        // burst on purpose (200 parallel charges of one user); tests/api/identity.rs turns them on.
+        auth: stampede::identity::Config {
+            auth_jwt_secret: Some(JWT_SECRET.to_owned()),
+            limits: stampede::identity::limits::Config::OFF,
+            ..stampede::identity::Config::default()
+        },
     }
 }
 
@@ -136,14 +156,17 @@ impl TestApp {
         format!("http://{}{path}", self.addr)
     }
 
-    /// Sends a request and returns status and JSON body (`Value::Null` for an empty body).
+    /// Sends a request and returns status and JSON body (`Value::Null` for an empty body). A user-acting
+    /// request carries a token for the user it acts for ([`TestApp::acting_user`]).
     pub async fn call(&self, method: Method, path: &str, body: Option<Value>, admin: bool) -> (StatusCode, Value) {
-        let mut request = self.http.request(method, self.url(path));
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
+        let mut request = self.http.request(method.clone(), self.url(path));
         if admin {
             request = request.bearer_auth(ADMIN_TOKEN);
+        } else if let Some(user) = self.acting_user(&method, path, body.as_ref()).await {
+            request = request.bearer_auth(token_for(user));
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
         }
         let response = request.send().await.expect("request reaches the app");
         let status = response.status();
@@ -154,6 +177,40 @@ impl TestApp {
             serde_json::from_slice(&bytes).unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&bytes)))
         };
         (status, body)
+    }
+
+    /// The user a request to `path` acts for, as a client of that user would know it: the `{userId}` of the
+    /// path, the `userId` of the body, or the owner of the order read or paid (looked up in MySQL). `None` for
+    /// a route that acts for no user; [`NOBODY`] for a user route whose user is not a valid id.
+    pub async fn acting_user(&self, method: &Method, path: &str, body: Option<&Value>) -> Option<i64> {
+        let path = path.split('?').next().unwrap_or_default();
+        let segments: Vec<&str> = path.trim_start_matches("/api/v1/").split('/').collect();
+        let positive = |text: &str| text.parse::<i64>().ok().filter(|id| *id > 0);
+        let named = body.and_then(|body| body["userId"].as_i64()).filter(|id| *id > 0);
+        match segments.as_slice() {
+            ["users", user, ..] => Some(positive(user).unwrap_or(NOBODY)),
+            ["coupons", _, "issue"] | ["orders"] => Some(named.unwrap_or(NOBODY)),
+            ["orders", order, ..] if *method == Method::GET || segments.get(2) == Some(&"pay") => {
+                if let Some(named) = named {
+                    return Some(named);
+                }
+                let owner = match positive(order) {
+                    Some(order) => sqlx::query_scalar::<_, i64>("SELECT user_id FROM orders WHERE id = ?")
+                        .bind(order)
+                        .fetch_optional(self.db())
+                        .await
+                        .unwrap(),
+                    None => None,
+                };
+                Some(owner.unwrap_or(NOBODY))
+            }
+            _ => None,
+        }
+    }
+
+    /// A request to `path` that carries a token for `user_id`, for tests that build requests themselves.
+    pub fn as_user(&self, method: Method, path: &str, user_id: i64) -> reqwest::RequestBuilder {
+        self.http.request(method, self.url(path)).bearer_auth(token_for(user_id))
     }
 
     pub async fn get(&self, path: &str) -> (StatusCode, Value) {
