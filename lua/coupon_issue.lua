@@ -2,11 +2,11 @@
 --
 -- KEYS (all share the coupon's hash tag, `<prefix>coupon:{<id>}:...`, so the script runs unchanged on
 -- Redis Cluster):
---   KEYS[1] meta    hash {total, starts, ends, gen, epoch, listed, count}: the campaign window in microseconds
---                   since the Unix epoch (`ends` absent: no end), the generation of this state (see
---                   coupon_load.lua), the listing (below): `listed` = '1' while the coupon is in
---                   `<prefix>coupons:unpersisted` with score >= `epoch`, and `count`, the issuances `issued`
---                   holds. Its absence means the state is not loaded.
+--   KEYS[1] meta    hash {total, starts, ends, gen, epoch, listed}: the campaign's quantity and window in
+--                   microseconds since the Unix epoch (`ends` absent: no end), the generation of this state (see
+--                   coupon_load.lua), and the listing (below): `listed` = '1' while the coupon is in
+--                   `<prefix>coupons:unpersisted` with score >= `epoch`. Its absence means the state is not
+--                   loaded.
 --   KEYS[2] stock   string integer: issuances left.
 --   KEYS[3] issued  hash user id -> issued_at (microseconds since the epoch): who holds the coupon.
 --   KEYS[4] queue   stream of issuances for the MySQL writer: one entry per call that issued any, with
@@ -45,8 +45,8 @@
 -- Nothing runs between two users of a batch that could not also have run between two single calls: the
 -- script is atomic, and each user is decided exactly as a call of its own would decide it.
 --
--- Why a constant number of Redis commands per call (HMGET, GET, HLEN, EXISTS, HMGET, then HSET, HSET, XADD,
--- DECRBY if any user won) rather than a few per user: each `redis.call` costs Redis about a microsecond of its own,
+-- Why a constant number of Redis commands per call (HMGET, GET, HLEN, EXISTS, HMGET, then HSET, XADD, DECRBY
+-- if any user won) rather than a few per user: each `redis.call` costs Redis about a microsecond of its own,
 -- which per user was most of the script's time. One stream entry per call likewise cuts what the writer
 -- reads, decodes and acknowledges by the batch size.
 --
@@ -58,9 +58,10 @@
 -- Why the state checks itself: a key of the coupon can vanish while `meta` stays (an operator's DEL, an
 -- eviction, a bad script). Without `issued` every holder would win again; without `stock` every ask would be
 -- sold out; without the stream the writer would never persist what it held. So before deciding anything the
--- state must be whole: `issued` holds exactly `count` users, `stock` is `total - count` (never below 0), and
--- the stream exists (it is created with the state and never deleted while the state lives). All three are
--- O(1) reads. `count` is kept in the same atomic step as the issuances it counts.
+-- state must be whole: `stock` exists and is `total` minus the users `issued` holds (never below 0), and the
+-- stream exists (it is created with the state and never deleted while the state lives). Both are O(1) reads.
+-- The stock and the holders are written in the same atomic step, so they always agree: a stock that does
+-- not match the holders means one of the two keys was lost.
 --
 -- Algorithm: the holders among the users are read at once; then for each user the checks run in the
 -- contract's order (duplicate, also of a user won earlier in this call; window; stock), and a user who
@@ -79,14 +80,13 @@ local function refuse_all(code, value)
     return replies
 end
 
-local window = redis.call('HMGET', KEYS[1], 'starts', 'ends', 'gen', 'epoch', 'listed', 'total', 'count')
-if window[1] == false or window[6] == false or window[7] == false then
+local window = redis.call('HMGET', KEYS[1], 'starts', 'ends', 'gen', 'epoch', 'listed', 'total')
+if window[1] == false or window[6] == false then
     return refuse_all(4, 0)
 end
-local count = tonumber(window[7])
 local stock = redis.call('GET', KEYS[2])
-if stock == false or tonumber(stock) ~= math.max(tonumber(window[6]) - count, 0)
-    or redis.call('HLEN', KEYS[3]) ~= count or redis.call('EXISTS', KEYS[4]) ~= 1 then
+if stock == false or tonumber(stock) ~= math.max(tonumber(window[6]) - redis.call('HLEN', KEYS[3]), 0)
+    or redis.call('EXISTS', KEYS[4]) ~= 1 then
     return refuse_all(4, 0)
 end
 stock = tonumber(stock)
@@ -129,9 +129,7 @@ if window[5] ~= '1' then
         -- Decide nothing: the caller lists the coupon and asks again.
         return refuse_all(5, next_epoch)
     end
-    redis.call('HSET', KEYS[1], 'count', count + #winners, 'epoch', next_epoch, 'listed', '1')
-else
-    redis.call('HSET', KEYS[1], 'count', count + #winners)
+    redis.call('HSET', KEYS[1], 'epoch', next_epoch, 'listed', '1')
 end
 redis.call('HSET', KEYS[3], unpack(fields))
 redis.call('XADD', KEYS[4], '*', 'u', table.concat(winners, ','), 't', ARGV[1], 'g', window[3] or '0')

@@ -2,7 +2,7 @@
 -- what was left of it in Redis.
 --
 -- KEYS (one hash tag per coupon, `<prefix>coupon:{<id>}:...`, Redis Cluster safe):
---   KEYS[1] meta    hash {total, starts, ends, gen, epoch, count} (see coupon_issue.lua); written last, it
+--   KEYS[1] meta    hash {total, starts, ends, gen, epoch} (see coupon_issue.lua); written last, it
 --                   marks the state loaded. `epoch` starts at the generation and `listed` is absent: the first
 --                   issuance lists the coupon with an epoch above any a state before this rebuild used (a
 --                   generation is at least the rebuild's time in µs, an epoch grows by one per listing)
@@ -26,7 +26,7 @@
 -- Returns 1 when it loaded the state, 0 when the state was already there (a concurrent creation; nothing is
 -- changed). Rebuilds are serialized by a MySQL row lock on the coupon, so they never race each other here.
 --
--- Algorithm: count = HLEN(issued), stock = total - count, never below 0. The stream and its group are created
+-- Algorithm: stock = total - HLEN(issued), never below 0. The stream and its group are created
 -- if missing, from id 0, so entries queued before the group existed are still persisted (the writer
 -- re-decides those of an older generation). The stream's last id is raised to the persisted one if it is
 -- below (XSETID): a Redis that came back from an older file has a stream behind MySQL, which is how that is
@@ -39,8 +39,7 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
     return 0
 end
 
-local count = redis.call('HLEN', KEYS[3])
-local stock = tonumber(ARGV[1]) - count
+local stock = tonumber(ARGV[1]) - redis.call('HLEN', KEYS[3])
 if stock < 0 then
     stock = 0
 end
@@ -69,7 +68,7 @@ for i = 8, #ARGV, 2 do
     redis.call('XADD', KEYS[4], '*', 'u', ARGV[i + 1], 't', ARGV[i], 'g', ARGV[5])
 end
 
-local fields = {'total', ARGV[1], 'starts', ARGV[2], 'gen', ARGV[5], 'epoch', ARGV[5], 'count', count}
+local fields = {'total', ARGV[1], 'starts', ARGV[2], 'gen', ARGV[5], 'epoch', ARGV[5]}
 if ARGV[3] ~= '' then
     fields[#fields + 1] = 'ends'
     fields[#fields + 1] = ARGV[3]

@@ -2,7 +2,7 @@
 -- coupon issues again (a Redis that restarted, came back from an older file, or lost keys).
 --
 -- KEYS (the coupon's hash tag, see coupon_issue.lua):
---   KEYS[1] meta    hash {total, starts, ends, gen, epoch, listed, count}
+--   KEYS[1] meta    hash {total, starts, ends, gen, epoch, listed}
 --   KEYS[2] stock   string integer
 --   KEYS[3] issued  hash user id -> issued_at
 --   KEYS[4] queue   the coupon's issuance stream
@@ -12,8 +12,8 @@
 --   generation      meta's `gen` (0 when absent: state loaded before generations existed)
 --   last_ms-last_seq the stream's last generated id (0-0 when the stream is missing): every entry Redis ever
 --                   queued for the coupon has an id at most this
---   whole           1 when the state passes the issue script's own check (`issued` holds `count` users,
---                   `stock` is `total - count`, the stream exists), else 0: one of its keys was lost
+--   whole           1 when the state passes the issue script's own check (`stock` is `total` minus the users
+--                   `issued` holds, the stream exists), else 0: one of its keys was lost
 -- One script rather than a pipeline so that the answer is one consistent instant of the state.
 if #KEYS ~= 4 or #ARGV ~= 0 then
     return redis.error_reply('coupon_state takes 4 keys and no arguments')
@@ -21,13 +21,13 @@ end
 if redis.call('EXISTS', KEYS[1]) == 0 then
     return {0, 0, 0, 0, 0}
 end
-local meta = redis.call('HMGET', KEYS[1], 'gen', 'total', 'count')
+local meta = redis.call('HMGET', KEYS[1], 'gen', 'total')
 local gen = tonumber(meta[1] or '0')
 local whole = 0
 local stock = redis.call('GET', KEYS[2])
-if meta[2] ~= false and meta[3] ~= false and stock ~= false
-    and tonumber(stock) == math.max(tonumber(meta[2]) - tonumber(meta[3]), 0)
-    and redis.call('HLEN', KEYS[3]) == tonumber(meta[3]) and redis.call('EXISTS', KEYS[4]) == 1 then
+if meta[2] ~= false and stock ~= false
+    and tonumber(stock) == math.max(tonumber(meta[2]) - redis.call('HLEN', KEYS[3]), 0)
+    and redis.call('EXISTS', KEYS[4]) == 1 then
     whole = 1
 end
 if redis.call('EXISTS', KEYS[4]) == 0 then

@@ -145,7 +145,7 @@ pub struct State {
     pub generation: i64,
     /// The stream's last generated id: every entry this state ever queued has an id at most this.
     pub last_id: StreamId,
-    /// Whether its keys agree with each other (`issued` holds `count` users, `stock` is `total - count`, the
+    /// Whether its keys agree with each other (`stock` is `total` minus the users `issued` holds, the
     /// stream exists): the check the issue script makes before it decides anything.
     pub whole: bool,
 }
