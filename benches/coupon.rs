@@ -36,7 +36,18 @@ struct BenchConfig {
 
 fn config() -> ServeConfig {
     let prefix = format!("bench-coupon-{}:", uuid::Uuid::new_v4().simple());
-    let args = ["bench", "--bind-addr", "127.0.0.1:0", "--redis-prefix", &prefix, "--admin-token", "bench"];
+    // AUTH_MODE=none: this measures the issue path itself; benches/identity.rs measures what a token adds.
+    let args = [
+        "bench",
+        "--bind-addr",
+        "127.0.0.1:0",
+        "--redis-prefix",
+        &prefix,
+        "--admin-token",
+        "bench",
+        "--auth-mode",
+        "none",
+    ];
     BenchConfig::parse_from(args).serve
 }
 
