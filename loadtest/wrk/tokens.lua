@@ -1,13 +1,13 @@
 -- Shared by the user-acting wrk scripts here (loaded with dofile): user tokens for a server in AUTH_MODE=jwt.
 -- TOKENS names a file of one token a line, line i for user FIRST_USER + i, as
 -- `AUTH_JWT_SECRET=... stampede token --user "$FIRST_USER" --count "$USERS" > tokens.txt` prints them.
--- Without TOKENS no Authorization header is sent (a server in AUTH_MODE=none).
+-- Without TOKENS (unset or empty) no Authorization header is sent (a server in AUTH_MODE=none).
 
 -- The file's tokens as `Authorization` values; empty without TOKENS.
 function load_tokens()
     local tokens = {}
     local file = os.getenv("TOKENS")
-    if file then
+    if file and file ~= "" then
         for line in io.lines(file) do
             tokens[#tokens + 1] = "Bearer " .. line
         end
