@@ -227,10 +227,9 @@ struct GateInner {
     /// reach another Redis (a promoted replica that still has the script cached, a restart), so the state
     /// is checked again before it decides, NOSCRIPT or not.
     checked_connections: AtomicU64,
-    /// The nodes' `run_id`s ([`crate::store::Redis::node_ids`]) when every coupon was last checked: a
-    /// reconnection that finds the same ones reached the same data, and needs no check.
+    /// One check at a time, holding the nodes' ids ([`crate::store::Redis::node_ids`]) when every coupon was
+    /// last checked: a reconnection or NOSCRIPT that finds the same ones reached the same data.
     checked_nodes: tokio::sync::Mutex<Option<Vec<String>>>,
-    checking: tokio::sync::Mutex<()>,
 }
 
 impl ScriptGate {
@@ -247,7 +246,7 @@ impl ScriptGate {
         loop {
             let reloads = self.inner.reloads.load(Ordering::Acquire);
             if self.inner.checked_connections.load(Ordering::Acquire) != stores.redis.connections() {
-                self.check_reconnected(stores, reloads).await?;
+                self.check_and_reload(stores, reloads).await?;
                 continue;
             }
             match cache::issue(&stores.redis, id, users, now_micros, listing).await? {
@@ -267,20 +266,10 @@ impl ScriptGate {
         }
     }
 
-    /// After a reconnection: checks every coupon again unless the nodes are the very processes last checked
-    /// (a dropped connection to the same Redis, which kept its data).
-    async fn check_reconnected(&self, stores: &Stores, seen: u64) -> Result<(), StoreError> {
-        let connections = stores.redis.connections();
-        let nodes = stores.redis.node_ids().await?;
-        if self.inner.checked_nodes.lock().await.as_ref() == Some(&nodes) {
-            self.inner.checked_connections.fetch_max(connections, Ordering::AcqRel);
-            return Ok(());
-        }
-        self.check_and_reload(stores, seen).await
-    }
-
+    /// Checks every coupon, unless the nodes are the very processes and data last checked (a dropped
+    /// connection, scripts flushed), then loads the issue script.
     async fn check_and_reload(&self, stores: &Stores, seen: u64) -> Result<(), StoreError> {
-        let _one_at_a_time = self.inner.checking.lock().await;
+        let mut checked_nodes = self.inner.checked_nodes.lock().await;
         if self.inner.reloads.load(Ordering::Acquire) != seen {
             return Ok(());
         }
@@ -288,10 +277,10 @@ impl ScriptGate {
         let connections = stores.redis.connections();
         let nodes = stores.redis.node_ids().await?;
         // The same processes on the same data (scripts flushed, a dropped connection): nothing to check.
-        let same = self.inner.checked_nodes.lock().await.as_ref() == Some(&nodes);
+        let same = checked_nodes.as_ref() == Some(&nodes);
         let rebuilt = if same { 0 } else { verify_all(stores, &db::unpruned_coupons(&stores.db).await?).await? };
         crate::store::scripts::COUPON_ISSUE.load(&stores.redis).await?;
-        *self.inner.checked_nodes.lock().await = Some(nodes.clone());
+        *checked_nodes = Some(nodes.clone());
         self.inner.checked_connections.store(connections, Ordering::Release);
         self.inner.reloads.fetch_add(1, Ordering::Release);
         metrics::counter!("coupon_script_reloads_total").increment(1);

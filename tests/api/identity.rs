@@ -242,6 +242,23 @@ async fn every_unusable_token_is_a_401_with_the_bearer_challenge_and_changes_not
     assert_eq!(app.get("/api/v1/products").await.0, StatusCode::OK);
 }
 
+/// Sends `method path` with `token` (and `body` as JSON) and asserts its status and error code.
+async fn assert_answers(
+    app: &TestApp,
+    token: &str,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+    (status, code): (StatusCode, &str),
+) {
+    let mut request = with_token(app, method.clone(), path, token);
+    if let Some(body) = &body {
+        request = request.json(body);
+    }
+    let answer = send(request).await;
+    assert_eq!((answer.status, answer.body["code"].as_str()), (status, Some(code)), "{method} {path}");
+}
+
 #[tokio::test]
 async fn nobody_acts_for_another_user_on_any_user_endpoint_and_nothing_changes() {
     let app = TestApp::spawn().await;
@@ -267,16 +284,7 @@ async fn nobody_acts_for_another_user_on_any_user_endpoint_and_nothing_changes()
         (Method::POST, format!("/api/v1/orders/{order}/pay"), Some(json!({ "userId": victim }))),
     ];
     for (method, path, body) in forbidden {
-        let mut request = with_token(&app, method.clone(), &path, &token);
-        if let Some(body) = &body {
-            request = request.json(body);
-        }
-        let answer = send(request).await;
-        assert_eq!(
-            (answer.status, answer.body["code"].as_str()),
-            (StatusCode::FORBIDDEN, Some("FORBIDDEN")),
-            "{method} {path}"
-        );
+        assert_answers(&app, &token, method, &path, body, (StatusCode::FORBIDDEN, "FORBIDDEN")).await;
     }
     let not_found = [
         (Method::GET, format!("/api/v1/orders/{order}"), None),
@@ -284,16 +292,7 @@ async fn nobody_acts_for_another_user_on_any_user_endpoint_and_nothing_changes()
         (Method::POST, format!("/api/v1/orders/{order}/pay"), Some(json!({ "userId": attacker }))),
     ];
     for (method, path, body) in not_found {
-        let mut request = with_token(&app, method.clone(), &path, &token);
-        if let Some(body) = &body {
-            request = request.json(body);
-        }
-        let answer = send(request).await;
-        assert_eq!(
-            (answer.status, answer.body["code"].as_str()),
-            (StatusCode::NOT_FOUND, Some("ORDER_NOT_FOUND")),
-            "{method} {path}"
-        );
+        assert_answers(&app, &token, method, &path, body, (StatusCode::NOT_FOUND, "ORDER_NOT_FOUND")).await;
     }
     assert_eq!(balance_in_mysql(&app, victim).await, 1_000);
     assert_eq!(balance_in_mysql(&app, attacker).await, 0);

@@ -55,25 +55,24 @@ pub(crate) async fn lock_waits(db: &MySqlPool) -> i64 {
     waiting.iter().filter(|thread| ours.contains(thread)).count() as i64
 }
 
-/// Waits until exactly `count` transactions of this database wait for a lock. Polls every 250 ms: MariaDB
-/// refreshes its `innodb_trx` table only when it was last read over 100 ms ago, so faster polling keeps
-/// reading the same stale copy.
+/// Waits until exactly `count` transactions of this database wait for a lock.
 pub(crate) async fn wait_for_lock_waits(db: &MySqlPool, count: i64) {
-    let deadline = tokio::time::Instant::now() + NOTICE;
-    while lock_waits(db).await != count {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "not within {NOTICE:?}: {count} transactions waiting for a lock"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    wait_for_lock_waits_where(db, |waiting| waiting == count, &format!("{count} transactions waiting for a lock"))
+        .await;
 }
 
-/// Waits until at least `count` transactions of this database wait for a row lock, polling as
-/// [`wait_for_lock_waits`] does: for tests where another instance's writer may wait on the same lock too.
+/// Waits until at least `count` transactions of this database wait for a row lock: for tests where another
+/// instance's writer may wait on the same lock too.
 pub(crate) async fn wait_for_lock_waits_at_least(db: &MySqlPool, count: i64, what: &str) {
+    wait_for_lock_waits_where(db, |waiting| waiting >= count, what).await;
+}
+
+/// Polls the transactions of this database waiting for a lock until `enough` says so. Every 250 ms: MariaDB
+/// refreshes its `innodb_trx` table only when it was last read over 100 ms ago, so faster polling keeps
+/// reading the same stale copy.
+async fn wait_for_lock_waits_where(db: &MySqlPool, enough: impl Fn(i64) -> bool, what: &str) {
     let deadline = tokio::time::Instant::now() + NOTICE;
-    while lock_waits(db).await < count {
+    while !enough(lock_waits(db).await) {
         assert!(tokio::time::Instant::now() < deadline, "not within {NOTICE:?}: {what}");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }

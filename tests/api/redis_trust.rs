@@ -68,24 +68,23 @@ async fn connect(server: &RedisServer) -> Client {
     client
 }
 
-/// A master and a replica in sync, and the proxy the service reaches the master through.
-async fn master_with_replica() -> (RedisServer, RedisServer, Client, Proxy) {
-    let master = RedisServer::start();
-    let replica = RedisServer::start_with(&[
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--replicaof",
-        "127.0.0.1",
-        &master.port.to_string(),
-    ]);
+/// A replica of the Redis on `master_port`, once in sync, with a connection of its own.
+async fn replica_of(master_port: u16) -> (RedisServer, Client) {
+    let port = master_port.to_string();
+    let replica = RedisServer::start_with(&["--save", "", "--appendonly", "no", "--replicaof", "127.0.0.1", &port]);
     let to_replica = connect(&replica).await;
     eventually("the replica is in sync", NOTICE, || async {
         let info: String = to_replica.info(Some(fred::types::InfoKind::Replication)).await.unwrap();
         info.contains("master_link_status:up")
     })
     .await;
+    (replica, to_replica)
+}
+
+/// A master and a replica in sync, and the proxy the service reaches the master through.
+async fn master_with_replica() -> (RedisServer, RedisServer, Client, Proxy) {
+    let master = RedisServer::start();
+    let (replica, to_replica) = replica_of(master.port).await;
     let proxy = Proxy::start(master.port).await;
     (master, replica, to_replica, proxy)
 }
@@ -197,21 +196,7 @@ async fn with_redis_wait_replicas_a_201_is_on_the_replica_and_a_failover_loses_n
     let again = ask_until_decided(&[&app], coupon, &users[5..60], &AtomicUsize::new(0)).await;
     assert!(again.iter().all(|(_, status)| *status == StatusCode::CONFLICT), "an acknowledged 201 was lost: {again:?}");
     // The promoted node has no replica to acknowledge new issuances until one is attached to it.
-    let new_replica = RedisServer::start_with(&[
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--replicaof",
-        "127.0.0.1",
-        &replica.port.to_string(),
-    ]);
-    let to_new_replica = connect(&new_replica).await;
-    eventually("the new replica is in sync", NOTICE, || async {
-        let info: String = to_new_replica.info(Some(fred::types::InfoKind::Replication)).await.unwrap();
-        info.contains("master_link_status:up")
-    })
-    .await;
+    let _new_replica = replica_of(replica.port).await;
     let late = ask_until_decided(&[&app], coupon, &users[60..], &AtomicUsize::new(0)).await;
     // The 5 answered 503 stand: Redis decided them, and the replica got them before the 55 acknowledged after.
     assert_eq!(on_replica.len(), 60);
